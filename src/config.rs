@@ -1,0 +1,165 @@
+//! Worker configuration: defaults that work, an optional TOML file, then environment and flags.
+//!
+//! ```toml
+//! nats_url = "nats://127.0.0.1:4222"
+//! plugins_dir = "plugins"
+//! max_concurrency = 512        # per plugin; beyond it requests get 503 at once
+//!
+//! [events]
+//! results = true               # publish mofa.events.result.<plugin>
+//! include_output = true        # put the plugin's output in result events
+//!
+//! [rhai]
+//! max_operations = 1000000
+//! timeout_ms = 1000
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::rhai::RhaiConfig;
+
+/// Default NATS URL when neither a flag, `MOFA_NATS_URL` nor the file sets one.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+
+/// Everything a worker needs to know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// NATS server URL (several may be given, comma-separated).
+    pub nats_url: String,
+    /// Directory scanned for `*.rhai` plugins.
+    pub plugins_dir: PathBuf,
+    /// Worker id; also the Services API instance id. Generated when absent.
+    pub worker_id: Option<String>,
+    /// Requests one plugin may run at once on this worker; further requests are answered 503.
+    pub max_concurrency: usize,
+    /// How long a drain waits for in-flight requests before giving up, in milliseconds.
+    pub drain_timeout_ms: u64,
+    /// Result events.
+    pub events: EventsConfig,
+    /// Rhai sandbox limits.
+    pub rhai: RhaiConfig,
+}
+
+/// What the worker publishes about each execution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Publish a result event after every execution.
+    pub results: bool,
+    /// Include the plugin's output in result events.
+    pub include_output: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            results: true,
+            include_output: true,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: DEFAULT_NATS_URL.to_string(),
+            plugins_dir: PathBuf::from("plugins"),
+            worker_id: None,
+            max_concurrency: 512,
+            drain_timeout_ms: 30_000,
+            events: EventsConfig::default(),
+            rhai: RhaiConfig::default(),
+        }
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl WorkerConfig {
+    /// Reads a TOML file; missing keys keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text; missing keys keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that would make the worker unable to serve.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_concurrency == 0 {
+            return Err(ConfigError::Invalid("max_concurrency must be at least 1".into()));
+        }
+        if self.rhai.timeout_ms == 0 {
+            return Err(ConfigError::Invalid("rhai.timeout_ms must be at least 1".into()));
+        }
+        if let Some(id) = &self.worker_id {
+            crate::subjects::validate_name(id)
+                .map_err(|e| ConfigError::Invalid(format!("worker id: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_only_what_it_names() {
+        let config = WorkerConfig::from_toml("max_concurrency = 4\n[rhai]\ntimeout_ms = 50\n")
+            .expect("parses");
+        assert_eq!(config.max_concurrency, 4);
+        assert_eq!(config.rhai.timeout_ms, 50);
+        assert_eq!(config.rhai.max_operations, RhaiConfig::default().max_operations);
+        assert_eq!(config.nats_url, DEFAULT_NATS_URL);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(WorkerConfig::from_toml("max_concurency = 4").is_err());
+        assert!(WorkerConfig::from_toml("max_concurrency = 0").is_err());
+        assert!(WorkerConfig::from_toml("worker_id = \"a.b\"").is_err());
+    }
+}

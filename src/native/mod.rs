@@ -1,0 +1,49 @@
+//! Native plugins: Rust compiled into the binary, one file each.
+//!
+//! They are trusted and run inline on the async runtime, so they must not block.
+//! [`builtin`] lists every native plugin the worker serves.
+
+mod discount;
+mod echo;
+
+use std::sync::Arc;
+
+pub use discount::DiscountNative;
+pub use echo::Echo;
+
+use crate::plugin::{AgentPlugin, PluginError, Value};
+
+/// Every native plugin compiled into this binary.
+pub fn builtin() -> Vec<Arc<dyn AgentPlugin>> {
+    vec![Arc::new(Echo::new()), Arc::new(DiscountNative::new())]
+}
+
+/// Looks up `key` in a map input; a non-map input or a missing key is a 400.
+pub fn field<'a>(input: &'a Value, key: &str) -> Result<&'a Value, PluginError> {
+    let Value::Map(entries) = input else {
+        return Err(PluginError::BadInput(format!(
+            "input must be a map with field {key:?}, got {}",
+            type_name(input)
+        )));
+    };
+    entries
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+        .ok_or_else(|| PluginError::BadInput(format!("missing field {key:?}")))
+}
+
+/// A short name for a value's type, for error messages.
+pub fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Nil => "nil",
+        Value::Boolean(_) => "bool",
+        Value::Integer(_) => "integer",
+        Value::F32(_) | Value::F64(_) => "float",
+        Value::String(_) => "string",
+        Value::Binary(_) => "binary",
+        Value::Array(_) => "array",
+        Value::Map(_) => "map",
+        Value::Ext(..) => "ext",
+    }
+}

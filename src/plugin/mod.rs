@@ -1,0 +1,155 @@
+//! The plugin model: what every plugin kind has in common.
+//!
+//! A plugin is anything implementing [`AgentPlugin`]: metadata, a lifecycle (load, init, start,
+//! stop, unload) and `execute`, which takes one [`Value`] and returns one. The
+//! [`PluginManager`] owns plugins, drives them through the [`PluginState`] machine and refuses
+//! illegal transitions. `execute` takes `&self` and may run concurrently: nothing is locked
+//! across a call.
+
+mod error;
+mod manager;
+mod state;
+
+pub use error::PluginError;
+pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
+pub use state::{Lifecycle, PluginState};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub use crate::wire::Value;
+
+/// The kind of a plugin: where its code comes from and how it is isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginKind {
+    /// Rust compiled into the binary; trusted, runs inline.
+    Native,
+    /// A WebAssembly module run by wasmtime in a sandbox.
+    Wasm,
+    /// A Rhai script run in a sandboxed engine.
+    Rhai,
+}
+
+impl PluginKind {
+    /// The lowercase name used in events and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Native => "native",
+            PluginKind::Wasm => "wasm",
+            PluginKind::Rhai => "rhai",
+        }
+    }
+}
+
+impl std::fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginMetadata {
+    /// Stable identifier; also the plugin's name on the bus (`mofa.exec.<id>`).
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Version of the plugin's code.
+    pub version: String,
+    /// One-line description.
+    pub description: String,
+    /// Plugin kind.
+    pub kind: PluginKind,
+    /// Free-form capability tags (e.g. `"pricing"`, `"echo"`).
+    pub capabilities: Vec<String>,
+}
+
+impl PluginMetadata {
+    /// Metadata with `name` equal to `id` and no capabilities.
+    pub fn new(id: impl Into<String>, kind: PluginKind) -> Self {
+        let id = id.into();
+        Self {
+            name: id.clone(),
+            id,
+            version: "0.0.0".to_string(),
+            description: String::new(),
+            kind,
+            capabilities: Vec::new(),
+        }
+    }
+
+    /// Sets the version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Sets the description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Adds a capability tag.
+    pub fn capability(mut self, capability: impl Into<String>) -> Self {
+        self.capabilities.push(capability.into());
+        self
+    }
+}
+
+/// A plugin's own view of its health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "detail", rename_all = "lowercase")]
+pub enum Health {
+    /// Serving normally.
+    Healthy,
+    /// Serving, but something is off.
+    Degraded(String),
+    /// Not able to serve.
+    Unhealthy(String),
+}
+
+/// The interface every plugin kind implements.
+///
+/// Lifecycle methods are called by the [`PluginManager`] in state-machine order and never
+/// concurrently with each other for one plugin; `execute` is called only while the plugin is
+/// `Running`, possibly many times at once.
+#[async_trait]
+pub trait AgentPlugin: Send + Sync + 'static {
+    /// What the plugin is.
+    fn metadata(&self) -> &PluginMetadata;
+
+    /// Acquire what the plugin needs (read files, compile). Unloaded → Loaded.
+    async fn load(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Prepare internal state once loaded.
+    async fn init(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Begin serving. Loaded/Stopped → Running.
+    async fn start(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Stop serving. Running → Stopped.
+    async fn stop(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Release resources. → Unloaded.
+    async fn unload(&self) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Run one request.
+    async fn execute(&self, input: Value) -> Result<Value, PluginError>;
+
+    /// Report health.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
+}

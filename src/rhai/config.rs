@@ -1,0 +1,49 @@
+//! The Rhai sandbox limits. Every field is enforced, and each has a test that trips it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Limits for every Rhai script on a worker. `0` means unlimited for the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RhaiConfig {
+    /// Operations one call may perform (413 when exceeded).
+    pub max_operations: u64,
+    /// Function-call nesting depth (413 when exceeded).
+    pub max_call_levels: usize,
+    /// Length of any string, in bytes (413).
+    pub max_string_size: usize,
+    /// Elements in any array (413).
+    pub max_array_size: usize,
+    /// Entries in any object map (413).
+    pub max_map_size: usize,
+    /// Expression nesting depth at compile time; deeper scripts fail to load.
+    pub max_expr_depth: usize,
+    /// Expression nesting depth inside functions at compile time.
+    pub max_fn_expr_depth: usize,
+    /// Wall-clock deadline per call, in milliseconds (408 when exceeded).
+    pub timeout_ms: u64,
+}
+
+impl Default for RhaiConfig {
+    fn default() -> Self {
+        Self {
+            max_operations: 1_000_000,
+            max_call_levels: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
+            max_expr_depth: 64,
+            max_fn_expr_depth: 32,
+            timeout_ms: 1_000,
+        }
+    }
+}
+
+impl RhaiConfig {
+    /// The per-call deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}

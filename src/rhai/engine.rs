@@ -1,0 +1,213 @@
+//! The sandboxed Rhai engine shared by every script on a worker.
+//!
+//! Built once from a [`RhaiConfig`]: operation, call-depth, string, array, map and expression
+//! limits set on the engine; `eval` and `import` disabled, no module resolver (so no file
+//! access), `print`/`debug` routed to `tracing`. Rhai has no wall-clock limit of its own, so the
+//! progress callback checks a per-thread deadline every [`DEADLINE_CHECK_EVERY`] operations
+//! and terminates the script once it has passed.
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope, AST};
+
+use super::config::RhaiConfig;
+use super::convert::{from_dynamic, to_dynamic};
+use crate::plugin::{PluginError, Value};
+
+/// How many operations pass between two deadline checks (a power of two).
+pub const DEADLINE_CHECK_EVERY: u64 = 256;
+
+thread_local! {
+    /// Deadline of the call running on this thread, if any.
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Sets this thread's deadline for the duration of a call and clears it afterwards, even if the
+/// call unwinds.
+struct DeadlineGuard;
+
+impl DeadlineGuard {
+    fn set(deadline: Instant) -> Self {
+        DEADLINE.with(|d| d.set(Some(deadline)));
+        DeadlineGuard
+    }
+}
+
+impl Drop for DeadlineGuard {
+    fn drop(&mut self) {
+        DEADLINE.with(|d| d.set(None));
+    }
+}
+
+/// A compiled script and the function a call runs.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The compiled script.
+    pub ast: AST,
+    /// Name of the entry function (one parameter: the input).
+    pub function: String,
+}
+
+/// The engine and the limits it was built with.
+pub struct ScriptEngine {
+    engine: Engine,
+    config: RhaiConfig,
+}
+
+impl std::fmt::Debug for ScriptEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScriptEngine")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl ScriptEngine {
+    /// Builds the sandboxed engine.
+    pub fn new(config: RhaiConfig) -> Self {
+        let mut engine = Engine::new();
+        engine
+            .set_max_operations(config.max_operations)
+            .set_max_call_levels(config.max_call_levels)
+            .set_max_string_size(config.max_string_size)
+            .set_max_array_size(config.max_array_size)
+            .set_max_map_size(config.max_map_size)
+            .set_max_expr_depths(config.max_expr_depth, config.max_fn_expr_depth)
+            .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
+            .disable_symbol("eval")
+            .disable_symbol("import")
+            .on_print(|text| tracing::info!(target: "mofa::script", "{text}"))
+            .on_debug(|text, source, pos| {
+                tracing::debug!(target: "mofa::script", source = source.unwrap_or(""), %pos, "{text}")
+            })
+            .on_progress(|ops| {
+                if ops % DEADLINE_CHECK_EVERY != 0 {
+                    return None;
+                }
+                let expired = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t));
+                expired.then(|| Dynamic::from("deadline"))
+            });
+        Self { engine, config }
+    }
+
+    /// The limits this engine enforces.
+    pub fn config(&self) -> &RhaiConfig {
+        &self.config
+    }
+
+    /// Compiles `source` and finds its entry point:
+    /// - a function `execute(input)`, or
+    /// - the seed form: functions defined and, as the last statement, the name of the entry
+    ///   function (a one-parameter function). The top-level statements run once, here.
+    pub fn compile(&self, name: &str, source: &str) -> Result<Entry, PluginError> {
+        let mut ast = self
+            .engine
+            .compile(source)
+            .map_err(|e| PluginError::Load(format!("{name}: {e}")))?;
+        ast.set_source(name);
+        let takes_one = |f: &str| ast.iter_functions().any(|m| m.name == f && m.params.len() == 1);
+        if takes_one("execute") {
+            return Ok(Entry {
+                ast,
+                function: "execute".to_string(),
+            });
+        }
+        let result = {
+            let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut Scope::new(), &ast)
+        };
+        let named = match result {
+            Ok(value) if value.is_fnptr() => value.cast::<rhai::FnPtr>().fn_name().to_string(),
+            Ok(value) if value.is_string() => value.to_string(),
+            Ok(_) => String::new(),
+            Err(e) => match *e {
+                EvalAltResult::ErrorVariableNotFound(ref var, _) if takes_one(var) => var.clone(),
+                _ => return Err(PluginError::Load(format!("{name}: top-level statements failed: {}", classify(*e, &self.config)))),
+            },
+        };
+        if !named.is_empty() && takes_one(&named) {
+            return Ok(Entry {
+                ast,
+                function: named,
+            });
+        }
+        Err(PluginError::Load(format!(
+            "{name}: no entry point: define `fn execute(input)`, or end the script with the name \
+             of a one-parameter entry function"
+        )))
+    }
+
+    /// Runs the entry function on `input` with this engine's limits and deadline. Blocking:
+    /// call it from a blocking thread.
+    pub fn call(&self, entry: &Entry, input: Value) -> Result<Value, PluginError> {
+        let arg = to_dynamic(input)?;
+        let result = {
+            let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
+            self.engine.call_fn_with_options::<Dynamic>(
+                CallFnOptions::new().eval_ast(false).rewind_scope(true),
+                &mut Scope::new(),
+                &entry.ast,
+                &entry.function,
+                (arg,),
+            )
+        };
+        match result {
+            Ok(value) => from_dynamic(value),
+            Err(e) => Err(classify(*e, &self.config)),
+        }
+    }
+}
+
+/// Maps a script error to a plugin error: limits to 413, the deadline to 408, a thrown
+/// `#{code: 400, message}` to 400, anything else to 500 with the script's own message.
+pub fn classify(error: EvalAltResult, config: &RhaiConfig) -> PluginError {
+    let root = error.unwrap_inner();
+    match root {
+        EvalAltResult::ErrorTerminated(..) => PluginError::Timeout(format!(
+            "script exceeded its deadline of {} ms",
+            config.timeout_ms
+        )),
+        EvalAltResult::ErrorTooManyOperations(pos) => PluginError::LimitExceeded(format!(
+            "script exceeded the operation limit of {} ({pos})",
+            config.max_operations
+        )),
+        EvalAltResult::ErrorStackOverflow(pos) => PluginError::LimitExceeded(format!(
+            "script exceeded the call-depth limit of {} ({pos})",
+            config.max_call_levels
+        )),
+        EvalAltResult::ErrorDataTooLarge(what, pos) => {
+            let limit = if what.contains("string") || what.contains("String") {
+                format!("{} bytes per string", config.max_string_size)
+            } else if what.contains("rray") {
+                format!("{} elements per array", config.max_array_size)
+            } else if what.contains("map") || what.contains("Map") {
+                format!("{} entries per map", config.max_map_size)
+            } else {
+                "the configured size".to_string()
+            };
+            PluginError::LimitExceeded(format!("{what} exceeds the limit of {limit} ({pos})"))
+        }
+        EvalAltResult::ErrorTooManyVariables(pos) | EvalAltResult::ErrorTooManyModules(pos) => {
+            PluginError::LimitExceeded(format!("{root} ({pos})"))
+        }
+        EvalAltResult::ErrorRuntime(value, _) => thrown(value),
+        other => PluginError::Failed(other.to_string()),
+    }
+}
+
+/// The error a script raised with `throw`.
+fn thrown(value: &Dynamic) -> PluginError {
+    if let Some(map) = value.read_lock::<rhai::Map>() {
+        let code = map.get("code").and_then(|c| c.as_int().ok());
+        let message = map
+            .get("message")
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| value.to_string());
+        return match code {
+            Some(400) => PluginError::BadInput(message),
+            _ => PluginError::Failed(message),
+        };
+    }
+    PluginError::Failed(value.to_string())
+}

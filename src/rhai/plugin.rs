@@ -1,0 +1,106 @@
+//! A Rhai script as a plugin.
+//!
+//! `load` compiles the source once; `execute` runs the cached entry function on tokio's
+//! blocking pool. The async side also waits no longer than the deadline plus a grace period,
+//! so a reply is sent on time even if the blocking pool is saturated.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+
+use super::engine::{Entry, ScriptEngine};
+use crate::plugin::{AgentPlugin, PluginError, PluginKind, PluginMetadata, Value};
+
+/// Extra time the async side waits beyond the script deadline before answering 408 itself.
+const DEADLINE_GRACE: Duration = Duration::from_millis(50);
+
+/// A script plugin.
+pub struct RhaiPlugin {
+    meta: PluginMetadata,
+    source: String,
+    engine: Arc<ScriptEngine>,
+    compiled: ArcSwapOption<Entry>,
+}
+
+impl std::fmt::Debug for RhaiPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RhaiPlugin").field("meta", &self.meta).finish()
+    }
+}
+
+impl RhaiPlugin {
+    /// A plugin named `name` running `source` on `engine`. Nothing is compiled until `load`.
+    pub fn new(name: &str, source: impl Into<String>, engine: Arc<ScriptEngine>) -> Self {
+        Self {
+            meta: PluginMetadata::new(name, PluginKind::Rhai)
+                .version("0.0.0")
+                .description(format!("Rhai script {name}")),
+            source: source.into(),
+            engine,
+            compiled: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Reads a `*.rhai` file; the plugin's name is the file stem.
+    pub fn from_file(path: &Path, engine: Arc<ScriptEngine>) -> Result<Self, PluginError> {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| PluginError::Load(format!("{}: file name is not UTF-8", path.display())))?;
+        crate::subjects::validate_name(name).map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
+        let mut plugin = Self::new(name, source, engine);
+        plugin.meta.description = format!("Rhai script {}", path.display());
+        Ok(plugin)
+    }
+
+    /// The name of the entry function, once loaded.
+    pub fn entry_function(&self) -> Option<String> {
+        self.compiled.load().as_ref().map(|e| e.function.clone())
+    }
+}
+
+#[async_trait]
+impl AgentPlugin for RhaiPlugin {
+    fn metadata(&self) -> &PluginMetadata {
+        &self.meta
+    }
+
+    async fn load(&self) -> Result<(), PluginError> {
+        let engine = self.engine.clone();
+        let name = self.meta.id.clone();
+        let source = self.source.clone();
+        let entry = tokio::task::spawn_blocking(move || engine.compile(&name, &source))
+            .await
+            .map_err(|e| PluginError::Load(format!("compiler task failed: {e}")))??;
+        self.compiled.store(Some(Arc::new(entry)));
+        Ok(())
+    }
+
+    async fn unload(&self) -> Result<(), PluginError> {
+        self.compiled.store(None);
+        Ok(())
+    }
+
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        let entry = self
+            .compiled
+            .load_full()
+            .ok_or_else(|| PluginError::Failed(format!("{} is not compiled", self.meta.id)))?;
+        let engine = self.engine.clone();
+        let timeout = engine.config().timeout();
+        let call = tokio::task::spawn_blocking(move || engine.call(&entry, input));
+        match tokio::time::timeout(timeout + DEADLINE_GRACE, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(PluginError::Failed(format!("script task failed: {join}"))),
+            Err(_) => Err(PluginError::Timeout(format!(
+                "script exceeded its deadline of {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Subject names and plugin-name validation.
+//!
+//! Every subject the service uses is built here, so `subjects.md` and the code cannot drift
+//! apart silently. Plugin names become subject tokens, so they are restricted to
+//! `[A-Za-z0-9_-]+` (no dots, wildcards or spaces).
+
+/// Prefix of the per-plugin request subjects.
+pub const EXEC_PREFIX: &str = "mofa.exec";
+/// Prefix of result events.
+pub const RESULT_EVENT_PREFIX: &str = "mofa.events.result";
+/// Queue group every worker joins on every plugin subject, so requests are load-balanced.
+pub const QUEUE_GROUP: &str = "mofa";
+/// Service name announced on the NATS Services API (`$SRV.*.mofa`).
+pub const SERVICE_NAME: &str = "mofa";
+
+/// `mofa.exec.<plugin>`
+pub fn exec(plugin: &str) -> String {
+    format!("{EXEC_PREFIX}.{plugin}")
+}
+
+/// `mofa.events.result.<plugin>`
+pub fn result_event(plugin: &str) -> String {
+    format!("{RESULT_EVENT_PREFIX}.{plugin}")
+}
+
+/// Why a plugin name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid plugin name {name:?}: names may only contain A-Z, a-z, 0-9, '_' and '-' (1 to 128 characters)")]
+pub struct InvalidName {
+    /// The refused name.
+    pub name: String,
+}
+
+/// Checks that `name` can be a plugin name (and so a subject token).
+pub fn validate_name(name: &str) -> Result<(), InvalidName> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidName {
+            name: name.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_subject_safe() {
+        for good in ["echo", "discount_native", "a-b", "X9"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a.b", "a b", "a*", ">", "ü", &"x".repeat(129)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+        assert_eq!(exec("echo"), "mofa.exec.echo");
+        assert_eq!(result_event("echo"), "mofa.events.result.echo");
+    }
+}

@@ -1,0 +1,245 @@
+//! One plugin served on the bus: subscription, admission, execution, reply, result event.
+//!
+//! The subscription is read by one task that only admits: it takes a concurrency permit and
+//! spawns the request, or, when the plugin is saturated, answers 503 at once. Nothing queues
+//! without bound. The permit is released before the reply is published, so a client keeping
+//! exactly `max_concurrency` requests in flight is never refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
+use futures::StreamExt;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::plugin::{ManagedPlugin, PluginError};
+use crate::subjects;
+use crate::wire::{self, ErrorCode, ResultEvent, Value};
+
+/// Counters for the Services API `STATS` reply. Updated with atomics; the last error takes a
+/// lock only when there is an error.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    processing_ns: AtomicU64,
+    last_error: Mutex<Option<(u16, String)>>,
+}
+
+impl EndpointStats {
+    fn record(&self, elapsed: Duration, error: Option<(ErrorCode, &str)>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.processing_ns
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        if let Some((code, message)) = error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((code.as_u16(), message.to_string()));
+        }
+    }
+
+    /// Requests answered (including errors).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered with an error.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Total processing time.
+    pub fn processing_time(&self) -> Duration {
+        Duration::from_nanos(self.processing_ns.load(Ordering::Relaxed))
+    }
+
+    /// The last error as (code, message).
+    pub fn last_error(&self) -> Option<(u16, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Everything a request of one plugin needs, shared by its tasks.
+pub(crate) struct Endpoint {
+    pub(crate) plugin: Arc<ManagedPlugin>,
+    pub(crate) subject: String,
+    pub(crate) stats: Arc<EndpointStats>,
+    client: Client,
+    permits: Arc<Semaphore>,
+    limit: usize,
+    event_subject: Subject,
+    worker_id: Arc<str>,
+    events: bool,
+    include_output: bool,
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        plugin: Arc<ManagedPlugin>,
+        client: Client,
+        config: &crate::config::WorkerConfig,
+        worker_id: Arc<str>,
+    ) -> Self {
+        Self {
+            subject: subjects::exec(plugin.id()),
+            event_subject: Subject::from(subjects::result_event(plugin.id())),
+            plugin,
+            stats: Arc::new(EndpointStats::default()),
+            client,
+            permits: Arc::new(Semaphore::new(config.max_concurrency)),
+            limit: config.max_concurrency,
+            worker_id,
+            events: config.events.results,
+            include_output: config.events.include_output,
+        }
+    }
+
+    /// Reads the subscription until shutdown, then drains it: the server stops routing requests
+    /// here, and every request already routed here is still answered.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        mut requests: Subscriber,
+        mut shutdown: watch::Receiver<bool>,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => break,
+                message = requests.next() => match message {
+                    Some(message) => self.admit(message, &tracker),
+                    None => return,
+                },
+            }
+        }
+        if let Err(e) = requests.drain().await {
+            tracing::warn!(plugin = self.plugin.id(), error = %e, "drain failed");
+            return;
+        }
+        while let Some(message) = requests.next().await {
+            self.admit(message, &tracker);
+        }
+        tracing::debug!(plugin = self.plugin.id(), "endpoint drained");
+    }
+
+    fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
+        let endpoint = self.clone();
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracker.spawn(async move { endpoint.handle(message, permit).await });
+            }
+            Err(_) => {
+                tracker.spawn(async move {
+                    let error = PluginError::Unavailable(format!(
+                        "plugin {} is saturated: {} requests already in flight on this worker",
+                        endpoint.plugin.id(),
+                        endpoint.limit
+                    ));
+                    endpoint.reply_error(&message, &error).await;
+                    let message = error.to_string();
+                    endpoint
+                        .stats
+                        .record(Duration::ZERO, Some((error.code(), &message)));
+                });
+            }
+        }
+    }
+
+    async fn handle(&self, message: Message, permit: OwnedSemaphorePermit) {
+        let started = Instant::now();
+        let result = match wire::decode(&message.payload) {
+            Ok(input) => self.plugin.execute(input).await,
+            Err(e) => Err(PluginError::BadInput(e.to_string())),
+        };
+        drop(permit);
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(output) => {
+                if let Some(reply) = &message.reply {
+                    if let Err(e) = self.client.publish(reply.clone(), wire::encode(output)).await {
+                        tracing::warn!(plugin = self.plugin.id(), error = %e, "reply not sent");
+                    }
+                }
+                self.stats.record(elapsed, None);
+            }
+            Err(error) => {
+                self.reply_error(&message, error).await;
+                let text = error.to_string();
+                self.stats.record(elapsed, Some((error.code(), &text)));
+            }
+        }
+        if self.events {
+            self.publish_event(&message, result, elapsed).await;
+        }
+    }
+
+    async fn reply_error(&self, message: &Message, error: &PluginError) {
+        let Some(reply) = &message.reply else {
+            return;
+        };
+        let code = error.code();
+        let text = error.to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::HEADER_ERROR, header_safe(&text).as_str());
+        headers.insert(wire::HEADER_ERROR_CODE, code.as_u16().to_string().as_str());
+        let body = wire::encode_error(code, &text);
+        if let Err(e) = self
+            .client
+            .publish_with_headers(reply.clone(), headers, body)
+            .await
+        {
+            tracing::warn!(plugin = self.plugin.id(), error = %e, "error reply not sent");
+        }
+    }
+
+    async fn publish_event(
+        &self,
+        message: &Message,
+        result: Result<Value, PluginError>,
+        elapsed: Duration,
+    ) {
+        let request_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::HEADER_REQUEST_ID))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_else(|| nuid::next().as_str().to_string());
+        let (ok, code, error_message, output) = match result {
+            Ok(output) => (true, None, None, self.include_output.then_some(output)),
+            Err(e) => (false, Some(e.code().as_u16()), Some(e.to_string()), None),
+        };
+        let event = ResultEvent {
+            event: "result".to_string(),
+            plugin: self.plugin.id().to_string(),
+            kind: self.plugin.kind().as_str().to_string(),
+            worker: self.worker_id.to_string(),
+            request_id,
+            ok,
+            code,
+            message: error_message,
+            duration_us: elapsed.as_micros() as u64,
+            timestamp_ms: wire::unix_ms(),
+            output,
+        };
+        match wire::encode_named(&event) {
+            Ok(body) => {
+                if let Err(e) = self.client.publish(self.event_subject.clone(), body).await {
+                    tracing::warn!(plugin = self.plugin.id(), error = %e, "result event not sent");
+                }
+            }
+            Err(e) => tracing::warn!(plugin = self.plugin.id(), error = %e, "result event not encoded"),
+        }
+    }
+}
+
+/// Header values cannot hold line breaks; keep the message on one line.
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect()
+}

@@ -1,0 +1,151 @@
+//! The NATS Services API (ADR-32, "micro"): `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS`.
+//!
+//! Answered with async-nats's own `service` schema types, so `nats micro ls/info/stats` and
+//! any micro client read them. The worker answers these verbs itself rather than through
+//! `async_nats::service::Service` because error replies here carry a MessagePack body as well
+//! as the standard headers, and because per-request stats must not take a lock shared by
+//! every endpoint.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_nats::service::{endpoint, error, Info, PingResponse, Stats};
+use async_nats::Client;
+use futures::stream::{self, StreamExt};
+use tokio::sync::watch;
+
+use super::endpoint::Endpoint;
+use crate::subjects::{QUEUE_GROUP, SERVICE_NAME};
+
+/// Service version announced on the Services API.
+pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the Services API responder knows about this worker.
+pub(crate) struct ServiceInfo {
+    pub(crate) id: String,
+    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl ServiceInfo {
+    fn metadata(&self) -> HashMap<String, String> {
+        HashMap::from([("worker".to_string(), self.id.clone())])
+    }
+
+    fn ping(&self) -> PingResponse {
+        PingResponse {
+            kind: "io.nats.micro.v1.ping_response".to_string(),
+            name: SERVICE_NAME.to_string(),
+            id: self.id.clone(),
+            version: SERVICE_VERSION.to_string(),
+            metadata: self.metadata(),
+        }
+    }
+
+    fn info(&self) -> Info {
+        Info {
+            kind: "io.nats.micro.v1.info_response".to_string(),
+            name: SERVICE_NAME.to_string(),
+            id: self.id.clone(),
+            description: "mofa-bus plugin worker: native, Rhai and WASM plugins on mofa.exec.<plugin>".to_string(),
+            version: SERVICE_VERSION.to_string(),
+            metadata: self.metadata(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| endpoint::Info {
+                    name: e.plugin.id().to_string(),
+                    subject: e.subject.clone(),
+                    queue_group: QUEUE_GROUP.to_string(),
+                    metadata: HashMap::from([
+                        ("kind".to_string(), e.plugin.kind().as_str().to_string()),
+                        ("version".to_string(), e.plugin.metadata().version.clone()),
+                    ]),
+                })
+                .collect(),
+        }
+    }
+
+    fn stats(&self, started: async_nats::datetime::DateTime) -> Stats {
+        Stats {
+            kind: "io.nats.micro.v1.stats_response".to_string(),
+            name: SERVICE_NAME.to_string(),
+            id: self.id.clone(),
+            version: SERVICE_VERSION.to_string(),
+            started,
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| {
+                    let requests = e.stats.requests() as usize;
+                    let processing_time = e.stats.processing_time();
+                    endpoint::Stats {
+                        name: e.plugin.id().to_string(),
+                        subject: e.subject.clone(),
+                        requests,
+                        errors: e.stats.errors() as usize,
+                        processing_time,
+                        average_processing_time: processing_time
+                            .checked_div(requests.max(1) as u32)
+                            .unwrap_or_default(),
+                        last_error: e
+                            .stats
+                            .last_error()
+                            .map(|(code, status)| error::Error {
+                                code: usize::from(code),
+                                status,
+                            }),
+                        data: None,
+                        queue_group: QUEUE_GROUP.to_string(),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Answers PING, INFO and STATS (all, by name, by id) until shutdown.
+pub(crate) async fn serve(
+    client: Client,
+    info: Arc<ServiceInfo>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), async_nats::SubscribeError> {
+    let started = async_nats::datetime::now();
+    let mut subscriptions = Vec::new();
+    for verb in ["PING", "INFO", "STATS"] {
+        for subject in [
+            format!("$SRV.{verb}"),
+            format!("$SRV.{verb}.{SERVICE_NAME}"),
+            format!("$SRV.{verb}.{SERVICE_NAME}.{}", info.id),
+        ] {
+            let sub = client.subscribe(subject).await?;
+            subscriptions.push(sub.map(move |m| (verb, m)));
+        }
+    }
+    let mut requests = stream::select_all(subscriptions);
+    loop {
+        let (verb, message) = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            next = requests.next() => match next {
+                Some(next) => next,
+                None => return Ok(()),
+            },
+        };
+        let Some(reply) = message.reply else {
+            continue;
+        };
+        let body = match verb {
+            "PING" => serde_json::to_vec(&info.ping()),
+            "INFO" => serde_json::to_vec(&info.info()),
+            _ => serde_json::to_vec(&info.stats(started)),
+        };
+        match body {
+            Ok(body) => {
+                if let Err(e) = client.publish(reply, body.into()).await {
+                    tracing::warn!(error = %e, verb, "services API reply not sent");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, verb, "services API reply not encoded"),
+        }
+    }
+}

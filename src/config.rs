@@ -129,10 +129,14 @@ impl WorkerConfig {
     /// Checks values that would make the worker unable to serve.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_concurrency == 0 {
-            return Err(ConfigError::Invalid("max_concurrency must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "max_concurrency must be at least 1".into(),
+            ));
         }
         if self.rhai.timeout_ms == 0 {
-            return Err(ConfigError::Invalid("rhai.timeout_ms must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "rhai.timeout_ms must be at least 1".into(),
+            ));
         }
         if let Some(id) = &self.worker_id {
             crate::subjects::validate_name(id)
@@ -152,7 +156,10 @@ mod tests {
             .expect("parses");
         assert_eq!(config.max_concurrency, 4);
         assert_eq!(config.rhai.timeout_ms, 50);
-        assert_eq!(config.rhai.max_operations, RhaiConfig::default().max_operations);
+        assert_eq!(
+            config.rhai.max_operations,
+            RhaiConfig::default().max_operations
+        );
         assert_eq!(config.nats_url, DEFAULT_NATS_URL);
     }
 

@@ -60,7 +60,11 @@ pub async fn ensure_nats(url: &str) -> anyhow::Result<Option<DevServer>> {
     let dir = std::env::temp_dir().join(format!("mofa-dev-nats-{}", std::process::id()));
     std::fs::create_dir_all(&dir).context("cannot create a JetStream directory")?;
     let dir = TempDir(dir);
-    eprintln!("no NATS server at {url}: starting {} on {host}:{port} (JetStream in {})", binary.display(), dir.0.display());
+    eprintln!(
+        "no NATS server at {url}: starting {} on {host}:{port} (JetStream in {})",
+        binary.display(),
+        dir.0.display()
+    );
     let child = Command::new(&binary)
         .args(["-a", &host, "-p", &port.to_string(), "-js", "-sd"])
         .arg(&dir.0)
@@ -76,7 +80,10 @@ pub async fn ensure_nats(url: &str) -> anyhow::Result<Option<DevServer>> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("started {} but it did not answer at {url} within 10 s", binary.display())
+    bail!(
+        "started {} but it did not answer at {url} within 10 s",
+        binary.display()
+    )
 }
 
 fn host_port(url: &str) -> anyhow::Result<(String, u16)> {

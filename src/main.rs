@@ -144,7 +144,11 @@ async fn worker(
     };
     let worker = mofa_bus::worker::Worker::start(config).await?;
     for failure in worker.load_failures() {
-        eprintln!("warning: {} not served: {}", failure.path.display(), failure.error);
+        eprintln!(
+            "warning: {} not served: {}",
+            failure.path.display(),
+            failure.error
+        );
     }
     mofa_bus::worker::shutdown::signal().await;
     worker.shutdown().await?;
@@ -182,7 +186,10 @@ async fn exec(
                     subjects::exec(plugin)
                 ),
                 RequestErrorKind::TimedOut => {
-                    format!("no reply from plugin {plugin:?} within {}", humantime::format_duration(timeout))
+                    format!(
+                        "no reply from plugin {plugin:?} within {}",
+                        humantime::format_duration(timeout)
+                    )
                 }
                 _ => format!("request failed: {e}"),
             };

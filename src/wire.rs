@@ -358,7 +358,9 @@ pub fn to_json(value: &Value) -> serde_json::Value {
             m.iter()
                 .map(|(k, v)| {
                     let key = match k {
-                        Value::String(s) => s.as_str().map_or_else(|| k.to_string(), str::to_string),
+                        Value::String(s) => {
+                            s.as_str().map_or_else(|| k.to_string(), str::to_string)
+                        }
                         other => other.to_string(),
                     };
                     (key, to_json(v))
@@ -424,9 +426,18 @@ mod tests {
     #[test]
     fn reserved_byte_and_bad_utf8_are_rejected() {
         assert!(matches!(decode(&[0xc1]), Err(DecodeError::Invalid(_))));
-        assert!(matches!(decode(&[0x91, 0xc1]), Err(DecodeError::Invalid(_))));
-        assert!(matches!(decode(&[0xa2, 0xff, 0xfe]), Err(DecodeError::Invalid(_))));
-        assert!(matches!(decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]), Err(DecodeError::Invalid(_))));
+        assert!(matches!(
+            decode(&[0x91, 0xc1]),
+            Err(DecodeError::Invalid(_))
+        ));
+        assert!(matches!(
+            decode(&[0xa2, 0xff, 0xfe]),
+            Err(DecodeError::Invalid(_))
+        ));
+        assert!(matches!(
+            decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]),
+            Err(DecodeError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -436,8 +447,14 @@ mod tests {
 
     #[test]
     fn truncated_and_trailing_bodies_are_rejected() {
-        assert!(matches!(decode(&[0x92, 0x01]), Err(DecodeError::Invalid(_))));
-        assert!(matches!(decode(&[0x01, 0x02]), Err(DecodeError::Trailing(1))));
+        assert!(matches!(
+            decode(&[0x92, 0x01]),
+            Err(DecodeError::Invalid(_))
+        ));
+        assert!(matches!(
+            decode(&[0x01, 0x02]),
+            Err(DecodeError::Trailing(1))
+        ));
         assert!(matches!(decode(&[0xc1]), Err(DecodeError::Invalid(_))));
     }
 

@@ -35,7 +35,10 @@ async fn native_and_rhai_round_trips() {
         ("bin", Value::Binary(vec![0, 159, 255])),
         ("a", Value::Array(vec![Value::from(1), Value::from("x")])),
     ]);
-    assert_eq!(call(&client, "echo", every_type.clone()).await.ok(), every_type);
+    assert_eq!(
+        call(&client, "echo", every_type.clone()).await.ok(),
+        every_type
+    );
 
     for (plugin, price, tier, expected) in [
         ("discount_native", Value::from(100), "gold", 80.0),
@@ -45,7 +48,9 @@ async fn native_and_rhai_round_trips() {
         ("discount", Value::F64(50.0), "silver", 45.0),
         ("discount", Value::from(100), "bronze", 100.0),
     ] {
-        let out = call(&client, plugin, discount_input(price, tier)).await.ok();
+        let out = call(&client, plugin, discount_input(price, tier))
+            .await
+            .ok();
         assert_eq!(out, Value::F64(expected), "{plugin} {tier}");
     }
     worker.shutdown().await.expect("drains");
@@ -61,7 +66,10 @@ async fn missing_or_mistyped_discount_fields_are_400_for_both_kinds() {
             map(&[("price", Value::from(10))]),
             map(&[("customer_tier", Value::from("gold"))]),
             discount_input(Value::from("ten"), "gold"),
-            map(&[("price", Value::from(10)), ("customer_tier", Value::from(3))]),
+            map(&[
+                ("price", Value::from(10)),
+                ("customer_tier", Value::from(3)),
+            ]),
             Value::from(42),
         ] {
             let reply = call(&client, plugin, input.clone()).await;
@@ -112,7 +120,11 @@ async fn seed_order_processor_prices_an_order() {
     let bad = call(
         &client,
         "order_processor",
-        map(&[("id", Value::from(7)), ("quantity", Value::from(0)), ("price", Value::from(5))]),
+        map(&[
+            ("id", Value::from(7)),
+            ("quantity", Value::from(0)),
+            ("price", Value::from(5)),
+        ]),
     )
     .await;
     assert_eq!(bad.code(), Some(400));
@@ -178,12 +190,20 @@ async fn concurrent_rhai_requests_all_get_their_own_answer() {
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move {
-                call(&client, "discount", discount_input(Value::from(i * 10), "gold")).await
+                call(
+                    &client,
+                    "discount",
+                    discount_input(Value::from(i * 10), "gold"),
+                )
+                .await
             })
         })
         .collect();
     for (i, c) in calls.into_iter().enumerate() {
-        assert_eq!(c.await.expect("joins").ok(), Value::F64(i as f64 * 10.0 * 0.8));
+        assert_eq!(
+            c.await.expect("joins").ok(),
+            Value::F64(i as f64 * 10.0 * 0.8)
+        );
     }
     worker.shutdown().await.expect("drains");
 }
@@ -221,9 +241,15 @@ async fn saturated_plugin_answers_503_at_once_instead_of_queueing() {
     }
     assert!(ok >= 2, "the permitted requests were served ({ok})");
     assert!(saturated >= 1, "the limit of 2 was never enforced");
-    assert!(plugin.peak.load(Ordering::SeqCst) <= 2, "more than 2 ran at once");
+    assert!(
+        plugin.peak.load(Ordering::SeqCst) <= 2,
+        "more than 2 ran at once"
+    );
     // Once the burst is over the plugin serves again.
-    assert_eq!(call(&client, "overlap", Value::from(1)).await.ok(), Value::from(1));
+    assert_eq!(
+        call(&client, "overlap", Value::from(1)).await.ok(),
+        Value::from(1)
+    );
     worker.shutdown().await.expect("drains");
 }
 
@@ -244,7 +270,10 @@ async fn two_workers_in_one_queue_group_both_serve() {
     client.flush().await.expect("flush");
 
     for i in 0..200 {
-        assert_eq!(call(&client, "echo", Value::from(i)).await.ok(), Value::from(i));
+        assert_eq!(
+            call(&client, "echo", Value::from(i)).await.ok(),
+            Value::from(i)
+        );
     }
     let mut served_by = HashSet::new();
     let mut seen = 0;
@@ -263,12 +292,17 @@ async fn two_workers_in_one_queue_group_both_serve() {
         HashSet::from(["worker-a".to_string(), "worker-b".to_string()])
     );
     assert!(
-        tokio::time::timeout(Duration::from_millis(300), events.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err(),
         "a request was executed twice"
     );
     wa.shutdown().await.expect("drains");
     // One worker gone: the other keeps serving.
-    assert_eq!(call(&client, "echo", Value::from("x")).await.ok(), Value::from("x"));
+    assert_eq!(
+        call(&client, "echo", Value::from("x")).await.ok(),
+        Value::from("x")
+    );
     wb.shutdown().await.expect("drains");
 }
 
@@ -281,19 +315,32 @@ async fn bad_msgpack_gets_400_and_worker_survives() {
         (vec![0xc1u8], "reserved byte"),
         (vec![0x92, 0x01], "truncated array"),
         (vec![0x01, 0x02], "two values"),
-        (vec![0xdb, 0xff, 0xff, 0xff, 0xff], "string longer than the body"),
+        (
+            vec![0xdb, 0xff, 0xff, 0xff, 0xff],
+            "string longer than the body",
+        ),
         (vec![0x91; 5000], "nesting bomb"),
     ] {
         for plugin in ["echo", "discount", "discount_native"] {
-            let reply = call_raw(&client, plugin, Bytes::from(body.clone()), Duration::from_secs(5))
-                .await
-                .expect("a reply");
+            let reply = call_raw(
+                &client,
+                plugin,
+                Bytes::from(body.clone()),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("a reply");
             assert_eq!(reply.code(), Some(400), "{plugin} {what}: {reply:?}");
             assert!(reply.message().contains("MessagePack"), "{reply:?}");
         }
     }
-    assert_eq!(call(&client, "echo", Value::from("alive")).await.ok(), Value::from("alive"));
-    let out = call(&client, "discount", discount_input(Value::from(10), "gold")).await.ok();
+    assert_eq!(
+        call(&client, "echo", Value::from("alive")).await.ok(),
+        Value::from("alive")
+    );
+    let out = call(&client, "discount", discount_input(Value::from(10), "gold"))
+        .await
+        .ok();
     assert_eq!(out, Value::F64(8.0));
     worker.shutdown().await.expect("drains");
 }
@@ -315,9 +362,14 @@ async fn unknown_plugin_gets_no_responders() {
     let server = NatsServer::start();
     let worker = worker(config(&server, &repo_plugins())).await;
     let client = server.client().await;
-    let err = call_raw(&client, "no_such_plugin", Bytes::new(), Duration::from_secs(5))
-        .await
-        .expect_err("nobody serves it");
+    let err = call_raw(
+        &client,
+        "no_such_plugin",
+        Bytes::new(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect_err("nobody serves it");
     assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
     worker.shutdown().await.expect("drains");
 }
@@ -329,7 +381,10 @@ async fn result_events_reach_a_subscriber() {
     cfg.worker_id = Some("events-worker".into());
     let worker = worker(cfg).await;
     let client = server.client().await;
-    let mut events = client.subscribe("mofa.events.result.*").await.expect("subscribes");
+    let mut events = client
+        .subscribe("mofa.events.result.*")
+        .await
+        .expect("subscribes");
     client.flush().await.expect("flush");
 
     let mut headers = async_nats::HeaderMap::new();
@@ -384,7 +439,10 @@ async fn result_events_can_leave_out_the_output() {
     cfg.events.include_output = false;
     let worker = worker(cfg).await;
     let client = server.client().await;
-    let mut events = client.subscribe("mofa.events.result.echo").await.expect("subscribes");
+    let mut events = client
+        .subscribe("mofa.events.result.echo")
+        .await
+        .expect("subscribes");
     client.flush().await.expect("flush");
     call(&client, "echo", Value::from("secret")).await.ok();
     let m = tokio::time::timeout(Duration::from_secs(5), events.next())
@@ -407,18 +465,27 @@ async fn services_api_ping_info_and_stats_answer() {
     let client = server.client().await;
 
     for subject in ["$SRV.PING", "$SRV.PING.mofa", "$SRV.PING.mofa.svc-worker"] {
-        let reply = client.request(subject, Bytes::new()).await.expect("ping answered");
+        let reply = client
+            .request(subject, Bytes::new())
+            .await
+            .expect("ping answered");
         let ping: PingResponse = serde_json::from_slice(&reply.payload).expect("ping schema");
         assert_eq!(ping.kind, "io.nats.micro.v1.ping_response");
         assert_eq!(ping.name, "mofa");
         assert_eq!(ping.id, "svc-worker");
     }
 
-    let reply = client.request("$SRV.INFO.mofa", Bytes::new()).await.expect("info");
+    let reply = client
+        .request("$SRV.INFO.mofa", Bytes::new())
+        .await
+        .expect("info");
     let info: Info = serde_json::from_slice(&reply.payload).expect("info schema");
     let mut names: Vec<_> = info.endpoints.iter().map(|e| e.name.clone()).collect();
     names.sort();
-    assert_eq!(names, ["discount", "discount_native", "echo", "order_processor"]);
+    assert_eq!(
+        names,
+        ["discount", "discount_native", "echo", "order_processor"]
+    );
     for e in &info.endpoints {
         assert_eq!(e.subject, format!("mofa.exec.{}", e.name));
         assert_eq!(e.queue_group, "mofa");
@@ -426,11 +493,21 @@ async fn services_api_ping_info_and_stats_answer() {
 
     call(&client, "echo", Value::from(1)).await.ok();
     call(&client, "echo", Value::from(2)).await.ok();
-    assert_eq!(call(&client, "discount_native", Value::Nil).await.code(), Some(400));
-    let reply = client.request("$SRV.STATS.mofa.svc-worker", Bytes::new()).await.expect("stats");
+    assert_eq!(
+        call(&client, "discount_native", Value::Nil).await.code(),
+        Some(400)
+    );
+    let reply = client
+        .request("$SRV.STATS.mofa.svc-worker", Bytes::new())
+        .await
+        .expect("stats");
     let stats: Stats = serde_json::from_slice(&reply.payload).expect("stats schema");
     assert_eq!(stats.kind, "io.nats.micro.v1.stats_response");
-    let echo = stats.endpoints.iter().find(|e| e.name == "echo").expect("echo stats");
+    let echo = stats
+        .endpoints
+        .iter()
+        .find(|e| e.name == "echo")
+        .expect("echo stats");
     assert_eq!((echo.requests, echo.errors), (2, 0));
     let native = stats
         .endpoints
@@ -456,7 +533,13 @@ async fn invalid_file_names_and_broken_scripts_are_reported_and_skipped() {
     let mut failed: Vec<String> = worker
         .load_failures()
         .iter()
-        .map(|f| f.path.file_name().unwrap_or_default().to_string_lossy().into_owned())
+        .map(|f| {
+            f.path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     failed.sort();
     assert_eq!(failed, ["bad.name.rhai", "broken.rhai", "no_entry.rhai"]);
@@ -466,7 +549,10 @@ async fn invalid_file_names_and_broken_scripts_are_reported_and_skipped() {
         .find(|f| f.path.ends_with("no_entry.rhai"))
         .expect("reported");
     assert!(no_entry.error.contains("entry point"), "{}", no_entry.error);
-    assert_eq!(call(&client, "good", Value::from(21)).await.ok(), Value::from(42));
+    assert_eq!(
+        call(&client, "good", Value::from(21)).await.ok(),
+        Value::from(42)
+    );
     let err = call_raw(&client, "broken", Bytes::new(), Duration::from_secs(2))
         .await
         .expect_err("not served");

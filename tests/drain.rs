@@ -16,7 +16,11 @@ async fn sigterm_during_a_burst_of_slow_requests_answers_every_request() {
         "fn execute(x) { let t = timestamp(); while t.elapsed < 0.3 { } x }",
     )]);
     let config_file = dir.path().join("worker.toml");
-    std::fs::write(&config_file, "[rhai]\nmax_operations = 0\ntimeout_ms = 10000\n").expect("config");
+    std::fs::write(
+        &config_file,
+        "[rhai]\nmax_operations = 0\ntimeout_ms = 10000\n",
+    )
+    .expect("config");
     let mut worker = WorkerProcess::spawn(&server, dir.path(), Some(&config_file));
     let client = server.client().await;
     wait_for_plugin(&client, "slow", Value::Nil).await;
@@ -25,7 +29,13 @@ async fn sigterm_during_a_burst_of_slow_requests_answers_every_request() {
         .map(|i| {
             let client = client.clone();
             tokio::spawn(async move {
-                call_raw(&client, "slow", mofa_bus::wire::encode(&Value::from(i)), Duration::from_secs(20)).await
+                call_raw(
+                    &client,
+                    "slow",
+                    mofa_bus::wire::encode(&Value::from(i)),
+                    Duration::from_secs(20),
+                )
+                .await
             })
         })
         .collect();
@@ -35,7 +45,10 @@ async fn sigterm_during_a_burst_of_slow_requests_answers_every_request() {
     assert_eq!(rc, 0, "SIGTERM sent");
 
     for (i, request) in burst.into_iter().enumerate() {
-        let reply = request.await.expect("joins").expect("every request is answered");
+        let reply = request
+            .await
+            .expect("joins")
+            .expect("every request is answered");
         assert_eq!(reply, Reply::Ok(Value::from(i)), "request {i}");
     }
     let started = Instant::now();
@@ -43,7 +56,10 @@ async fn sigterm_during_a_burst_of_slow_requests_answers_every_request() {
         if let Some(status) = worker.child.try_wait().expect("wait") {
             break status;
         }
-        assert!(started.elapsed() < Duration::from_secs(15), "worker did not exit after draining");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "worker did not exit after draining"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "worker exited with {status}");

@@ -11,18 +11,40 @@ use mofa_bus::rhai::RhaiConfig;
 use mofa_bus::wire::Value;
 
 const HOSTILE: &[(&str, &str)] = &[
-    ("thrower.rhai", r#"fn execute(x) { throw "out of stock: " + x.sku; }"#),
+    (
+        "thrower.rhai",
+        r#"fn execute(x) { throw "out of stock: " + x.sku; }"#,
+    ),
     ("typo.rhai", "fn execute(x) { no_such_function(x) }"),
     ("spin.rhai", "fn execute(x) { loop { } }"),
-    ("big_string.rhai", r#"fn execute(x) { let s = "x"; for i in 0..40 { s += s; } s.len() }"#),
-    ("recurse.rhai", "fn down(n) { down(n + 1) } fn execute(x) { down(0) }"),
-    ("nested.rhai", "fn down(n) { if n <= 0 { 0 } else { 1 + down(n - 1) } } fn execute(x) { down(x) }"),
-    ("big_map.rhai", r#"fn execute(x) { let m = #{}; for i in 0..x { m["k" + i] = i; } m.len() }"#),
-    ("big_array.rhai", "fn execute(x) { let a = []; for i in 0..x { a.push(i); } a.len() }"),
+    (
+        "big_string.rhai",
+        r#"fn execute(x) { let s = "x"; for i in 0..40 { s += s; } s.len() }"#,
+    ),
+    (
+        "recurse.rhai",
+        "fn down(n) { down(n + 1) } fn execute(x) { down(0) }",
+    ),
+    (
+        "nested.rhai",
+        "fn down(n) { if n <= 0 { 0 } else { 1 + down(n - 1) } } fn execute(x) { down(x) }",
+    ),
+    (
+        "big_map.rhai",
+        r#"fn execute(x) { let m = #{}; for i in 0..x { m["k" + i] = i; } m.len() }"#,
+    ),
+    (
+        "big_array.rhai",
+        "fn execute(x) { let a = []; for i in 0..x { a.push(i); } a.len() }",
+    ),
     ("ok.rhai", "fn execute(x) { x }"),
 ];
 
-async fn start(server: &NatsServer, dir: &std::path::Path, rhai: RhaiConfig) -> mofa_bus::worker::Worker {
+async fn start(
+    server: &NatsServer,
+    dir: &std::path::Path,
+    rhai: RhaiConfig,
+) -> mofa_bus::worker::Worker {
     worker(WorkerConfig {
         rhai,
         ..config(server, dir)
@@ -32,14 +54,27 @@ async fn start(server: &NatsServer, dir: &std::path::Path, rhai: RhaiConfig) -> 
 
 /// Calls `plugin` and checks the error code, that the message mentions `needle`, and that the
 /// answer came within `within`.
-async fn expect_error(client: &async_nats::Client, plugin: &str, input: Value, code: u16, needle: &str, within: Duration) {
+async fn expect_error(
+    client: &async_nats::Client,
+    plugin: &str,
+    input: Value,
+    code: u16,
+    needle: &str,
+    within: Duration,
+) {
     let started = Instant::now();
     let reply = call(client, plugin, input).await;
     let took = started.elapsed();
     assert_eq!(reply.code(), Some(code), "{plugin}: {reply:?}");
     let message = reply.message();
-    assert!(message.contains(needle), "{plugin}: {message:?} should mention {needle:?}");
-    assert!(took < within, "{plugin}: answered after {took:?}, limit {within:?}");
+    assert!(
+        message.contains(needle),
+        "{plugin}: {message:?} should mention {needle:?}"
+    );
+    assert!(
+        took < within,
+        "{plugin}: answered after {took:?}, limit {within:?}"
+    );
     if let Reply::Err { header, .. } = &reply {
         assert_eq!(header, &message, "header and body carry the same message");
     }
@@ -51,21 +86,81 @@ async fn default_limits_stop_hostile_scripts_and_the_worker_keeps_serving() {
     let dir = plugins_dir(HOSTILE);
     let defaults = RhaiConfig::default();
     let worker = start(&server, dir.path(), defaults.clone()).await;
-    assert!(worker.load_failures().is_empty(), "{:?}", worker.load_failures());
+    assert!(
+        worker.load_failures().is_empty(),
+        "{:?}",
+        worker.load_failures()
+    );
     let client = server.client().await;
     let deadline = defaults.timeout() + Duration::from_millis(500);
 
-    expect_error(&client, "thrower", map(&[("sku", Value::from("A1"))]), 500, "out of stock: A1", deadline).await;
+    expect_error(
+        &client,
+        "thrower",
+        map(&[("sku", Value::from("A1"))]),
+        500,
+        "out of stock: A1",
+        deadline,
+    )
+    .await;
     expect_error(&client, "typo", map(&[]), 500, "no_such_function", deadline).await;
-    expect_error(&client, "spin", Value::Nil, 413, "operation limit of 1000000", deadline).await;
-    expect_error(&client, "big_string", Value::Nil, 413, "bytes per string", deadline).await;
-    expect_error(&client, "recurse", Value::Nil, 413, "call-depth limit of 64", deadline).await;
+    expect_error(
+        &client,
+        "spin",
+        Value::Nil,
+        413,
+        "operation limit of 1000000",
+        deadline,
+    )
+    .await;
+    expect_error(
+        &client,
+        "big_string",
+        Value::Nil,
+        413,
+        "bytes per string",
+        deadline,
+    )
+    .await;
+    expect_error(
+        &client,
+        "recurse",
+        Value::Nil,
+        413,
+        "call-depth limit of 64",
+        deadline,
+    )
+    .await;
     // A huge map or array trips a size or the operation limit, whichever comes first; the
     // configured-limits test below pins each one exactly.
-    expect_error(&client, "big_map", Value::from(1_000_000), 413, "limit", deadline).await;
-    expect_error(&client, "big_array", Value::from(1_000_000), 413, "limit", deadline).await;
+    expect_error(
+        &client,
+        "big_map",
+        Value::from(1_000_000),
+        413,
+        "limit",
+        deadline,
+    )
+    .await;
+    expect_error(
+        &client,
+        "big_array",
+        Value::from(1_000_000),
+        413,
+        "limit",
+        deadline,
+    )
+    .await;
 
-    for plugin in ["thrower", "spin", "big_string", "recurse", "big_map", "big_array", "ok"] {
+    for plugin in [
+        "thrower",
+        "spin",
+        "big_string",
+        "recurse",
+        "big_map",
+        "big_array",
+        "ok",
+    ] {
         assert_eq!(
             call(&client, "ok", Value::from(plugin)).await.ok(),
             Value::from(plugin),
@@ -73,9 +168,18 @@ async fn default_limits_stop_hostile_scripts_and_the_worker_keeps_serving() {
         );
     }
     // Within the limits the same scripts work.
-    assert_eq!(call(&client, "big_map", Value::from(100)).await.ok(), Value::from(100));
-    assert_eq!(call(&client, "big_array", Value::from(100)).await.ok(), Value::from(100));
-    assert_eq!(call(&client, "nested", Value::from(20)).await.ok(), Value::from(20));
+    assert_eq!(
+        call(&client, "big_map", Value::from(100)).await.ok(),
+        Value::from(100)
+    );
+    assert_eq!(
+        call(&client, "big_array", Value::from(100)).await.ok(),
+        Value::from(100)
+    );
+    assert_eq!(
+        call(&client, "nested", Value::from(20)).await.ok(),
+        Value::from(20)
+    );
     worker.shutdown().await.expect("drains");
 }
 
@@ -91,8 +195,19 @@ async fn deadline_stops_an_infinite_loop_with_408() {
     let worker = start(&server, dir.path(), rhai).await;
     let client = server.client().await;
     let started = Instant::now();
-    expect_error(&client, "spin", Value::Nil, 408, "deadline of 200 ms", Duration::from_millis(1500)).await;
-    assert!(started.elapsed() >= Duration::from_millis(200), "stopped before its deadline");
+    expect_error(
+        &client,
+        "spin",
+        Value::Nil,
+        408,
+        "deadline of 200 ms",
+        Duration::from_millis(1500),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "stopped before its deadline"
+    );
     // Several at once: each is stopped, none blocks the others.
     let calls: Vec<_> = (0..4)
         .map(|_| {
@@ -103,7 +218,10 @@ async fn deadline_stops_an_infinite_loop_with_408() {
     for c in calls {
         assert_eq!(c.await.expect("joins"), Some(408));
     }
-    assert_eq!(call(&client, "ok", Value::from(1)).await.ok(), Value::from(1));
+    assert_eq!(
+        call(&client, "ok", Value::from(1)).await.ok(),
+        Value::from(1)
+    );
     worker.shutdown().await.expect("drains");
 }
 
@@ -111,8 +229,14 @@ async fn deadline_stops_an_infinite_loop_with_408() {
 async fn configured_limits_are_the_ones_enforced() {
     let server = NatsServer::start();
     let dir = plugins_dir(&[
-        ("count.rhai", "fn execute(n) { let t = 0; for i in 0..n { t += i; } t }"),
-        ("text.rhai", r#"fn execute(n) { let s = ""; for i in 0..n { s += "x"; } s }"#),
+        (
+            "count.rhai",
+            "fn execute(n) { let t = 0; for i in 0..n { t += i; } t }",
+        ),
+        (
+            "text.rhai",
+            r#"fn execute(n) { let s = ""; for i in 0..n { s += "x"; } s }"#,
+        ),
         HOSTILE[5],
         HOSTILE[6],
         HOSTILE[7],
@@ -129,16 +253,71 @@ async fn configured_limits_are_the_ones_enforced() {
     let client = server.client().await;
     let within = Duration::from_secs(2);
 
-    assert!(call(&client, "count", Value::from(100)).await.code().is_none());
-    expect_error(&client, "count", Value::from(100_000), 413, "operation limit of 5000", within).await;
-    assert_eq!(call(&client, "text", Value::from(100)).await.ok(), Value::from("x".repeat(100)));
-    expect_error(&client, "text", Value::from(101), 413, "100 bytes per string", within).await;
-    assert_eq!(call(&client, "nested", Value::from(5)).await.ok(), Value::from(5));
-    expect_error(&client, "nested", Value::from(20), 413, "call-depth limit of 8", within).await;
-    assert_eq!(call(&client, "big_array", Value::from(10)).await.ok(), Value::from(10));
-    expect_error(&client, "big_array", Value::from(11), 413, "10 elements per array", within).await;
-    assert_eq!(call(&client, "big_map", Value::from(10)).await.ok(), Value::from(10));
-    expect_error(&client, "big_map", Value::from(11), 413, "10 entries per map", within).await;
+    assert!(call(&client, "count", Value::from(100))
+        .await
+        .code()
+        .is_none());
+    expect_error(
+        &client,
+        "count",
+        Value::from(100_000),
+        413,
+        "operation limit of 5000",
+        within,
+    )
+    .await;
+    assert_eq!(
+        call(&client, "text", Value::from(100)).await.ok(),
+        Value::from("x".repeat(100))
+    );
+    expect_error(
+        &client,
+        "text",
+        Value::from(101),
+        413,
+        "100 bytes per string",
+        within,
+    )
+    .await;
+    assert_eq!(
+        call(&client, "nested", Value::from(5)).await.ok(),
+        Value::from(5)
+    );
+    expect_error(
+        &client,
+        "nested",
+        Value::from(20),
+        413,
+        "call-depth limit of 8",
+        within,
+    )
+    .await;
+    assert_eq!(
+        call(&client, "big_array", Value::from(10)).await.ok(),
+        Value::from(10)
+    );
+    expect_error(
+        &client,
+        "big_array",
+        Value::from(11),
+        413,
+        "10 elements per array",
+        within,
+    )
+    .await;
+    assert_eq!(
+        call(&client, "big_map", Value::from(10)).await.ok(),
+        Value::from(10)
+    );
+    expect_error(
+        &client,
+        "big_map",
+        Value::from(11),
+        413,
+        "10 entries per map",
+        within,
+    )
+    .await;
     worker.shutdown().await.expect("drains");
 }
 
@@ -157,9 +336,16 @@ async fn expression_depth_limit_refuses_to_load_deep_scripts() {
     let failures = worker.load_failures();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].path.ends_with("deep.rhai"));
-    assert!(failures[0].error.to_lowercase().contains("complex") || failures[0].error.contains("deep"), "{}", failures[0].error);
+    assert!(
+        failures[0].error.to_lowercase().contains("complex") || failures[0].error.contains("deep"),
+        "{}",
+        failures[0].error
+    );
     let client = server.client().await;
-    assert_eq!(call(&client, "shallow", Value::from(3)).await.ok(), Value::from(3));
+    assert_eq!(
+        call(&client, "shallow", Value::from(3)).await.ok(),
+        Value::from(3)
+    );
     worker.shutdown().await.expect("drains");
 }
 
@@ -168,13 +354,23 @@ async fn scripts_cannot_eval_or_import() {
     let server = NatsServer::start();
     let dir = plugins_dir(&[
         ("evil_eval.rhai", r#"fn execute(x) { eval("40 + 2") }"#),
-        ("evil_import.rhai", r#"import "/etc/passwd" as p; fn execute(x) { x }"#),
+        (
+            "evil_import.rhai",
+            r#"import "/etc/passwd" as p; fn execute(x) { x }"#,
+        ),
     ]);
     let worker = start(&server, dir.path(), RhaiConfig::default()).await;
-    let mut failed: Vec<_> = worker.load_failures().iter().map(|f| f.error.clone()).collect();
+    let mut failed: Vec<_> = worker
+        .load_failures()
+        .iter()
+        .map(|f| f.error.clone())
+        .collect();
     failed.sort();
     assert_eq!(failed.len(), 2, "{failed:?}");
-    assert!(failed.iter().all(|e| e.contains("load failed")), "{failed:?}");
+    assert!(
+        failed.iter().all(|e| e.contains("load failed")),
+        "{failed:?}"
+    );
     worker.shutdown().await.expect("drains");
 }
 
@@ -193,7 +389,10 @@ async fn top_level_statements_run_once_at_load_not_per_call() {
     let worker = start(&server, dir.path(), rhai).await;
     let client = server.client().await;
     for i in 0..5 {
-        assert_eq!(call(&client, "heavy_top", Value::from(i)).await.ok(), Value::from(i + 1));
+        assert_eq!(
+            call(&client, "heavy_top", Value::from(i)).await.ok(),
+            Value::from(i + 1)
+        );
     }
     worker.shutdown().await.expect("drains");
 }

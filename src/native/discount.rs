@@ -99,9 +99,18 @@ mod tests {
 
     #[test]
     fn tiers_are_discounted() {
-        assert_eq!(apply(&req(Value::from(100), Value::from("gold"))), Ok(Value::F64(80.0)));
-        assert_eq!(apply(&req(Value::F64(100.0), Value::from("silver"))), Ok(Value::F64(90.0)));
-        assert_eq!(apply(&req(Value::from(100), Value::from("bronze"))), Ok(Value::F64(100.0)));
+        assert_eq!(
+            apply(&req(Value::from(100), Value::from("gold"))),
+            Ok(Value::F64(80.0))
+        );
+        assert_eq!(
+            apply(&req(Value::F64(100.0), Value::from("silver"))),
+            Ok(Value::F64(90.0))
+        );
+        assert_eq!(
+            apply(&req(Value::from(100), Value::from("bronze"))),
+            Ok(Value::F64(100.0))
+        );
     }
 
     #[test]

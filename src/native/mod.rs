@@ -8,7 +8,7 @@ mod echo;
 
 use std::sync::Arc;
 
-pub use discount::DiscountNative;
+pub use discount::{apply as discount_apply, DiscountNative};
 pub use echo::Echo;
 
 use crate::plugin::{AgentPlugin, PluginError, Value};

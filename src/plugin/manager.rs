@@ -134,7 +134,10 @@ impl PluginManager {
     }
 
     /// Registers a plugin in the `Unloaded` state.
-    pub fn register(&self, plugin: Arc<dyn AgentPlugin>) -> Result<Arc<ManagedPlugin>, PluginError> {
+    pub fn register(
+        &self,
+        plugin: Arc<dyn AgentPlugin>,
+    ) -> Result<Arc<ManagedPlugin>, PluginError> {
         let id = plugin.metadata().id.clone();
         crate::subjects::validate_name(&id).map_err(|e| PluginError::Load(e.to_string()))?;
         let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
@@ -269,14 +272,29 @@ mod tests {
         let manager = PluginManager::new();
         manager.register(slow()).expect("registers");
         let err = manager.execute("slow", Value::Nil).await.unwrap_err();
-        assert!(matches!(err, PluginError::NotRunning { state: PluginState::Unloaded, .. }));
+        assert!(matches!(
+            err,
+            PluginError::NotRunning {
+                state: PluginState::Unloaded,
+                ..
+            }
+        ));
         assert_eq!(err.code().as_u16(), 503);
         manager.load("slow").await.expect("loads");
         manager.start("slow").await.expect("starts");
-        assert_eq!(manager.execute("slow", Value::from(1)).await, Ok(Value::from(1)));
+        assert_eq!(
+            manager.execute("slow", Value::from(1)).await,
+            Ok(Value::from(1))
+        );
         manager.stop("slow").await.expect("stops");
         let err = manager.execute("slow", Value::Nil).await.unwrap_err();
-        assert!(matches!(err, PluginError::NotRunning { state: PluginState::Stopped, .. }));
+        assert!(matches!(
+            err,
+            PluginError::NotRunning {
+                state: PluginState::Stopped,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]
@@ -284,7 +302,13 @@ mod tests {
         let manager = PluginManager::new();
         manager.register(slow()).expect("registers");
         let err = manager.start("slow").await.unwrap_err();
-        assert!(matches!(err, PluginError::InvalidTransition { action: "start", .. }));
+        assert!(matches!(
+            err,
+            PluginError::InvalidTransition {
+                action: "start",
+                ..
+            }
+        ));
         manager.load("slow").await.expect("loads");
         assert!(manager.load("slow").await.is_err());
         manager.start("slow").await.expect("starts");
@@ -293,14 +317,20 @@ mod tests {
         manager.stop("slow").await.expect("stops");
         manager.unload("slow").await.expect("unloads");
         manager.remove("slow").expect("removes");
-        assert!(matches!(manager.execute("slow", Value::Nil).await, Err(PluginError::NotFound(_))));
+        assert!(matches!(
+            manager.execute("slow", Value::Nil).await,
+            Err(PluginError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
     async fn duplicate_and_invalid_names_are_refused() {
         let manager = PluginManager::new();
         manager.register(slow()).expect("registers");
-        assert!(matches!(manager.register(slow()), Err(PluginError::Duplicate(_))));
+        assert!(matches!(
+            manager.register(slow()),
+            Err(PluginError::Duplicate(_))
+        ));
         let bad = Arc::new(Slow {
             meta: PluginMetadata::new("a.b", PluginKind::Native),
             running: AtomicUsize::new(0),
@@ -314,7 +344,12 @@ mod tests {
         let manager = Arc::new(PluginManager::new());
         let plugin = slow();
         manager.register(plugin.clone()).expect("registers");
-        manager.get("slow").expect("exists").activate().await.expect("activates");
+        manager
+            .get("slow")
+            .expect("exists")
+            .activate()
+            .await
+            .expect("activates");
         let started = std::time::Instant::now();
         let calls: Vec<_> = (0..20)
             .map(|i| {
@@ -325,7 +360,10 @@ mod tests {
         for (i, c) in calls.into_iter().enumerate() {
             assert_eq!(c.await.expect("joins"), Ok(Value::from(i)));
         }
-        assert!(plugin.peak.load(Ordering::SeqCst) > 1, "calls were serialised");
+        assert!(
+            plugin.peak.load(Ordering::SeqCst) > 1,
+            "calls were serialised"
+        );
         assert!(started.elapsed() < Duration::from_millis(20 * 50));
     }
 }

@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn values_round_trip_through_dynamic() {
         let value = Value::Map(vec![
-            (Value::from("a"), Value::Array(vec![Value::from(1), Value::F64(2.5)])),
+            (
+                Value::from("a"),
+                Value::Array(vec![Value::from(1), Value::F64(2.5)]),
+            ),
             (Value::from("b"), Value::Binary(vec![1, 2])),
             (Value::from("c"), Value::Nil),
             (Value::from("d"), Value::Boolean(false)),

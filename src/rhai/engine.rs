@@ -106,7 +106,10 @@ impl ScriptEngine {
             .compile(source)
             .map_err(|e| PluginError::Load(format!("{name}: {e}")))?;
         ast.set_source(name);
-        let takes_one = |f: &str| ast.iter_functions().any(|m| m.name == f && m.params.len() == 1);
+        let takes_one = |f: &str| {
+            ast.iter_functions()
+                .any(|m| m.name == f && m.params.len() == 1)
+        };
         if takes_one("execute") {
             return Ok(Entry {
                 ast,
@@ -115,7 +118,8 @@ impl ScriptEngine {
         }
         let result = {
             let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
-            self.engine.eval_ast_with_scope::<Dynamic>(&mut Scope::new(), &ast)
+            self.engine
+                .eval_ast_with_scope::<Dynamic>(&mut Scope::new(), &ast)
         };
         let named = match result {
             Ok(value) if value.is_fnptr() => value.cast::<rhai::FnPtr>().fn_name().to_string(),
@@ -123,7 +127,12 @@ impl ScriptEngine {
             Ok(_) => String::new(),
             Err(e) => match *e {
                 EvalAltResult::ErrorVariableNotFound(ref var, _) if takes_one(var) => var.clone(),
-                _ => return Err(PluginError::Load(format!("{name}: top-level statements failed: {}", classify(*e, &self.config)))),
+                _ => {
+                    return Err(PluginError::Load(format!(
+                        "{name}: top-level statements failed: {}",
+                        classify(*e, &self.config)
+                    )))
+                }
             },
         };
         if !named.is_empty() && takes_one(&named) {

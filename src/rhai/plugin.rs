@@ -27,7 +27,9 @@ pub struct RhaiPlugin {
 
 impl std::fmt::Debug for RhaiPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RhaiPlugin").field("meta", &self.meta).finish()
+        f.debug_struct("RhaiPlugin")
+            .field("meta", &self.meta)
+            .finish()
     }
 }
 
@@ -46,11 +48,11 @@ impl RhaiPlugin {
 
     /// Reads a `*.rhai` file; the plugin's name is the file stem.
     pub fn from_file(path: &Path, engine: Arc<ScriptEngine>) -> Result<Self, PluginError> {
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| PluginError::Load(format!("{}: file name is not UTF-8", path.display())))?;
-        crate::subjects::validate_name(name).map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
+        let name = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
+            PluginError::Load(format!("{}: file name is not UTF-8", path.display()))
+        })?;
+        crate::subjects::validate_name(name)
+            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
         let source = std::fs::read_to_string(path)
             .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
         let mut plugin = Self::new(name, source, engine);

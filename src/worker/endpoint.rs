@@ -161,7 +161,11 @@ impl Endpoint {
         match &result {
             Ok(output) => {
                 if let Some(reply) = &message.reply {
-                    if let Err(e) = self.client.publish(reply.clone(), wire::encode(output)).await {
+                    if let Err(e) = self
+                        .client
+                        .publish(reply.clone(), wire::encode(output))
+                        .await
+                    {
                         tracing::warn!(plugin = self.plugin.id(), error = %e, "reply not sent");
                     }
                 }
@@ -232,7 +236,9 @@ impl Endpoint {
                     tracing::warn!(plugin = self.plugin.id(), error = %e, "result event not sent");
                 }
             }
-            Err(e) => tracing::warn!(plugin = self.plugin.id(), error = %e, "result event not encoded"),
+            Err(e) => {
+                tracing::warn!(plugin = self.plugin.id(), error = %e, "result event not encoded")
+            }
         }
     }
 }

@@ -46,7 +46,9 @@ impl ServiceInfo {
             kind: "io.nats.micro.v1.info_response".to_string(),
             name: SERVICE_NAME.to_string(),
             id: self.id.clone(),
-            description: "mofa-bus plugin worker: native, Rhai and WASM plugins on mofa.exec.<plugin>".to_string(),
+            description:
+                "mofa-bus plugin worker: native, Rhai and WASM plugins on mofa.exec.<plugin>"
+                    .to_string(),
             version: SERVICE_VERSION.to_string(),
             metadata: self.metadata(),
             endpoints: self
@@ -87,13 +89,10 @@ impl ServiceInfo {
                         average_processing_time: processing_time
                             .checked_div(requests.max(1) as u32)
                             .unwrap_or_default(),
-                        last_error: e
-                            .stats
-                            .last_error()
-                            .map(|(code, status)| error::Error {
-                                code: usize::from(code),
-                                status,
-                            }),
+                        last_error: e.stats.last_error().map(|(code, status)| error::Error {
+                            code: usize::from(code),
+                            status,
+                        }),
                         data: None,
                         queue_group: QUEUE_GROUP.to_string(),
                     }

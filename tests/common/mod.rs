@@ -248,9 +248,14 @@ impl Drop for WorkerProcess {
 pub async fn wait_for_plugin(client: &Client, plugin: &str, input: Value) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(20) {
-        if call_raw(client, plugin, wire::encode(&input), Duration::from_millis(500))
-            .await
-            .is_ok()
+        if call_raw(
+            client,
+            plugin,
+            wire::encode(&input),
+            Duration::from_millis(500),
+        )
+        .await
+        .is_ok()
         {
             return;
         }

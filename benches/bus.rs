@@ -1,0 +1,278 @@
+//! Benchmarks (not tests): the worker over the bus against a bare async-nats echo responder,
+//! measured in the same run on the same nats-server, plus in-process per-call times.
+//!
+//! Run with `cargo bench --bench bus`. Prints, for each target: sequential round-trip p50/p99,
+//! throughput at 1, 64 and 256 requests in flight, each as a ratio to the bare echo, and the
+//! responder process's CPU time per request (from /proc) against the bare responder's.
+//! `MOFA_BENCH_REQUESTS` scales the request counts (default 20000 per throughput run).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use bytes::Bytes;
+use common::{NatsServer, WorkerProcess};
+use futures::StreamExt;
+use mofa_bus::rhai::{RhaiConfig, RhaiPlugin, ScriptEngine};
+use mofa_bus::wire::{self, Value};
+
+const ROLE_ENV: &str = "MOFA_BENCH_ROLE";
+const BARE_SUBJECT: &str = "bench.bare.echo";
+
+/// The baseline: the smallest useful async-nats responder, echoing every request.
+async fn bare_echo(url: &str) {
+    let client = async_nats::connect(url).await.expect("bare responder connects");
+    let mut sub = client
+        .queue_subscribe(BARE_SUBJECT, "bare".into())
+        .await
+        .expect("subscribes");
+    client.flush().await.expect("flush");
+    println!("ready");
+    while let Some(m) = sub.next().await {
+        if let Some(reply) = m.reply {
+            let _ = client.publish(reply, m.payload).await;
+        }
+    }
+}
+
+/// CPU time (user + system) of every thread of `pid`, from /proc/<pid>/task/*/schedstat (ns).
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum()
+}
+
+struct Target {
+    label: &'static str,
+    subject: String,
+    body: Bytes,
+    pid: u32,
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    throughput: Vec<(usize, f64)>,
+    cpu_per_request: Duration,
+}
+
+async fn request(client: &Client, subject: &str, body: Bytes) {
+    let reply = client
+        .request(subject.to_string(), body)
+        .await
+        .expect("reply");
+    assert!(
+        reply.headers.as_ref().is_none_or(|h| h.get(wire::HEADER_ERROR_CODE).is_none()),
+        "error reply from {subject}: {:?}",
+        reply.headers
+    );
+}
+
+async fn measure(client: &Client, target: &Target, requests: usize) -> Figures {
+    for _ in 0..500 {
+        request(client, &target.subject, target.body.clone()).await;
+    }
+    let mut samples = Vec::with_capacity(requests / 4);
+    for _ in 0..requests / 4 {
+        let t = Instant::now();
+        request(client, &target.subject, target.body.clone()).await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    let p50 = samples[samples.len() / 2];
+    let p99 = samples[samples.len() * 99 / 100];
+
+    let mut throughput = Vec::new();
+    let mut cpu = Duration::ZERO;
+    for inflight in [1usize, 64, 256] {
+        let remaining = Arc::new(AtomicUsize::new(requests));
+        let cpu_before = cpu_ns(target.pid);
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..inflight)
+            .map(|_| {
+                let client = client.clone();
+                let subject = target.subject.clone();
+                let body = target.body.clone();
+                let remaining = remaining.clone();
+                tokio::spawn(async move {
+                    while remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        request(&client, &subject, body.clone()).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("joins");
+        }
+        let elapsed = started.elapsed();
+        throughput.push((inflight, requests as f64 / elapsed.as_secs_f64()));
+        if inflight == 256 {
+            cpu = Duration::from_nanos((cpu_ns(target.pid) - cpu_before) / requests as u64);
+        }
+    }
+    println!("  measured {}", target.label);
+    Figures {
+        p50,
+        p99,
+        throughput,
+        cpu_per_request: cpu,
+    }
+}
+
+fn in_process() {
+    let input = Value::Map(vec![
+        (Value::from("price"), Value::from(100)),
+        (Value::from("customer_tier"), Value::from("gold")),
+    ]);
+    let n = 200_000u32;
+
+    let engine = Arc::new(ScriptEngine::new(RhaiConfig::default()));
+    let source = std::fs::read_to_string(common::repo_plugins().join("discount.rhai"))
+        .expect("plugins/discount.rhai");
+    let entry = engine.compile("discount", &source).expect("compiles");
+    for _ in 0..10_000 {
+        engine.call(&entry, input.clone()).expect("runs");
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(engine.call(&entry, std::hint::black_box(input.clone())).expect("runs"));
+    }
+    let rhai = t.elapsed() / n;
+
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(
+            mofa_bus::native::discount_apply(std::hint::black_box(&input)).expect("runs"),
+        );
+    }
+    let native = t.elapsed() / n;
+
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(std::hint::black_box(input.clone()));
+    }
+    let clone = t.elapsed() / n;
+
+    // Through the plugin interface, including the hop to the blocking pool.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let plugin_call = runtime.block_on(async {
+        use mofa_bus::plugin::AgentPlugin;
+        let plugin = RhaiPlugin::new("discount", source.clone(), engine.clone());
+        plugin.load().await.expect("loads");
+        let m = 50_000u32;
+        let t = Instant::now();
+        for _ in 0..m {
+            plugin.execute(input.clone()).await.expect("runs");
+        }
+        t.elapsed() / m
+    });
+
+    println!();
+    println!("in-process, per call (input clone {clone:?} included):");
+    println!("  discount (Rhai, engine call incl. value conversion)   {rhai:>10.2?}   target <= 1 µs");
+    println!("  discount (Rhai, AgentPlugin::execute, blocking pool)  {plugin_call:>10.2?}");
+    println!("  discount_native                                       {native:>10.2?}");
+}
+
+fn main() {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("bare-echo") {
+        let url = std::env::var("MOFA_BENCH_URL").expect("MOFA_BENCH_URL");
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(bare_echo(&url));
+        return;
+    }
+    // `cargo bench` passes --bench; any other argument is a filter we do not use.
+    let requests: usize = std::env::var("MOFA_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+
+    in_process();
+
+    let server = NatsServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut bare = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .env(ROLE_ENV, "bare-echo")
+            .env("MOFA_BENCH_URL", server.url())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("bare responder starts");
+        {
+            use std::io::BufRead;
+            let out = bare.stdout.take().expect("stdout");
+            let mut line = String::new();
+            std::io::BufReader::new(out).read_line(&mut line).expect("ready line");
+        }
+        let worker = WorkerProcess::spawn(&server, &common::repo_plugins(), None);
+        let client = async_nats::connect(server.url()).await.expect("connects");
+        let discount = wire::encode(&Value::Map(vec![
+            (Value::from("price"), Value::from(100)),
+            (Value::from("customer_tier"), Value::from("gold")),
+        ]));
+        common::wait_for_plugin(&client, "discount", Value::Map(vec![
+            (Value::from("price"), Value::from(1)),
+            (Value::from("customer_tier"), Value::from("gold")),
+        ]))
+        .await;
+
+        let targets = [
+            Target { label: "bare async-nats echo", subject: BARE_SUBJECT.into(), body: discount.clone(), pid: bare.id() },
+            Target { label: "echo (native)", subject: "mofa.exec.echo".into(), body: discount.clone(), pid: worker.child.id() },
+            Target { label: "discount_native", subject: "mofa.exec.discount_native".into(), body: discount.clone(), pid: worker.child.id() },
+            Target { label: "discount (Rhai)", subject: "mofa.exec.discount".into(), body: discount.clone(), pid: worker.child.id() },
+        ];
+        let mut results = Vec::new();
+        for target in &targets {
+            results.push(measure(&client, target, requests).await);
+        }
+        let base = &results[0];
+        println!();
+        println!("over the bus ({requests} requests per throughput run; ratios against the bare echo):");
+        println!(
+            "  {:<22} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12}",
+            "target", "p50", "p99", "p50 x", "1 in flight", "64 in flight", "256 in flight", "CPU/req"
+        );
+        for (target, f) in targets.iter().zip(&results) {
+            let tp: Vec<String> = f
+                .throughput
+                .iter()
+                .zip(&base.throughput)
+                .map(|((_, r), (_, b))| format!("{:>8.0}/s {:>4.2}x", r, r / b))
+                .collect();
+            println!(
+                "  {:<22} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x",
+                target.label,
+                f.p50,
+                f.p99,
+                f.p50.as_secs_f64() / base.p50.as_secs_f64(),
+                tp[0],
+                tp[1],
+                tp[2],
+                f.cpu_per_request,
+                f.cpu_per_request.as_secs_f64() / base.cpu_per_request.as_secs_f64().max(1e-12),
+            );
+        }
+        println!();
+        println!("targets: native p50 <= 1.10x bare; throughput at 256 in flight >= 0.85x bare; CPU/request <= 1.5x bare");
+        let _ = bare.kill();
+        let _ = bare.wait();
+        drop(worker);
+    });
+}

@@ -25,7 +25,9 @@ const BARE_SUBJECT: &str = "bench.bare.echo";
 
 /// The baseline: the smallest useful async-nats responder, echoing every request.
 async fn bare_echo(url: &str) {
-    let client = async_nats::connect(url).await.expect("bare responder connects");
+    let client = async_nats::connect(url)
+        .await
+        .expect("bare responder connects");
     let mut sub = client
         .queue_subscribe(BARE_SUBJECT, "bare".into())
         .await
@@ -47,7 +49,11 @@ fn cpu_ns(pid: u32) -> u64 {
     tasks
         .filter_map(Result::ok)
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -71,7 +77,10 @@ async fn request(client: &Client, subject: &str, body: Bytes) {
         .await
         .expect("reply");
     assert!(
-        reply.headers.as_ref().is_none_or(|h| h.get(wire::HEADER_ERROR_CODE).is_none()),
+        reply
+            .headers
+            .as_ref()
+            .is_none_or(|h| h.get(wire::HEADER_ERROR_CODE).is_none()),
         "error reply from {subject}: {:?}",
         reply.headers
     );
@@ -147,7 +156,11 @@ fn in_process() {
     }
     let t = Instant::now();
     for _ in 0..n {
-        std::hint::black_box(engine.call(&entry, std::hint::black_box(input.clone())).expect("runs"));
+        std::hint::black_box(
+            engine
+                .call(&entry, std::hint::black_box(input.clone()))
+                .expect("runs"),
+        );
     }
     let rhai = t.elapsed() / n;
 
@@ -184,7 +197,9 @@ fn in_process() {
 
     println!();
     println!("in-process, per call (input clone {clone:?} included):");
-    println!("  discount (Rhai, engine call incl. value conversion)   {rhai:>10.2?}   target <= 1 µs");
+    println!(
+        "  discount (Rhai, engine call incl. value conversion)   {rhai:>10.2?}   target <= 1 µs"
+    );
     println!("  discount (Rhai, AgentPlugin::execute, blocking pool)  {plugin_call:>10.2?}");
     println!("  discount_native                                       {native:>10.2?}");
 }
@@ -220,33 +235,52 @@ fn main() {
             let mut line = String::new();
             std::io::BufReader::new(out).read_line(&mut line).expect("ready line");
         }
-        let worker = WorkerProcess::spawn(&server, &common::repo_plugins(), None);
         let client = async_nats::connect(server.url()).await.expect("connects");
         let discount = wire::encode(&Value::Map(vec![
             (Value::from("price"), Value::from(100)),
             (Value::from("customer_tier"), Value::from("gold")),
         ]));
-        common::wait_for_plugin(&client, "discount", Value::Map(vec![
-            (Value::from("price"), Value::from(1)),
-            (Value::from("customer_tier"), Value::from("gold")),
-        ]))
-        .await;
-
-        let targets = [
-            Target { label: "bare async-nats echo", subject: BARE_SUBJECT.into(), body: discount.clone(), pid: bare.id() },
-            Target { label: "echo (native)", subject: "mofa.exec.echo".into(), body: discount.clone(), pid: worker.child.id() },
-            Target { label: "discount_native", subject: "mofa.exec.discount_native".into(), body: discount.clone(), pid: worker.child.id() },
-            Target { label: "discount (Rhai)", subject: "mofa.exec.discount".into(), body: discount.clone(), pid: worker.child.id() },
-        ];
-        let mut results = Vec::new();
-        for target in &targets {
-            results.push(measure(&client, target, requests).await);
+        let bare_target = Target {
+            label: "bare async-nats echo",
+            subject: BARE_SUBJECT.into(),
+            body: discount.clone(),
+            pid: bare.id(),
+        };
+        let mut targets = Vec::new();
+        let mut results = vec![measure(&client, &bare_target, requests).await];
+        targets.push(bare_target);
+        // The worker as configured by default (result events on), then with result events off.
+        let quiet = tempfile::tempdir().expect("temp dir");
+        let quiet_config = quiet.path().join("quiet.toml");
+        std::fs::write(&quiet_config, "[events]\nresults = false\n").expect("config");
+        for (config, suffix, plugins) in [
+            (None, "", &["echo", "discount_native", "discount"][..]),
+            (Some(quiet_config.as_path()), ", no events", &["echo", "discount_native"][..]),
+        ] {
+            let worker = WorkerProcess::spawn(&server, &common::repo_plugins(), config);
+            common::wait_for_plugin(&client, "discount", Value::Map(vec![
+                (Value::from("price"), Value::from(1)),
+                (Value::from("customer_tier"), Value::from("gold")),
+            ]))
+            .await;
+            for plugin in plugins {
+                let target = Target {
+                    label: Box::leak(format!("{plugin}{suffix}").into_boxed_str()),
+                    subject: format!("mofa.exec.{plugin}"),
+                    body: discount.clone(),
+                    pid: worker.child.id(),
+                };
+                results.push(measure(&client, &target, requests).await);
+                targets.push(target);
+            }
+            drop(worker);
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let base = &results[0];
         println!();
         println!("over the bus ({requests} requests per throughput run; ratios against the bare echo):");
         println!(
-            "  {:<22} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12}",
+            "  {:<28} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12}",
             "target", "p50", "p99", "p50 x", "1 in flight", "64 in flight", "256 in flight", "CPU/req"
         );
         for (target, f) in targets.iter().zip(&results) {
@@ -257,7 +291,7 @@ fn main() {
                 .map(|((_, r), (_, b))| format!("{:>8.0}/s {:>4.2}x", r, r / b))
                 .collect();
             println!(
-                "  {:<22} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x",
+                "  {:<28} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x",
                 target.label,
                 f.p50,
                 f.p99,
@@ -273,6 +307,5 @@ fn main() {
         println!("targets: native p50 <= 1.10x bare; throughput at 256 in flight >= 0.85x bare; CPU/request <= 1.5x bare");
         let _ = bare.kill();
         let _ = bare.wait();
-        drop(worker);
     });
 }

@@ -4,6 +4,7 @@
 //! nats_url = "nats://127.0.0.1:4222"
 //! plugins_dir = "plugins"
 //! max_concurrency = 512        # per plugin; beyond it requests get 503 at once
+//! sandbox_threads = 0          # threads for Rhai/WASM calls; 0 = 2 x cores, at least 4
 //!
 //! [events]
 //! results = true               # publish mofa.events.result.<plugin>
@@ -35,6 +36,8 @@ pub struct WorkerConfig {
     pub worker_id: Option<String>,
     /// Requests one plugin may run at once on this worker; further requests are answered 503.
     pub max_concurrency: usize,
+    /// Threads running sandboxed (Rhai, WASM) calls; 0 = twice the cores, at least 4.
+    pub sandbox_threads: usize,
     /// How long a drain waits for in-flight requests before giving up, in milliseconds.
     pub drain_timeout_ms: u64,
     /// Result events.
@@ -69,6 +72,7 @@ impl Default for WorkerConfig {
             plugins_dir: PathBuf::from("plugins"),
             worker_id: None,
             max_concurrency: 512,
+            sandbox_threads: 0,
             drain_timeout_ms: 30_000,
             events: EventsConfig::default(),
             rhai: RhaiConfig::default(),

@@ -8,10 +8,12 @@
 
 mod error;
 mod manager;
+mod pool;
 mod state;
 
 pub use error::PluginError;
 pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
+pub use pool::SandboxPool;
 pub use state::{Lifecycle, PluginState};
 
 use async_trait::async_trait;

@@ -7,13 +7,14 @@
 //! and terminates the script once it has passed.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope, AST};
 
 use super::config::RhaiConfig;
 use super::convert::{from_dynamic, to_dynamic};
-use crate::plugin::{PluginError, Value};
+use crate::plugin::{PluginError, SandboxPool, Value};
 
 /// How many operations pass between two deadline checks (a power of two).
 pub const DEADLINE_CHECK_EVERY: u64 = 256;
@@ -49,10 +50,11 @@ pub struct Entry {
     pub function: String,
 }
 
-/// The engine and the limits it was built with.
+/// The engine, the limits it was built with, and the pool its calls run on.
 pub struct ScriptEngine {
     engine: Engine,
     config: RhaiConfig,
+    pool: Arc<SandboxPool>,
 }
 
 impl std::fmt::Debug for ScriptEngine {
@@ -64,8 +66,13 @@ impl std::fmt::Debug for ScriptEngine {
 }
 
 impl ScriptEngine {
-    /// Builds the sandboxed engine.
+    /// Builds the sandboxed engine with a sandbox pool of its own.
     pub fn new(config: RhaiConfig) -> Self {
+        Self::with_pool(config, SandboxPool::new(0))
+    }
+
+    /// Builds the sandboxed engine; calls run on `pool`.
+    pub fn with_pool(config: RhaiConfig, pool: Arc<SandboxPool>) -> Self {
         let mut engine = Engine::new();
         engine
             .set_max_operations(config.max_operations)
@@ -88,7 +95,16 @@ impl ScriptEngine {
                 let expired = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t));
                 expired.then(|| Dynamic::from("deadline"))
             });
-        Self { engine, config }
+        Self {
+            engine,
+            config,
+            pool,
+        }
+    }
+
+    /// The pool calls run on.
+    pub fn pool(&self) -> &Arc<SandboxPool> {
+        &self.pool
     }
 
     /// The limits this engine enforces.
@@ -147,12 +163,22 @@ impl ScriptEngine {
         )))
     }
 
-    /// Runs the entry function on `input` with this engine's limits and deadline. Blocking:
-    /// call it from a blocking thread.
+    /// Runs the entry function on `input` with this engine's limits, the deadline starting now.
+    /// Blocking: call it from a sandbox thread.
     pub fn call(&self, entry: &Entry, input: Value) -> Result<Value, PluginError> {
+        self.call_until(entry, input, Instant::now() + self.config.timeout())
+    }
+
+    /// Runs the entry function on `input`, terminating it at `deadline`. Blocking.
+    pub fn call_until(
+        &self,
+        entry: &Entry,
+        input: Value,
+        deadline: Instant,
+    ) -> Result<Value, PluginError> {
         let arg = to_dynamic(input)?;
         let result = {
-            let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
+            let _deadline = DeadlineGuard::set(deadline);
             self.engine.call_fn_with_options::<Dynamic>(
                 CallFnOptions::new().eval_ast(false).rewind_scope(true),
                 &mut Scope::new(),

@@ -1,12 +1,12 @@
 //! A Rhai script as a plugin.
 //!
-//! `load` compiles the source once; `execute` runs the cached entry function on tokio's
-//! blocking pool. The async side also waits no longer than the deadline plus a grace period,
+//! `load` compiles the source once; `execute` runs the cached entry function on the sandbox
+//! pool. The async side also waits no longer than the deadline plus a grace period,
 //! so a reply is sent on time even if the blocking pool is saturated.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -95,10 +95,14 @@ impl AgentPlugin for RhaiPlugin {
             .ok_or_else(|| PluginError::Failed(format!("{} is not compiled", self.meta.id)))?;
         let engine = self.engine.clone();
         let timeout = engine.config().timeout();
-        let call = tokio::task::spawn_blocking(move || engine.call(&entry, input));
+        // The deadline runs from admission, so time spent queued for a sandbox thread counts.
+        let deadline = Instant::now() + timeout;
+        let call = self
+            .engine
+            .pool()
+            .run(move || engine.call_until(&entry, input, deadline));
         match tokio::time::timeout(timeout + DEADLINE_GRACE, call).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join)) => Err(PluginError::Failed(format!("script task failed: {join}"))),
+            Ok(result) => result,
             Err(_) => Err(PluginError::Timeout(format!(
                 "script exceeded its deadline of {} ms",
                 timeout.as_millis()

@@ -1,12 +1,15 @@
 //! One plugin served on the bus: subscription, admission, execution, reply, result event.
 //!
-//! The subscription is read by one task that only admits: it takes a concurrency permit and
-//! spawns the request, or, when the plugin is saturated, answers 503 at once. Nothing queues
+//! The subscription is read by one task that admits: it takes a concurrency permit and starts
+//! the request (finishing it on the spot if it never has to wait, spawning it otherwise), or,
+//! when the plugin is saturated, answers 503 at once. Nothing queues
 //! without bound. The permit is released before the reply is published, so a client keeping
 //! exactly `max_concurrency` requests in flight is never refused.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
@@ -131,7 +134,13 @@ impl Endpoint {
         let endpoint = self.clone();
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => {
-                tracker.spawn(async move { endpoint.handle(message, permit).await });
+                // Most native plugins finish without ever waiting: poll the request once here and
+                // only pay for a task when it has to wait (sandboxed calls, I/O, backpressure).
+                let mut request = Box::pin(endpoint.handle(message, permit));
+                let mut cx = Context::from_waker(Waker::noop());
+                if request.as_mut().poll(&mut cx).is_pending() {
+                    tracker.spawn(request);
+                }
             }
             Err(_) => {
                 tracker.spawn(async move {
@@ -150,7 +159,7 @@ impl Endpoint {
         }
     }
 
-    async fn handle(&self, message: Message, permit: OwnedSemaphorePermit) {
+    async fn handle(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
         let started = Instant::now();
         let result = match wire::decode(&message.payload) {
             Ok(input) => self.plugin.execute(input).await,

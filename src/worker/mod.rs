@@ -23,7 +23,7 @@ pub use endpoint::EndpointStats;
 pub use service::SERVICE_VERSION;
 
 use crate::config::{ConfigError, WorkerConfig};
-use crate::plugin::{AgentPlugin, PluginError, PluginManager};
+use crate::plugin::{AgentPlugin, PluginError, PluginManager, SandboxPool};
 use crate::rhai::{RhaiPlugin, ScriptEngine};
 use crate::subjects::{self, QUEUE_GROUP};
 
@@ -116,7 +116,8 @@ impl Worker {
         for plugin in natives {
             manager.register(plugin)?;
         }
-        let engine = Arc::new(ScriptEngine::new(config.rhai.clone()));
+        let pool = SandboxPool::new(config.sandbox_threads);
+        let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool));
         let mut failures = register_scripts(&manager, &config.plugins_dir, &engine);
         for plugin in manager.plugins() {
             if let Err(e) = plugin.activate().await {

@@ -1,0 +1,88 @@
+//! The sandbox pool: a fixed set of threads that run sandboxed plugin calls (Rhai, WASM).
+//!
+//! Sandboxed code is CPU-bound and bounded by its own deadline, so it runs off the async
+//! threads. A fixed pool sized to the machine (rather than tokio's elastic blocking pool, which
+//! grows a thread per concurrent call) keeps hundreds of concurrent requests from turning into
+//! hundreds of threads fighting for two cores; under load the threads take the next job without
+//! parking. A job whose caller has already given up (deadline passed while queued) is skipped.
+
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use tokio::sync::oneshot;
+
+use super::PluginError;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A fixed pool of threads for sandboxed calls.
+#[derive(Debug)]
+pub struct SandboxPool {
+    jobs: Sender<Job>,
+    threads: usize,
+}
+
+impl SandboxPool {
+    /// A pool of `threads` threads; `0` means twice the available cores, at least four.
+    pub fn new(threads: usize) -> Arc<Self> {
+        let threads = if threads == 0 {
+            Self::default_threads()
+        } else {
+            threads
+        };
+        let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        for i in 0..threads {
+            let rx: Receiver<Job> = rx.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("mofa-sandbox-{i}"))
+                .stack_size(8 << 20)
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start sandbox thread");
+            }
+        }
+        Arc::new(Self { jobs, threads })
+    }
+
+    /// Twice the available cores, at least four.
+    pub fn default_threads() -> usize {
+        thread::available_parallelism()
+            .map(|n| n.get() * 2)
+            .unwrap_or(4)
+            .max(4)
+    }
+
+    /// Number of threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` on a pool thread and returns its result.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, PluginError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, PluginError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            if tx.is_closed() {
+                return; // the caller gave up while the job was queued
+            }
+            let result =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+                    Err(PluginError::Failed("sandboxed call panicked".to_string()))
+                });
+            let _ = tx.send(result);
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| PluginError::Failed("sandbox pool is shut down".to_string()))?;
+        rx.await
+            .map_err(|_| PluginError::Failed("sandboxed call was dropped".to_string()))?
+    }
+}

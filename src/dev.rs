@@ -65,9 +65,15 @@ pub async fn ensure_nats(url: &str) -> anyhow::Result<Option<DevServer>> {
         binary.display(),
         dir.0.display()
     );
-    let child = Command::new(&binary)
+    let mut command = Command::new(&binary);
+    command
         .args(["-a", &host, "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir.0)
+        .arg(&dir.0);
+    // Its own process group: Ctrl-C reaches the worker, which drains and then stops the server,
+    // instead of both stopping at once and the drain losing its connection.
+    #[cfg(unix)]
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

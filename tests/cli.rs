@@ -1,0 +1,104 @@
+//! The `mofa` command line against a real worker: exec output and exit codes, events as JSON.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn mofa(args: &[&str], url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(args)
+        .args(["--nats", url])
+        .output()
+        .expect("mofa runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exec_prints_json_and_exits_by_outcome() {
+    let server = NatsServer::start();
+    let worker = worker(config(&server, &repo_plugins())).await;
+    let url = server.url();
+
+    let ok = mofa(
+        &[
+            "exec",
+            "discount",
+            r#"{"price": 100, "customer_tier": "gold"}"#,
+        ],
+        &url,
+    );
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "80.0");
+
+    let echo = mofa(
+        &["exec", "echo", r#"{"a": [1, "x", null, true, 2.5]}"#],
+        &url,
+    );
+    let json: serde_json::Value = serde_json::from_slice(&echo.stdout).expect("JSON output");
+    assert_eq!(json, serde_json::json!({"a": [1, "x", null, true, 2.5]}));
+
+    let bad = mofa(
+        &[
+            "exec",
+            "discount",
+            r#"{"price": "ten", "customer_tier": "gold"}"#,
+        ],
+        &url,
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("400") && stderr.contains("price must be a number"),
+        "{stderr}"
+    );
+
+    let missing = mofa(&["exec", "no_such_plugin"], &url);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no worker serves plugin"));
+
+    let not_json = mofa(&["exec", "echo", "{oops"], &url);
+    assert_eq!(not_json.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&not_json.stderr).contains("not valid JSON"));
+
+    worker.shutdown().await.expect("drains");
+    let no_server = mofa(&["exec", "echo", "1", "--timeout", "1s"], &url);
+    assert_eq!(no_server.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_prints_result_events_as_json_lines() {
+    let server = NatsServer::start();
+    let worker = worker(config(&server, &repo_plugins())).await;
+    let mut events = Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(["events", "echo", "--nats", &server.url()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mofa events runs");
+    let stdout = events.stdout.take().expect("stdout");
+    let lines = std::thread::spawn(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    });
+    let client = server.client().await;
+    // Keep sending until the subscriber is up and has printed a line.
+    for i in 0..100 {
+        call(&client, "echo", mofa_bus::wire::Value::from(i))
+            .await
+            .ok();
+        if lines.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line = lines.join().expect("reader").expect("a line");
+    let _ = events.kill();
+    let _ = events.wait();
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(event["event"], "result");
+    assert_eq!(event["plugin"], "echo");
+    assert_eq!(event["kind"], "native");
+    assert_eq!(event["ok"], true);
+    worker.shutdown().await.expect("drains");
+}

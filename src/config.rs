@@ -13,6 +13,10 @@
 //! [rhai]
 //! max_operations = 1000000
 //! timeout_ms = 1000
+//!
+//! [wasm]
+//! max_memory_mb = 64
+//! fuel = 100000000
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::rhai::RhaiConfig;
+use crate::wasm::WasmConfig;
 
 /// Default NATS URL when neither a flag, `MOFA_NATS_URL` nor the file sets one.
 pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
@@ -44,6 +49,8 @@ pub struct WorkerConfig {
     pub events: EventsConfig,
     /// Rhai sandbox limits.
     pub rhai: RhaiConfig,
+    /// WASM sandbox defaults and ceilings.
+    pub wasm: WasmConfig,
 }
 
 /// What the worker publishes about each execution.
@@ -76,6 +83,7 @@ impl Default for WorkerConfig {
             drain_timeout_ms: 30_000,
             events: EventsConfig::default(),
             rhai: RhaiConfig::default(),
+            wasm: WasmConfig::default(),
         }
     }
 }
@@ -135,6 +143,11 @@ impl WorkerConfig {
         if self.max_concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrency must be at least 1".into(),
+            ));
+        }
+        if self.wasm.timeout_ms == 0 || self.wasm.max_memory_mb == 0 {
+            return Err(ConfigError::Invalid(
+                "wasm.timeout_ms and wasm.max_memory_mb must be at least 1".into(),
             ));
         }
         if self.rhai.timeout_ms == 0 {

@@ -23,5 +23,6 @@ pub mod native;
 pub mod plugin;
 pub mod rhai;
 pub mod subjects;
+pub mod wasm;
 pub mod wire;
 pub mod worker;

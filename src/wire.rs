@@ -22,6 +22,9 @@ pub const HEADER_ERROR_CODE: &str = "Nats-Service-Error-Code";
 /// Optional request header: a caller-chosen id, echoed into the result event.
 pub const HEADER_REQUEST_ID: &str = "Mofa-Request-Id";
 
+/// Request header set on plugin-to-plugin calls over the bus: the depth of the call.
+pub const HEADER_CALL_DEPTH: &str = "Mofa-Call-Depth";
+
 /// Deepest nesting accepted in a request body; deeper bodies are rejected with 400 rather than
 /// risking the decoder's stack.
 pub const MAX_DECODE_DEPTH: usize = 256;

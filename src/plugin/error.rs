@@ -52,6 +52,18 @@ pub enum PluginError {
 }
 
 impl PluginError {
+    /// The error for a reply `code` with `message` (e.g. from another worker or a guest).
+    /// Unknown codes become 500.
+    pub fn from_code(code: u16, message: String) -> PluginError {
+        match ErrorCode::try_from(code) {
+            Ok(ErrorCode::BadRequest) => PluginError::BadInput(message),
+            Ok(ErrorCode::Timeout) => PluginError::Timeout(message),
+            Ok(ErrorCode::LimitExceeded) => PluginError::LimitExceeded(message),
+            Ok(ErrorCode::Unavailable) => PluginError::Unavailable(message),
+            Ok(ErrorCode::Internal) | Err(_) => PluginError::Failed(message),
+        }
+    }
+
     /// The reply code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::state::AtomicState;
-use super::{AgentPlugin, Lifecycle, PluginError, PluginKind, PluginMetadata, PluginState, Value};
+use super::{AgentPlugin, CallContext, Lifecycle, PluginError, PluginKind, PluginMetadata, PluginState, Value};
 
 /// A plugin together with its lifecycle state.
 pub struct ManagedPlugin {
@@ -60,6 +60,15 @@ impl ManagedPlugin {
 
     /// Runs one request. Refused with [`PluginError::NotRunning`] unless the plugin is running.
     pub async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        self.execute_in(input, CallContext::default()).await
+    }
+
+    /// Runs one request made in `context`.
+    pub async fn execute_in(
+        &self,
+        input: Value,
+        context: CallContext,
+    ) -> Result<Value, PluginError> {
         let state = self.state.get();
         if state != PluginState::Running {
             return Err(PluginError::NotRunning {
@@ -67,7 +76,7 @@ impl ManagedPlugin {
                 state,
             });
         }
-        self.plugin.execute(input).await
+        self.plugin.execute_in(input, context).await
     }
 
     /// Takes one lifecycle step, checking the transition first. A failing step leaves the

@@ -112,6 +112,29 @@ pub enum Health {
     Unhealthy(String),
 }
 
+/// Where a request comes from: how many plugin-to-plugin calls deep it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallContext {
+    /// 0 for a request from a client; n for a request made by a plugin at depth n - 1.
+    pub depth: u32,
+}
+
+/// Deepest chain of plugin-to-plugin calls allowed; deeper calls fail with 413 (a loop of
+/// plugins calling each other ends here instead of running forever).
+pub const MAX_CALL_DEPTH: u32 = 8;
+
+/// Lets a plugin call another plugin by name: locally when this worker serves it, otherwise
+/// over the bus. The only way the plugin layers reach NATS.
+pub trait PluginCaller: Send + Sync + 'static {
+    /// Calls `plugin` with `input`; `depth` is the depth of the new call.
+    fn call(
+        &self,
+        plugin: &str,
+        input: Value,
+        depth: u32,
+    ) -> futures::future::BoxFuture<'static, Result<Value, PluginError>>;
+}
+
 /// The interface every plugin kind implements.
 ///
 /// Lifecycle methods are called by the [`PluginManager`] in state-machine order and never
@@ -149,6 +172,14 @@ pub trait AgentPlugin: Send + Sync + 'static {
 
     /// Run one request.
     async fn execute(&self, input: Value) -> Result<Value, PluginError>;
+
+    /// Run one request made in `context` (e.g. by another plugin, `depth` calls deep).
+    /// Plugins that call other plugins override this to pass the context on; the default
+    /// ignores it.
+    async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
+        let _ = context;
+        self.execute(input).await
+    }
 
     /// Report health.
     fn health(&self) -> Health {

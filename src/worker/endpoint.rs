@@ -17,7 +17,7 @@ use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::plugin::{ManagedPlugin, PluginError};
+use crate::plugin::{CallContext, ManagedPlugin, PluginError};
 use crate::subjects;
 use crate::wire::{self, ErrorCode, ResultEvent, Value};
 
@@ -162,7 +162,7 @@ impl Endpoint {
     async fn handle(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
         let started = Instant::now();
         let result = match wire::decode(&message.payload) {
-            Ok(input) => self.plugin.execute(input).await,
+            Ok(input) => self.plugin.execute_in(input, call_context(&message)).await,
             Err(e) => Err(PluginError::BadInput(e.to_string())),
         };
         drop(permit);
@@ -250,6 +250,17 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// The call context a request carries: its depth when another plugin made it.
+fn call_context(message: &Message) -> CallContext {
+    let depth = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(wire::HEADER_CALL_DEPTH))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0);
+    CallContext { depth }
 }
 
 /// Header values cannot hold line breaks; keep the message on one line.

@@ -1,11 +1,12 @@
 //! The worker: the NATS side of the service.
 //!
 //! [`Worker::start`] connects, loads plugins (the native ones compiled in, plus every `*.rhai`
-//! file in the plugins directory), subscribes each running plugin to `mofa.exec.<plugin>` in
+//! script and `*.wasm` module in the plugins directory), subscribes each running plugin to `mofa.exec.<plugin>` in
 //! the queue group `mofa`, and answers the NATS Services API. [`Worker::shutdown`] drains:
 //! no new requests are taken, every request already routed to this worker is answered, events
 //! are flushed, then the connection closes.
 
+mod caller;
 mod endpoint;
 mod service;
 pub mod shutdown;
@@ -25,6 +26,7 @@ pub use service::SERVICE_VERSION;
 use crate::config::{ConfigError, WorkerConfig};
 use crate::plugin::{AgentPlugin, PluginError, PluginManager, SandboxPool};
 use crate::rhai::{RhaiPlugin, ScriptEngine};
+use crate::wasm::{WasmPlugin, WasmRuntime};
 use crate::subjects::{self, QUEUE_GROUP};
 
 /// Why a worker could not start or stop cleanly.
@@ -117,13 +119,23 @@ impl Worker {
             manager.register(plugin)?;
         }
         let pool = SandboxPool::new(config.sandbox_threads);
-        let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool));
-        let mut failures = register_scripts(&manager, &config.plugins_dir, &engine);
+        let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool.clone()));
+        let wasm = WasmRuntime::new(config.wasm.clone(), pool)?;
+        wasm.set_caller(caller::new(
+            &manager,
+            client.clone(),
+            Duration::from_millis(config.wasm.timeout_ms),
+        ));
+        let mut failures = register_files(&manager, &config.plugins_dir, &engine, &wasm);
         for plugin in manager.plugins() {
             if let Err(e) = plugin.activate().await {
                 tracing::error!(plugin = plugin.id(), error = %e, "plugin not served");
+                let extension = match plugin.kind() {
+                    crate::plugin::PluginKind::Wasm => "wasm",
+                    _ => "rhai",
+                };
                 failures.push(LoadFailure {
-                    path: config.plugins_dir.join(format!("{}.rhai", plugin.id())),
+                    path: config.plugins_dir.join(format!("{}.{extension}", plugin.id())),
                     error: e.to_string(),
                 });
             }
@@ -241,12 +253,14 @@ impl Worker {
     }
 }
 
-/// Registers every `*.rhai` file in `dir`; files that cannot become plugins are reported and
-/// skipped. A missing directory is not an error: the native plugins are still served.
-fn register_scripts(
+/// Registers every `*.rhai` script and `*.wasm` module in `dir`; files that cannot become
+/// plugins are reported and skipped. A missing directory is not an error: the native plugins
+/// are still served.
+fn register_files(
     manager: &PluginManager,
     dir: &Path,
     engine: &Arc<ScriptEngine>,
+    wasm: &Arc<WasmRuntime>,
 ) -> Vec<LoadFailure> {
     let mut failures = Vec::new();
     let entries = match std::fs::read_dir(dir) {
@@ -259,12 +273,17 @@ fn register_scripts(
     let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rhai") && p.is_file())
+        .filter(|p| p.extension().is_some_and(|x| x == "rhai" || x == "wasm") && p.is_file())
         .collect();
     paths.sort();
     for path in paths {
-        let registered = RhaiPlugin::from_file(&path, engine.clone())
-            .and_then(|plugin| manager.register(Arc::new(plugin)).map(|_| ()));
+        let plugin: Result<Arc<dyn AgentPlugin>, PluginError> =
+            if path.extension().is_some_and(|x| x == "wasm") {
+                WasmPlugin::from_file(&path, wasm.clone()).map(|p| Arc::new(p) as _)
+            } else {
+                RhaiPlugin::from_file(&path, engine.clone()).map(|p| Arc::new(p) as _)
+            };
+        let registered = plugin.and_then(|plugin| manager.register(plugin).map(|_| ()));
         if let Err(e) = registered {
             tracing::error!(path = %path.display(), error = %e, "plugin skipped");
             failures.push(LoadFailure {

@@ -1,0 +1,212 @@
+//! What a guest can reach: the per-call store data (memory cap, deadline, call depth) and the
+//! host functions, each defined in a module's linker only when its manifest grants it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::{bail, format_err};
+use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
+
+use super::abi::{Packed, EXPORT_ALLOC, EXPORT_MEMORY, HOST_MODULE};
+use super::config::{Capability, Manifest};
+use crate::plugin::{PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
+use crate::wire;
+
+/// The memory cap, installed with `Store::limiter`. Records a refusal so the error reply can
+/// say the cap (not some other trap) stopped the call.
+#[derive(Debug)]
+pub(crate) struct MemoryCap {
+    pub(crate) max_bytes: usize,
+    pub(crate) refused: Option<usize>,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.refused = Some(desired);
+            bail!(
+                "memory cap of {} bytes exceeded: the module asked for {desired} bytes",
+                self.max_bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+}
+
+/// What a module's host functions share, fixed at load.
+pub(crate) struct HostContext {
+    pub(crate) plugin: String,
+    pub(crate) config: Vec<(String, Value)>,
+    pub(crate) caller: Option<Arc<dyn PluginCaller>>,
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Per-call store data.
+pub(crate) struct StoreData {
+    pub(crate) memory: MemoryCap,
+    pub(crate) host: Arc<HostContext>,
+    pub(crate) depth: u32,
+    pub(crate) deadline: Instant,
+}
+
+/// A linker holding exactly the host functions `manifest` grants.
+pub(crate) fn linker(
+    engine: &wasmtime::Engine,
+    manifest: &Manifest,
+) -> wasmtime::Result<Linker<StoreData>> {
+    let mut linker = Linker::new(engine);
+    if manifest.grants(Capability::Log) {
+        linker.func_wrap(
+            HOST_MODULE,
+            Capability::Log.as_str(),
+            |mut caller: Caller<'_, StoreData>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
+                let text = String::from_utf8_lossy(&read(&mut caller, ptr, len)?).into_owned();
+                let plugin = caller.data().host.plugin.as_str();
+                match level {
+                    0 => tracing::error!(target: "mofa::wasm", plugin, "{text}"),
+                    1 => tracing::warn!(target: "mofa::wasm", plugin, "{text}"),
+                    2 => tracing::info!(target: "mofa::wasm", plugin, "{text}"),
+                    3 => tracing::debug!(target: "mofa::wasm", plugin, "{text}"),
+                    _ => tracing::trace!(target: "mofa::wasm", plugin, "{text}"),
+                }
+                Ok(())
+            },
+        )?;
+    }
+    if manifest.grants(Capability::Now) {
+        linker.func_wrap(HOST_MODULE, Capability::Now.as_str(), || -> i64 {
+            wire::unix_ms() as i64
+        })?;
+    }
+    if manifest.grants(Capability::GetConfig) {
+        linker.func_wrap(
+            HOST_MODULE,
+            Capability::GetConfig.as_str(),
+            |mut caller: Caller<'_, StoreData>, ptr: i32, len: i32| -> wasmtime::Result<i64> {
+                let key = String::from_utf8(read(&mut caller, ptr, len)?)
+                    .map_err(|_| format_err!("get_config: key is not UTF-8"))?;
+                let value = caller
+                    .data()
+                    .host
+                    .config
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| wire::encode(v));
+                match value {
+                    Some(bytes) => write(&mut caller, &bytes, false),
+                    None => Ok(0),
+                }
+            },
+        )?;
+    }
+    if manifest.grants(Capability::CallPlugin) {
+        linker.func_wrap(
+            HOST_MODULE,
+            Capability::CallPlugin.as_str(),
+            |mut caller: Caller<'_, StoreData>,
+             name_ptr: i32,
+             name_len: i32,
+             in_ptr: i32,
+             in_len: i32|
+             -> wasmtime::Result<i64> {
+                let name = String::from_utf8(read(&mut caller, name_ptr, name_len)?)
+                    .map_err(|_| format_err!("call_plugin: plugin name is not UTF-8"))?;
+                let input = wire::decode(&read(&mut caller, in_ptr, in_len)?);
+                let result = match input {
+                    Ok(input) => call_plugin(caller.data(), &name, input),
+                    Err(e) => Err(PluginError::BadInput(format!("call_plugin({name}): {e}"))),
+                };
+                match result {
+                    Ok(output) => write(&mut caller, &wire::encode(&output), false),
+                    Err(e) => write(&mut caller, &wire::encode_error(e.code(), &e.to_string()), true),
+                }
+            },
+        )?;
+    }
+    Ok(linker)
+}
+
+/// Runs a nested call with the caller's remaining time and one more level of depth.
+fn call_plugin(data: &StoreData, name: &str, input: Value) -> Result<Value, PluginError> {
+    let depth = data.depth + 1;
+    if depth > MAX_CALL_DEPTH {
+        return Err(PluginError::LimitExceeded(format!(
+            "call_plugin({name}): call depth limit of {MAX_CALL_DEPTH} reached (plugins calling each other in a loop?)"
+        )));
+    }
+    let remaining = data.deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(PluginError::Timeout(format!(
+            "call_plugin({name}): the caller's deadline has passed"
+        )));
+    }
+    let (Some(caller), Some(runtime)) = (&data.host.caller, &data.host.runtime) else {
+        return Err(PluginError::Unavailable(format!(
+            "call_plugin({name}): no plugin caller is configured in this runtime"
+        )));
+    };
+    let call = caller.call(name, input, depth);
+    runtime.block_on(async move {
+        tokio::time::timeout(remaining, call).await.unwrap_or_else(|_| {
+            Err(PluginError::Timeout(format!(
+                "call_plugin({name}): no answer before the caller's deadline"
+            )))
+        })
+    })
+}
+
+/// The guest's exported memory.
+fn memory(caller: &mut Caller<'_, StoreData>) -> wasmtime::Result<wasmtime::Memory> {
+    match caller.get_export(EXPORT_MEMORY) {
+        Some(Extern::Memory(m)) => Ok(m),
+        _ => bail!("module does not export its memory as {EXPORT_MEMORY:?}"),
+    }
+}
+
+/// A bounds-checked copy of `[ptr, ptr + len)` from guest memory.
+fn read(caller: &mut Caller<'_, StoreData>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
+    let memory = memory(caller)?;
+    let data = memory.data(&*caller);
+    let (start, len) = (ptr as u32 as usize, len as u32 as usize);
+    data.get(start..start.saturating_add(len))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            format_err!(
+                "buffer [{start}, +{len}) is outside guest memory ({} bytes)",
+                data.len()
+            )
+        })
+}
+
+/// Copies `bytes` into a fresh guest allocation and returns it packed.
+fn write(caller: &mut Caller<'_, StoreData>, bytes: &[u8], error: bool) -> wasmtime::Result<i64> {
+    let alloc = match caller.get_export(EXPORT_ALLOC) {
+        Some(Extern::Func(f)) => f.typed::<i32, i32>(&*caller)?,
+        _ => bail!("module does not export {EXPORT_ALLOC:?}"),
+    };
+    let len = i32::try_from(bytes.len()).map_err(|_| format_err!("buffer too large for the guest"))?;
+    let ptr = alloc.call(&mut *caller, len)?;
+    memory(caller)?
+        .write(&mut *caller, ptr as u32 as usize, bytes)
+        .map_err(|_| format_err!("{EXPORT_ALLOC} returned a buffer outside guest memory"))?;
+    Ok(Packed {
+        ptr: ptr as u32,
+        len: len as u32,
+        error,
+    }
+    .pack())
+}

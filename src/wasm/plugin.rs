@@ -1,0 +1,133 @@
+//! A WebAssembly module as a plugin: `plugins/<name>.wasm` with an optional
+//! `plugins/<name>.toml` manifest.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+
+use super::config::Manifest;
+use super::runtime::{Loaded, WasmRuntime};
+use crate::plugin::{AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, Value};
+use crate::wire;
+
+/// Extra time the async side waits beyond the deadline before answering 408 itself.
+const DEADLINE_GRACE: Duration = Duration::from_millis(50);
+
+/// A wasm plugin.
+pub struct WasmPlugin {
+    meta: PluginMetadata,
+    bytes: Arc<[u8]>,
+    manifest: Manifest,
+    runtime: Arc<WasmRuntime>,
+    loaded: ArcSwapOption<Loaded>,
+}
+
+impl std::fmt::Debug for WasmPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmPlugin").field("meta", &self.meta).finish()
+    }
+}
+
+impl WasmPlugin {
+    /// A plugin named `name` running `bytes` (a binary module or WAT text) under `manifest`.
+    /// Nothing is compiled until `load`.
+    pub fn new(
+        name: &str,
+        bytes: impl Into<Arc<[u8]>>,
+        manifest: Manifest,
+        runtime: Arc<WasmRuntime>,
+    ) -> Self {
+        let meta = PluginMetadata::new(name, PluginKind::Wasm)
+            .version(manifest.version.clone().unwrap_or_else(|| "0.0.0".into()))
+            .description(
+                manifest
+                    .description
+                    .clone()
+                    .unwrap_or_else(|| format!("WebAssembly module {name}")),
+            );
+        Self {
+            meta,
+            bytes: bytes.into(),
+            manifest,
+            runtime,
+            loaded: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Reads `<dir>/<name>.wasm` and, if present, `<dir>/<name>.toml`.
+    pub fn from_file(path: &Path, runtime: Arc<WasmRuntime>) -> Result<Self, PluginError> {
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| PluginError::Load(format!("{}: file name is not UTF-8", path.display())))?;
+        crate::subjects::validate_name(name)
+            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
+        let manifest_path = path.with_extension("toml");
+        let manifest = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => Manifest::from_toml(&text)
+                .map_err(|e| PluginError::Load(format!("{}: {e}", manifest_path.display())))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+            Err(e) => return Err(PluginError::Load(format!("{}: {e}", manifest_path.display()))),
+        };
+        Ok(Self::new(name, bytes, manifest, runtime))
+    }
+
+    /// SHA-256 of the loaded module, hex-encoded.
+    pub fn sha256(&self) -> Option<String> {
+        self.loaded.load().as_ref().map(|l| l.sha256.clone())
+    }
+}
+
+#[async_trait]
+impl AgentPlugin for WasmPlugin {
+    fn metadata(&self) -> &PluginMetadata {
+        &self.meta
+    }
+
+    async fn load(&self) -> Result<(), PluginError> {
+        let runtime = self.runtime.clone();
+        let (name, bytes, manifest) = (self.meta.id.clone(), self.bytes.clone(), self.manifest.clone());
+        let loaded = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes, &manifest))
+            .await
+            .map_err(|e| PluginError::Load(format!("compiler task failed: {e}")))??;
+        self.loaded.store(Some(Arc::new(loaded)));
+        Ok(())
+    }
+
+    async fn unload(&self) -> Result<(), PluginError> {
+        self.loaded.store(None);
+        Ok(())
+    }
+
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        self.execute_in(input, CallContext::default()).await
+    }
+
+    async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
+        let loaded = self
+            .loaded
+            .load_full()
+            .ok_or_else(|| PluginError::Failed(format!("{} is not loaded", self.meta.id)))?;
+        let timeout = loaded.limits.timeout;
+        // The deadline runs from admission, so time spent queued for a sandbox thread counts.
+        let deadline = Instant::now() + timeout;
+        let runtime = self.runtime.clone();
+        let body = wire::encode(&input);
+        let call = self
+            .runtime
+            .pool()
+            .run(move || runtime.invoke(&loaded, &body, deadline, context.depth));
+        match tokio::time::timeout(timeout + DEADLINE_GRACE, call).await {
+            Ok(result) => result,
+            Err(_) => Err(PluginError::Timeout(format!(
+                "module exceeded its deadline of {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The wasmtime runtime shared by every module on a worker.
+//!
+//! Built once: an `Engine` with the pooling instance allocator (instances come from
+//! preallocated slots, so a fresh instance per request costs microseconds), fuel metering and
+//! epoch interruption, plus a ticker thread advancing the epoch every millisecond so each call's
+//! deadline is enforced inside running wasm. Compiled modules are cached by SHA-256: the same
+//! bytes are compiled once, and different bytes can never be served from the cache.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Module,
+    PoolingAllocationConfig, Store, Trap, ValType,
+};
+
+use super::abi::{Packed, EXPORT_ALLOC, EXPORT_HANDLE, EXPORT_MEMORY, HOST_MODULE};
+use super::config::{Capability, Limits, Manifest, WasmConfig};
+use super::host::{self, HostContext, MemoryCap, StoreData};
+use crate::plugin::{PluginCaller, PluginError, SandboxPool, Value};
+use crate::wire::{self, ErrorBody};
+
+/// How often the epoch advances; deadlines are enforced to this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// A module ready to instantiate, with everything a call needs.
+pub(crate) struct Loaded {
+    pub(crate) pre: InstancePre<StoreData>,
+    pub(crate) sha256: String,
+    pub(crate) limits: Limits,
+    pub(crate) host: Arc<HostContext>,
+}
+
+/// The engine, module cache, epoch ticker and sandbox pool.
+pub struct WasmRuntime {
+    engine: Engine,
+    config: WasmConfig,
+    pool: Arc<SandboxPool>,
+    cache: Mutex<HashMap<[u8; 32], Module>>,
+    caller: OnceLock<Arc<dyn PluginCaller>>,
+    runtime: Option<tokio::runtime::Handle>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for WasmRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmRuntime")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl WasmRuntime {
+    /// Builds the engine and starts the epoch ticker. Calls run on `pool`.
+    pub fn new(config: WasmConfig, pool: Arc<SandboxPool>) -> Result<Arc<Self>, PluginError> {
+        let instances = if config.max_instances == 0 {
+            (pool.threads() * 16) as u32
+        } else {
+            config.max_instances
+        };
+        let mut pooling = PoolingAllocationConfig::new();
+        pooling
+            .total_core_instances(instances)
+            .total_memories(instances)
+            .total_tables(instances)
+            .max_memory_size((config.max_memory_mb << 20) as usize);
+        let mut wasm = Config::new();
+        wasm.consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack((config.max_stack_kb << 10) as usize)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling));
+        let engine = Engine::new(&wasm)
+            .map_err(|e| PluginError::Load(format!("cannot start the wasm engine: {e:#}")))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("mofa-wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Load(format!("cannot start the epoch ticker: {e}")))?;
+
+        Ok(Arc::new(Self {
+            engine,
+            config,
+            pool,
+            cache: Mutex::new(HashMap::new()),
+            caller: OnceLock::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            ticker_stop,
+        }))
+    }
+
+    /// Sets how modules granted `call_plugin` reach other plugins. Set once.
+    pub fn set_caller(&self, caller: Arc<dyn PluginCaller>) {
+        let _ = self.caller.set(caller);
+    }
+
+    /// The worker-wide settings.
+    pub fn config(&self) -> &WasmConfig {
+        &self.config
+    }
+
+    /// The pool calls run on.
+    pub fn pool(&self) -> &Arc<SandboxPool> {
+        &self.pool
+    }
+
+    /// Number of distinct modules compiled so far.
+    pub fn cached_modules(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    /// The compiled module for `bytes` (binary or WAT), compiling it only if these exact bytes
+    /// were never seen. Returns it with its SHA-256.
+    pub fn module(&self, name: &str, bytes: &[u8]) -> Result<(Module, [u8; 32]), PluginError> {
+        let sha: [u8; 32] = Sha256::digest(bytes).into();
+        if let Some(module) = self.cache.lock().ok().and_then(|c| c.get(&sha).cloned()) {
+            return Ok((module, sha));
+        }
+        let module = Module::new(&self.engine, bytes)
+            .map_err(|e| PluginError::Load(format!("{name}: not a valid wasm module: {e:#}")))?;
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(sha, module.clone());
+        }
+        Ok((module, sha))
+    }
+
+    /// Compiles (or takes from the cache) and checks a module against the ABI and its
+    /// manifest: every import must be a granted host function, the ABI exports must exist.
+    pub(crate) fn load(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        manifest: &Manifest,
+    ) -> Result<Loaded, PluginError> {
+        let limits = Limits::resolve(&self.config, &manifest.limits)
+            .map_err(|e| PluginError::Load(format!("{name}: {e}")))?;
+        let (module, sha) = self.module(name, bytes)?;
+        check_imports(name, &module, manifest)?;
+        check_exports(name, &module)?;
+        let linker = host::linker(&self.engine, manifest)
+            .map_err(|e| PluginError::Load(format!("{name}: {e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| PluginError::Load(format!("{name}: {e:#}")))?;
+        let config = manifest
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), toml_value(v)))
+            .collect();
+        Ok(Loaded {
+            pre,
+            sha256: hex::encode(sha),
+            limits,
+            host: Arc::new(HostContext {
+                plugin: name.to_string(),
+                config,
+                caller: self.caller.get().cloned(),
+                runtime: self.runtime.clone(),
+            }),
+        })
+    }
+
+    /// Runs one request in a fresh instance. Blocking: call it on a sandbox thread.
+    pub(crate) fn invoke(
+        &self,
+        loaded: &Loaded,
+        input: &[u8],
+        deadline: Instant,
+        depth: u32,
+    ) -> Result<Value, PluginError> {
+        let limits = &loaded.limits;
+        let mut store = Store::new(
+            &self.engine,
+            StoreData {
+                memory: MemoryCap {
+                    max_bytes: limits.max_memory_bytes,
+                    refused: None,
+                },
+                host: loaded.host.clone(),
+                depth,
+                deadline,
+            },
+        );
+        store.limiter(|data| &mut data.memory);
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| PluginError::Failed(format!("cannot set fuel: {e}")))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let ticks = (remaining.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+
+        let outcome = (|| -> wasmtime::Result<(Packed, wasmtime::Memory)> {
+            let instance = loaded.pre.instantiate(&mut store)?;
+            let alloc = instance.get_typed_func::<i32, i32>(&mut store, EXPORT_ALLOC)?;
+            let handle = instance.get_typed_func::<(i32, i32), i64>(&mut store, EXPORT_HANDLE)?;
+            let memory = instance
+                .get_memory(&mut store, EXPORT_MEMORY)
+                .ok_or_else(|| BadAbi(format!("module does not export {EXPORT_MEMORY:?}")))?;
+            let len = i32::try_from(input.len())?;
+            let ptr = alloc.call(&mut store, len)?;
+            memory
+                .write(&mut store, ptr as u32 as usize, input)
+                .map_err(|_| {
+                    BadAbi(format!(
+                        "{EXPORT_ALLOC}({len}) returned {ptr}, outside guest memory"
+                    ))
+                })?;
+            let packed = Packed::unpack(handle.call(&mut store, (ptr, len))?);
+            Ok((packed, memory))
+        })();
+        let (packed, memory) = match outcome {
+            Ok(done) => done,
+            Err(e) => return Err(classify(e, &store, limits)),
+        };
+        let data = memory.data(&store);
+        let start = packed.ptr as usize;
+        let Some(bytes) = data.get(start..start + packed.len as usize) else {
+            return Err(PluginError::Failed(format!(
+                "bad ABI output: {EXPORT_HANDLE} returned buffer [{start}, +{}), outside guest memory ({} bytes)",
+                packed.len,
+                data.len()
+            )));
+        };
+        if bytes.len() > limits.max_output_bytes {
+            return Err(PluginError::LimitExceeded(format!(
+                "output of {} bytes exceeds the limit of {} bytes",
+                bytes.len(),
+                limits.max_output_bytes
+            )));
+        }
+        if packed.error {
+            let body: ErrorBody = rmp_serde::from_slice(bytes).map_err(|e| {
+                PluginError::Failed(format!(
+                    "bad ABI output: error buffer is not a {{code, message}} map: {e}"
+                ))
+            })?;
+            return Err(PluginError::from_code(body.code, body.message));
+        }
+        wire::decode(bytes).map_err(|e| PluginError::Failed(format!("bad ABI output: {e}")))
+    }
+}
+
+/// A guest broke the ABI (as opposed to trapping or tripping a limit).
+#[derive(Debug)]
+struct BadAbi(String);
+
+impl std::fmt::Display for BadAbi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "bad ABI: {}", self.0)
+    }
+}
+
+impl std::error::Error for BadAbi {}
+
+/// Maps a failed call to the reply error naming what stopped it.
+fn classify(error: wasmtime::Error, store: &Store<StoreData>, limits: &Limits) -> PluginError {
+    if let Some(wanted) = store.data().memory.refused {
+        return PluginError::LimitExceeded(format!(
+            "memory cap of {} MiB exceeded (the module asked for {} MiB)",
+            limits.max_memory_bytes >> 20,
+            wanted.div_ceil(1 << 20)
+        ));
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => PluginError::LimitExceeded(format!(
+            "fuel limit of {} exhausted",
+            limits.fuel
+        )),
+        Some(Trap::Interrupt) => PluginError::Timeout(format!(
+            "module exceeded its deadline of {} ms",
+            limits.timeout.as_millis()
+        )),
+        Some(Trap::StackOverflow) => PluginError::LimitExceeded(
+            "wasm stack exhausted (recursion too deep for the stack limit)".to_string(),
+        ),
+        Some(trap) => PluginError::Failed(format!("wasm trap: {trap}")),
+        None if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+            PluginError::Unavailable(format!("no wasm instance slot free: {error:#}"))
+        }
+        None => PluginError::Failed(format!("{error:#}")),
+    }
+}
+
+/// Every import must be a host function of module `mofa` that the manifest grants.
+fn check_imports(name: &str, module: &Module, manifest: &Manifest) -> Result<(), PluginError> {
+    for import in module.imports() {
+        let what = format!("{}::{}", import.module(), import.name());
+        let capability = (import.module() == HOST_MODULE)
+            .then(|| Capability::from_import(import.name()))
+            .flatten();
+        match capability {
+            None => {
+                return Err(PluginError::Load(format!(
+                    "{name}: imports {what}, which mofa-bus does not provide (host functions: {})",
+                    Capability::ALL.map(|c| format!("{HOST_MODULE}::{}", c.as_str())).join(", ")
+                )))
+            }
+            Some(c) if !manifest.grants(c) => {
+                return Err(PluginError::Load(format!(
+                    "{name}: imports {what}, but its manifest does not grant it                      (add capabilities = [\"{}\"] to {name}.toml)",
+                    c.as_str()
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The ABI exports must exist with the right types.
+fn check_exports(name: &str, module: &Module) -> Result<(), PluginError> {
+    let export = |n: &str| module.exports().find(|e| e.name() == n).map(|e| e.ty());
+    let missing = |what: &str| {
+        PluginError::Load(format!(
+            "{name}: does not export {what} (see plugins/wasm/ABI.md)"
+        ))
+    };
+    match export(EXPORT_MEMORY) {
+        Some(ExternType::Memory(_)) => {}
+        _ => return Err(missing("its memory as \"memory\"")),
+    }
+    let func = |n: &str, params: &[ValType], results: &[ValType]| match export(n) {
+        Some(ExternType::Func(f))
+            if f.params().map(|p| p.to_string()).eq(params.iter().map(|p| p.to_string()))
+                && f.results().map(|r| r.to_string()).eq(results.iter().map(|r| r.to_string())) =>
+        {
+            Ok(())
+        }
+        _ => Err(missing(&format!(
+            "{n}({}) -> {}",
+            params.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
+            results.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+        ))),
+    };
+    func(EXPORT_ALLOC, &[ValType::I32], &[ValType::I32])?;
+    func(EXPORT_HANDLE, &[ValType::I32, ValType::I32], &[ValType::I64])
+}
+
+/// A manifest `[config]` value as a wire value.
+fn toml_value(value: &toml::Value) -> Value {
+    match value {
+        toml::Value::String(s) => Value::from(s.as_str()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => Value::F64(*f),
+        toml::Value::Boolean(b) => Value::Boolean(*b),
+        toml::Value::Datetime(d) => Value::from(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_value).collect()),
+        toml::Value::Table(t) => Value::Map(
+            t.iter()
+                .map(|(k, v)| (Value::from(k.as_str()), toml_value(v)))
+                .collect(),
+        ),
+    }
+}

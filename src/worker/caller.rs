@@ -1,0 +1,94 @@
+//! How a plugin calls another plugin: locally when this worker serves it, otherwise over the
+//! bus as an ordinary request carrying the call depth in `Mofa-Call-Depth`.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap, RequestErrorKind};
+use futures::future::BoxFuture;
+
+use crate::plugin::{CallContext, PluginCaller, PluginError, PluginManager, PluginState, Value};
+use crate::subjects;
+use crate::wire;
+
+/// The worker's [`PluginCaller`].
+pub(crate) struct BusCaller {
+    pub(crate) manager: Weak<PluginManager>,
+    pub(crate) client: Client,
+    pub(crate) timeout: Duration,
+}
+
+impl PluginCaller for BusCaller {
+    fn call(
+        &self,
+        plugin: &str,
+        input: Value,
+        depth: u32,
+    ) -> BoxFuture<'static, Result<Value, PluginError>> {
+        let local = self
+            .manager
+            .upgrade()
+            .and_then(|m| m.get(plugin))
+            .filter(|p| p.state() == PluginState::Running);
+        let (client, plugin, timeout) = (self.client.clone(), plugin.to_string(), self.timeout);
+        Box::pin(async move {
+            if let Some(local) = local {
+                return local.execute_in(input, CallContext { depth }).await;
+            }
+            remote(client, &plugin, input, depth, timeout).await
+        })
+    }
+}
+
+async fn remote(
+    client: Client,
+    plugin: &str,
+    input: Value,
+    depth: u32,
+    timeout: Duration,
+) -> Result<Value, PluginError> {
+    subjects::validate_name(plugin).map_err(|e| PluginError::BadInput(e.to_string()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(wire::HEADER_CALL_DEPTH, depth.to_string().as_str());
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(wire::encode(&input))
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(subjects::exec(plugin), request)
+        .await
+        .map_err(|e| match e.kind() {
+            RequestErrorKind::NoResponders => {
+                PluginError::Unavailable(format!("no worker serves plugin {plugin}"))
+            }
+            RequestErrorKind::TimedOut => {
+                PluginError::Timeout(format!("plugin {plugin} did not answer in time"))
+            }
+            _ => PluginError::Failed(format!("calling plugin {plugin}: {e}")),
+        })?;
+    if let Some(code) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(wire::HEADER_ERROR_CODE))
+    {
+        let message = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::HEADER_ERROR))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        let code = code.as_str().parse().unwrap_or(500);
+        return Err(PluginError::from_code(code, format!("{plugin}: {message}")));
+    }
+    wire::decode(&reply.payload)
+        .map_err(|e| PluginError::Failed(format!("plugin {plugin} replied with {e}")))
+}
+
+/// A caller for a worker whose manager is `manager`.
+pub(crate) fn new(manager: &Arc<PluginManager>, client: Client, timeout: Duration) -> Arc<BusCaller> {
+    Arc::new(BusCaller {
+        manager: Arc::downgrade(manager),
+        client,
+        timeout,
+    })
+}

@@ -484,7 +484,14 @@ async fn services_api_ping_info_and_stats_answer() {
     names.sort();
     assert_eq!(
         names,
-        ["discount", "discount_native", "echo", "order_processor"]
+        [
+            "discount",
+            "discount_native",
+            "discount_wasm",
+            "echo",
+            "order_processor",
+            "wordcount"
+        ]
     );
     for e in &info.endpoints {
         assert_eq!(e.subject, format!("mofa.exec.{}", e.name));

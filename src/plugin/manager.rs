@@ -11,7 +11,10 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::state::AtomicState;
-use super::{AgentPlugin, CallContext, Lifecycle, PluginError, PluginKind, PluginMetadata, PluginState, Value};
+use super::{
+    AgentPlugin, CallContext, Lifecycle, PluginError, PluginKind, PluginMetadata, PluginState,
+    Value,
+};
 
 /// A plugin together with its lifecycle state.
 pub struct ManagedPlugin {

@@ -112,11 +112,24 @@ pub enum Health {
     Unhealthy(String),
 }
 
-/// Where a request comes from: how many plugin-to-plugin calls deep it is.
+/// Where a request comes from: how many plugin-to-plugin calls deep it is, and by when the
+/// caller needs the answer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CallContext {
     /// 0 for a request from a client; n for a request made by a plugin at depth n - 1.
     pub depth: u32,
+    /// The caller's deadline, when another plugin on this worker made the call; a nested call
+    /// never runs past it.
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl CallContext {
+    /// The deadline for a call that may take `timeout`: now + `timeout`, or the caller's
+    /// deadline if that comes first.
+    pub fn deadline_for(&self, timeout: std::time::Duration) -> std::time::Instant {
+        let own = std::time::Instant::now() + timeout;
+        self.deadline.map_or(own, |caller| caller.min(own))
+    }
 }
 
 /// Deepest chain of plugin-to-plugin calls allowed; deeper calls fail with 413 (a loop of
@@ -126,12 +139,13 @@ pub const MAX_CALL_DEPTH: u32 = 8;
 /// Lets a plugin call another plugin by name: locally when this worker serves it, otherwise
 /// over the bus. The only way the plugin layers reach NATS.
 pub trait PluginCaller: Send + Sync + 'static {
-    /// Calls `plugin` with `input`; `depth` is the depth of the new call.
+    /// Calls `plugin` with `input` in `context` (the new call's depth and the caller's
+    /// deadline).
     fn call(
         &self,
         plugin: &str,
         input: Value,
-        depth: u32,
+        context: CallContext,
     ) -> futures::future::BoxFuture<'static, Result<Value, PluginError>>;
 }
 

@@ -5,6 +5,7 @@
 //! grows a thread per concurrent call) keeps hundreds of concurrent requests from turning into
 //! hundreds of threads fighting for two cores; under load the threads take the next job without
 //! parking. A job whose caller has already given up (deadline passed while queued) is skipped.
+//! Nested calls (a sandboxed plugin calling another one) run inline on the calling pool thread.
 
 use std::sync::Arc;
 use std::thread;
@@ -15,6 +16,11 @@ use tokio::sync::oneshot;
 use super::PluginError;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
+
+thread_local! {
+    /// Set on pool threads.
+    static ON_POOL_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// A fixed pool of threads for sandboxed calls.
 #[derive(Debug)]
@@ -38,6 +44,7 @@ impl SandboxPool {
                 .name(format!("mofa-sandbox-{i}"))
                 .stack_size(8 << 20)
                 .spawn(move || {
+                    ON_POOL_THREAD.with(|on| on.set(true));
                     while let Ok(job) = rx.recv() {
                         job();
                     }
@@ -62,12 +69,17 @@ impl SandboxPool {
         self.threads
     }
 
-    /// Runs `f` on a pool thread and returns its result.
+    /// Runs `f` on a pool thread and returns its result. Called from a pool thread (a
+    /// sandboxed plugin calling another plugin), `f` runs right there: a chain of nested calls
+    /// must not wait for free threads its own callers are holding.
     pub async fn run<T, F>(&self, f: F) -> Result<T, PluginError>
     where
         T: Send + 'static,
         F: FnOnce() -> Result<T, PluginError> + Send + 'static,
     {
+        if ON_POOL_THREAD.with(|on| on.get()) {
+            return f();
+        }
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             if tx.is_closed() {

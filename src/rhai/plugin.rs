@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
 use super::engine::{Entry, ScriptEngine};
-use crate::plugin::{AgentPlugin, PluginError, PluginKind, PluginMetadata, Value};
+use crate::plugin::{AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, Value};
 
 /// Extra time the async side waits beyond the script deadline before answering 408 itself.
 const DEADLINE_GRACE: Duration = Duration::from_millis(50);
@@ -89,6 +89,10 @@ impl AgentPlugin for RhaiPlugin {
     }
 
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        self.execute_in(input, CallContext::default()).await
+    }
+
+    async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
         let entry = self
             .compiled
             .load_full()
@@ -96,12 +100,13 @@ impl AgentPlugin for RhaiPlugin {
         let engine = self.engine.clone();
         let timeout = engine.config().timeout();
         // The deadline runs from admission, so time spent queued for a sandbox thread counts.
-        let deadline = Instant::now() + timeout;
+        let deadline = context.deadline_for(timeout);
         let call = self
             .engine
             .pool()
             .run(move || engine.call_until(&entry, input, deadline));
-        match tokio::time::timeout(timeout + DEADLINE_GRACE, call).await {
+        let wait = deadline.saturating_duration_since(Instant::now()) + DEADLINE_GRACE;
+        match tokio::time::timeout(wait, call).await {
             Ok(result) => result,
             Err(_) => Err(PluginError::Timeout(format!(
                 "script exceeded its deadline of {} ms",

@@ -52,9 +52,21 @@ mod tests {
     #[test]
     fn packing_round_trips() {
         for p in [
-            Packed { ptr: 0, len: 0, error: false },
-            Packed { ptr: 0x7fff_ffff, len: u32::MAX, error: true },
-            Packed { ptr: 1024, len: 17, error: false },
+            Packed {
+                ptr: 0,
+                len: 0,
+                error: false,
+            },
+            Packed {
+                ptr: 0x7fff_ffff,
+                len: u32::MAX,
+                error: true,
+            },
+            Packed {
+                ptr: 1024,
+                len: 17,
+                error: false,
+            },
         ] {
             assert_eq!(Packed::unpack(p.pack()), p);
         }

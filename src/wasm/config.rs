@@ -145,7 +145,10 @@ pub struct Limits {
 impl Limits {
     /// Resolves a manifest's limits against the worker's; a memory cap above the worker's
     /// ceiling is refused.
-    pub(crate) fn resolve(worker: &WasmConfig, manifest: &ManifestLimits) -> Result<Limits, String> {
+    pub(crate) fn resolve(
+        worker: &WasmConfig,
+        manifest: &ManifestLimits,
+    ) -> Result<Limits, String> {
         let memory_mb = manifest.max_memory_mb.unwrap_or(worker.max_memory_mb);
         if memory_mb > worker.max_memory_mb {
             return Err(format!(
@@ -161,9 +164,7 @@ impl Limits {
             max_memory_bytes: (memory_mb << 20) as usize,
             fuel: manifest.fuel.unwrap_or(worker.fuel),
             timeout: Duration::from_millis(timeout_ms),
-            max_output_bytes: manifest
-                .max_output_bytes
-                .unwrap_or(worker.max_output_bytes) as usize,
+            max_output_bytes: manifest.max_output_bytes.unwrap_or(worker.max_output_bytes) as usize,
         })
     }
 }

@@ -9,7 +9,7 @@ use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Manifest};
-use crate::plugin::{PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
+use crate::plugin::{CallContext, PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
 use crate::wire;
 
 /// The memory cap, installed with `Store::limiter`. Records a refusal so the error reply can
@@ -73,7 +73,11 @@ pub(crate) fn linker(
         linker.func_wrap(
             HOST_MODULE,
             Capability::Log.as_str(),
-            |mut caller: Caller<'_, StoreData>, level: i32, ptr: i32, len: i32| -> wasmtime::Result<()> {
+            |mut caller: Caller<'_, StoreData>,
+             level: i32,
+             ptr: i32,
+             len: i32|
+             -> wasmtime::Result<()> {
                 let text = String::from_utf8_lossy(&read(&mut caller, ptr, len)?).into_owned();
                 let plugin = caller.data().host.plugin.as_str();
                 match level {
@@ -132,7 +136,11 @@ pub(crate) fn linker(
                 };
                 match result {
                     Ok(output) => write(&mut caller, &wire::encode(&output), false),
-                    Err(e) => write(&mut caller, &wire::encode_error(e.code(), &e.to_string()), true),
+                    Err(e) => write(
+                        &mut caller,
+                        &wire::encode_error(e.code(), &e.to_string()),
+                        true,
+                    ),
                 }
             },
         )?;
@@ -159,14 +167,44 @@ fn call_plugin(data: &StoreData, name: &str, input: Value) -> Result<Value, Plug
             "call_plugin({name}): no plugin caller is configured in this runtime"
         )));
     };
-    let call = caller.call(name, input, depth);
-    runtime.block_on(async move {
-        tokio::time::timeout(remaining, call).await.unwrap_or_else(|_| {
-            Err(PluginError::Timeout(format!(
-                "call_plugin({name}): no answer before the caller's deadline"
-            )))
-        })
+    let _context = runtime.enter();
+    let call = caller.call(
+        name,
+        input,
+        CallContext {
+            depth,
+            deadline: Some(data.deadline),
+        },
+    );
+    block_on(tokio::time::timeout(remaining, call)).unwrap_or_else(|_| {
+        Err(PluginError::Timeout(format!(
+            "call_plugin({name}): no answer before the caller's deadline"
+        )))
     })
+}
+
+/// Wakes a thread parked in [`block_on`].
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Waits for `future` on this (sandbox) thread while the tokio runtime's own threads drive I/O
+/// and timers. Unlike `Handle::block_on` it may nest: a module that calls a module that calls a
+/// module runs each nested call inline on the same thread.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
 }
 
 /// The guest's exported memory.
@@ -198,7 +236,8 @@ fn write(caller: &mut Caller<'_, StoreData>, bytes: &[u8], error: bool) -> wasmt
         Some(Extern::Func(f)) => f.typed::<i32, i32>(&*caller)?,
         _ => bail!("module does not export {EXPORT_ALLOC:?}"),
     };
-    let len = i32::try_from(bytes.len()).map_err(|_| format_err!("buffer too large for the guest"))?;
+    let len =
+        i32::try_from(bytes.len()).map_err(|_| format_err!("buffer too large for the guest"))?;
     let ptr = alloc.call(&mut *caller, len)?;
     memory(caller)?
         .write(&mut *caller, ptr as u32 as usize, bytes)

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -27,7 +27,9 @@ pub struct WasmPlugin {
 
 impl std::fmt::Debug for WasmPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmPlugin").field("meta", &self.meta).finish()
+        f.debug_struct("WasmPlugin")
+            .field("meta", &self.meta)
+            .finish()
     }
 }
 
@@ -59,10 +61,9 @@ impl WasmPlugin {
 
     /// Reads `<dir>/<name>.wasm` and, if present, `<dir>/<name>.toml`.
     pub fn from_file(path: &Path, runtime: Arc<WasmRuntime>) -> Result<Self, PluginError> {
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| PluginError::Load(format!("{}: file name is not UTF-8", path.display())))?;
+        let name = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
+            PluginError::Load(format!("{}: file name is not UTF-8", path.display()))
+        })?;
         crate::subjects::validate_name(name)
             .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
         let bytes = std::fs::read(path)
@@ -72,7 +73,12 @@ impl WasmPlugin {
             Ok(text) => Manifest::from_toml(&text)
                 .map_err(|e| PluginError::Load(format!("{}: {e}", manifest_path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(e) => return Err(PluginError::Load(format!("{}: {e}", manifest_path.display()))),
+            Err(e) => {
+                return Err(PluginError::Load(format!(
+                    "{}: {e}",
+                    manifest_path.display()
+                )))
+            }
         };
         Ok(Self::new(name, bytes, manifest, runtime))
     }
@@ -91,7 +97,11 @@ impl AgentPlugin for WasmPlugin {
 
     async fn load(&self) -> Result<(), PluginError> {
         let runtime = self.runtime.clone();
-        let (name, bytes, manifest) = (self.meta.id.clone(), self.bytes.clone(), self.manifest.clone());
+        let (name, bytes, manifest) = (
+            self.meta.id.clone(),
+            self.bytes.clone(),
+            self.manifest.clone(),
+        );
         let loaded = tokio::task::spawn_blocking(move || runtime.load(&name, &bytes, &manifest))
             .await
             .map_err(|e| PluginError::Load(format!("compiler task failed: {e}")))??;
@@ -115,14 +125,15 @@ impl AgentPlugin for WasmPlugin {
             .ok_or_else(|| PluginError::Failed(format!("{} is not loaded", self.meta.id)))?;
         let timeout = loaded.limits.timeout;
         // The deadline runs from admission, so time spent queued for a sandbox thread counts.
-        let deadline = Instant::now() + timeout;
+        let deadline = context.deadline_for(timeout);
         let runtime = self.runtime.clone();
         let body = wire::encode(&input);
         let call = self
             .runtime
             .pool()
             .run(move || runtime.invoke(&loaded, &body, deadline, context.depth));
-        match tokio::time::timeout(timeout + DEADLINE_GRACE, call).await {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now()) + DEADLINE_GRACE;
+        match tokio::time::timeout(wait, call).await {
             Ok(result) => result,
             Err(_) => Err(PluginError::Timeout(format!(
                 "module exceeded its deadline of {} ms",

@@ -277,10 +277,9 @@ fn classify(error: wasmtime::Error, store: &Store<StoreData>, limits: &Limits) -
         ));
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => PluginError::LimitExceeded(format!(
-            "fuel limit of {} exhausted",
-            limits.fuel
-        )),
+        Some(Trap::OutOfFuel) => {
+            PluginError::LimitExceeded(format!("fuel limit of {} exhausted", limits.fuel))
+        }
         Some(Trap::Interrupt) => PluginError::Timeout(format!(
             "module exceeded its deadline of {} ms",
             limits.timeout.as_millis()
@@ -289,7 +288,10 @@ fn classify(error: wasmtime::Error, store: &Store<StoreData>, limits: &Limits) -
             "wasm stack exhausted (recursion too deep for the stack limit)".to_string(),
         ),
         Some(trap) => PluginError::Failed(format!("wasm trap: {trap}")),
-        None if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+        None if error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some() =>
+        {
             PluginError::Unavailable(format!("no wasm instance slot free: {error:#}"))
         }
         None => PluginError::Failed(format!("{error:#}")),
@@ -336,19 +338,35 @@ fn check_exports(name: &str, module: &Module) -> Result<(), PluginError> {
     }
     let func = |n: &str, params: &[ValType], results: &[ValType]| match export(n) {
         Some(ExternType::Func(f))
-            if f.params().map(|p| p.to_string()).eq(params.iter().map(|p| p.to_string()))
-                && f.results().map(|r| r.to_string()).eq(results.iter().map(|r| r.to_string())) =>
+            if f.params()
+                .map(|p| p.to_string())
+                .eq(params.iter().map(|p| p.to_string()))
+                && f.results()
+                    .map(|r| r.to_string())
+                    .eq(results.iter().map(|r| r.to_string())) =>
         {
             Ok(())
         }
         _ => Err(missing(&format!(
             "{n}({}) -> {}",
-            params.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", "),
-            results.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+            params
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            results
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     };
     func(EXPORT_ALLOC, &[ValType::I32], &[ValType::I32])?;
-    func(EXPORT_HANDLE, &[ValType::I32, ValType::I32], &[ValType::I64])
+    func(
+        EXPORT_HANDLE,
+        &[ValType::I32, ValType::I32],
+        &[ValType::I64],
+    )
 }
 
 /// A manifest `[config]` value as a wire value.

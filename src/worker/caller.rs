@@ -23,7 +23,7 @@ impl PluginCaller for BusCaller {
         &self,
         plugin: &str,
         input: Value,
-        depth: u32,
+        context: CallContext,
     ) -> BoxFuture<'static, Result<Value, PluginError>> {
         let local = self
             .manager
@@ -33,9 +33,12 @@ impl PluginCaller for BusCaller {
         let (client, plugin, timeout) = (self.client.clone(), plugin.to_string(), self.timeout);
         Box::pin(async move {
             if let Some(local) = local {
-                return local.execute_in(input, CallContext { depth }).await;
+                return local.execute_in(input, context).await;
             }
-            remote(client, &plugin, input, depth, timeout).await
+            let timeout = context.deadline.map_or(timeout, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
+            remote(client, &plugin, input, context.depth, timeout).await
         })
     }
 }
@@ -85,7 +88,11 @@ async fn remote(
 }
 
 /// A caller for a worker whose manager is `manager`.
-pub(crate) fn new(manager: &Arc<PluginManager>, client: Client, timeout: Duration) -> Arc<BusCaller> {
+pub(crate) fn new(
+    manager: &Arc<PluginManager>,
+    client: Client,
+    timeout: Duration,
+) -> Arc<BusCaller> {
     Arc::new(BusCaller {
         manager: Arc::downgrade(manager),
         client,

@@ -260,7 +260,10 @@ fn call_context(message: &Message) -> CallContext {
         .and_then(|h| h.get(wire::HEADER_CALL_DEPTH))
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(0);
-    CallContext { depth }
+    CallContext {
+        depth,
+        deadline: None,
+    }
 }
 
 /// Header values cannot hold line breaks; keep the message on one line.

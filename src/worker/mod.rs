@@ -26,8 +26,8 @@ pub use service::SERVICE_VERSION;
 use crate::config::{ConfigError, WorkerConfig};
 use crate::plugin::{AgentPlugin, PluginError, PluginManager, SandboxPool};
 use crate::rhai::{RhaiPlugin, ScriptEngine};
-use crate::wasm::{WasmPlugin, WasmRuntime};
 use crate::subjects::{self, QUEUE_GROUP};
+use crate::wasm::{WasmPlugin, WasmRuntime};
 
 /// Why a worker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +135,9 @@ impl Worker {
                     _ => "rhai",
                 };
                 failures.push(LoadFailure {
-                    path: config.plugins_dir.join(format!("{}.{extension}", plugin.id())),
+                    path: config
+                        .plugins_dir
+                        .join(format!("{}.{extension}", plugin.id())),
                     error: e.to_string(),
                 });
             }

@@ -1,0 +1,572 @@
+//! WASM plugins on a real nats-server: the example modules, hostile modules written in WAT
+//! (each stopped with the right code while the worker keeps serving), capabilities, the module
+//! cache, fresh instances and plugin-to-plugin calls.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mofa_bus::config::WorkerConfig;
+use mofa_bus::plugin::{AgentPlugin, SandboxPool};
+use mofa_bus::wasm::{Manifest, WasmConfig, WasmPlugin, WasmRuntime};
+use mofa_bus::wire::Value;
+
+/// A module implementing the ABI with a bump allocator; `handle` is the body of
+/// `mofa_handle(ptr, len) -> i64`, `extra` more module fields.
+fn module(handle: &str, extra: &str) -> String {
+    format!(
+        r#"(module
+  {extra}
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 1024))
+  (func (export "mofa_alloc") (param $len i32) (result i32)
+    (local $p i32)
+    (local.set $p (global.get $heap))
+    (global.set $heap (i32.add (global.get $heap) (local.get $len)))
+    (local.get $p))
+  (func (export "mofa_handle") (param $ptr i32) (param $len i32) (result i64)
+    {handle}))"#
+    )
+}
+
+/// `(ptr << 32) | len` of the input: return the input as the output.
+const ECHO: &str = "(i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32)) (i64.extend_i32_u (local.get $len)))";
+
+fn hostile() -> Vec<(String, String)> {
+    let files = [
+        ("wat_echo", module(ECHO, "")),
+        ("spin", module("(loop $l (br $l)) (unreachable)", "")),
+        (
+            "grow_bomb",
+            module("(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) (unreachable)", ""),
+        ),
+        (
+            "recurse",
+            module(
+                "(i64.extend_i32_u (call $down (i32.const 0)))",
+                "(func $down (param i32) (result i32) (i32.add (i32.const 1) (call $down (local.get 0))))",
+            ),
+        ),
+        ("trap", module("(unreachable)", "")),
+        ("divide", module("(i64.extend_i32_u (i32.div_u (i32.const 1) (i32.sub (local.get $len) (local.get $len))))", "")),
+        // Offset 0xFFFF0, 16 bytes: past the single 64 KiB page.
+        ("out_of_bounds", module("(i64.const 0x000FFFF000000010)", "")),
+        // Length 4 GiB - 1 from offset 0.
+        ("giant_length", module("(i64.const 0x00000000FFFFFFFF)", "")),
+        // A buffer holding 0xc1, which is not MessagePack.
+        ("garbage", module("(i32.store8 (i32.const 100) (i32.const 0xc1)) (i64.const 0x0000006400000001)", "")),
+        // 1000 bytes of zeros (1000 MessagePack zeros: not one value, but first too big).
+        ("big_output", module("(i64.const 0x00000000000003E8)", "")),
+        // A fresh instance per request: this counter is 1 on every call.
+        (
+            "counter",
+            module(
+                "(global.set $count (i32.add (global.get $count) (i32.const 1))) (i32.store8 (i32.const 200) (global.get $count)) (i64.const 0x000000C800000001)",
+                "(global $count (mut i32) (i32.const 0))",
+            ),
+        ),
+        (
+            "uses_wasi",
+            module(ECHO, r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#),
+        ),
+        ("no_alloc", r#"(module (memory (export "memory") 1) (func (export "mofa_handle") (param i32 i32) (result i64) (i64.const 0)))"#.to_string()),
+    ];
+    files
+        .into_iter()
+        .map(|(n, m)| (format!("{n}.wasm"), m))
+        .collect()
+}
+
+async fn start_with(
+    server: &NatsServer,
+    files: &[(String, String)],
+    wasm: WasmConfig,
+) -> (mofa_bus::worker::Worker, tempfile::TempDir) {
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
+    let dir = plugins_dir(&refs);
+    let w = worker(WorkerConfig {
+        wasm,
+        ..config(server, dir.path())
+    })
+    .await;
+    (w, dir)
+}
+
+async fn expect(
+    client: &async_nats::Client,
+    plugin: &str,
+    code: u16,
+    needle: &str,
+    within: Duration,
+) {
+    let started = Instant::now();
+    let reply = call(client, plugin, Value::from("x")).await;
+    assert!(
+        started.elapsed() < within,
+        "{plugin}: took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(reply.code(), Some(code), "{plugin}: {reply:?}");
+    assert!(
+        reply.message().contains(needle),
+        "{plugin}: {:?} should mention {needle:?}",
+        reply.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn example_modules_serve_over_the_bus() {
+    let server = NatsServer::start();
+    let worker = worker(config(&server, &repo_plugins())).await;
+    assert!(
+        worker.load_failures().is_empty(),
+        "{:?}",
+        worker.load_failures()
+    );
+    let client = server.client().await;
+    for (price, tier, expected) in [
+        (Value::from(100), "gold", 80.0),
+        (Value::F64(50.0), "silver", 45.0),
+        (Value::from(100), "bronze", 100.0),
+    ] {
+        let input = map(&[("price", price), ("customer_tier", Value::from(tier))]);
+        assert_eq!(
+            call(&client, "discount_wasm", input).await.ok(),
+            Value::F64(expected)
+        );
+    }
+    for bad in [
+        map(&[
+            ("price", Value::from("ten")),
+            ("customer_tier", Value::from("gold")),
+        ]),
+        map(&[("customer_tier", Value::from("gold"))]),
+        Value::from(7),
+    ] {
+        assert_eq!(call(&client, "discount_wasm", bad).await.code(), Some(400));
+    }
+    let out = call(
+        &client,
+        "wordcount",
+        map(&[("text", Value::from("the cat and the hat\nand the bat"))]),
+    )
+    .await
+    .ok();
+    assert_eq!(out["words"], Value::from(8));
+    assert_eq!(out["lines"], Value::from(2));
+    // `top` comes from the manifest's [config] (3) through the get_config capability.
+    assert_eq!(
+        out["top"],
+        Value::Array(vec![
+            Value::Array(vec![Value::from("the"), Value::from(3)]),
+            Value::Array(vec![Value::from("and"), Value::from(2)]),
+            Value::Array(vec![Value::from("bat"), Value::from(1)]),
+        ])
+    );
+    let missing = call(&client, "wordcount", map(&[("words", Value::from(1))])).await;
+    assert_eq!(missing.code(), Some(400));
+    assert!(missing.message().contains("text"), "{missing:?}");
+    worker.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_modules_get_the_right_code_and_the_worker_keeps_serving() {
+    let server = NatsServer::start();
+    let mut files = hostile();
+    files.push((
+        "grow_bomb.toml".into(),
+        "[limits]\nmax_memory_mb = 2\n".into(),
+    ));
+    files.push((
+        "big_output.toml".into(),
+        "[limits]\nmax_output_bytes = 100\n".into(),
+    ));
+    let (worker, _dir) = start_with(&server, &files, WasmConfig::default()).await;
+    let client = server.client().await;
+    let within = Duration::from_secs(3);
+
+    expect(
+        &client,
+        "spin",
+        413,
+        "fuel limit of 100000000 exhausted",
+        within,
+    )
+    .await;
+    expect(
+        &client,
+        "grow_bomb",
+        413,
+        "memory cap of 2 MiB exceeded",
+        within,
+    )
+    .await;
+    expect(&client, "recurse", 413, "stack", within).await;
+    expect(&client, "trap", 500, "unreachable", within).await;
+    expect(&client, "divide", 500, "divide by zero", within).await;
+    expect(&client, "out_of_bounds", 500, "bad ABI output", within).await;
+    expect(&client, "giant_length", 500, "bad ABI output", within).await;
+    expect(&client, "garbage", 500, "bad ABI output", within).await;
+    expect(
+        &client,
+        "big_output",
+        413,
+        "exceeds the limit of 100 bytes",
+        within,
+    )
+    .await;
+
+    for i in 0..3 {
+        assert_eq!(
+            call(&client, "counter", Value::Nil).await.ok(),
+            Value::from(1),
+            "call {i} saw another call's state"
+        );
+    }
+    assert_eq!(
+        call(&client, "wat_echo", Value::from("still serving"))
+            .await
+            .ok(),
+        Value::from("still serving")
+    );
+    worker.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deadline_stops_a_spinning_module_with_408() {
+    let server = NatsServer::start();
+    let mut files = hostile();
+    // Fuel enough for minutes: only the clock stops it.
+    files.push((
+        "spin.toml".into(),
+        "[limits]\nfuel = 1000000000000000\ntimeout_ms = 200\n".into(),
+    ));
+    let (worker, _dir) = start_with(&server, &files, WasmConfig::default()).await;
+    let client = server.client().await;
+    let started = Instant::now();
+    expect(
+        &client,
+        "spin",
+        408,
+        "deadline of 200 ms",
+        Duration::from_millis(1500),
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "stopped before its deadline"
+    );
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { call(&client, "spin", Value::Nil).await.code() })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.expect("joins"), Some(408));
+    }
+    assert_eq!(
+        call(&client, "wat_echo", Value::from(1)).await.ok(),
+        Value::from(1)
+    );
+    worker.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn worker_wide_limits_apply_without_a_manifest() {
+    let server = NatsServer::start();
+    let wasm = WasmConfig {
+        fuel: 10_000,
+        max_memory_mb: 1,
+        max_output_bytes: 10,
+        ..WasmConfig::default()
+    };
+    let (worker, _dir) = start_with(&server, &hostile(), wasm).await;
+    let client = server.client().await;
+    let within = Duration::from_secs(3);
+    expect(
+        &client,
+        "spin",
+        413,
+        "fuel limit of 10000 exhausted",
+        within,
+    )
+    .await;
+    expect(
+        &client,
+        "grow_bomb",
+        413,
+        "memory cap of 1 MiB exceeded",
+        within,
+    )
+    .await;
+    expect(
+        &client,
+        "big_output",
+        413,
+        "exceeds the limit of 10 bytes",
+        within,
+    )
+    .await;
+    assert_eq!(
+        call(&client, "wat_echo", Value::from(5)).await.ok(),
+        Value::from(5)
+    );
+    worker.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_or_ungranted_imports_and_missing_exports_fail_to_load_by_name() {
+    let server = NatsServer::start();
+    // MessagePack int64: 0xd3 then the value big-endian, byte by byte.
+    let store_be: String = (0..8)
+        .map(|i| {
+            format!(
+                "(i64.store8 (i32.const {}) (i64.shr_u (local.get $t) (i64.const {})))",
+                300 + i,
+                56 - 8 * i
+            )
+        })
+        .collect();
+    let uses_now = module(
+        &format!("(local $t i64) (local.set $t (call $now)) (i32.store8 (i32.const 299) (i32.const 0xd3)) {store_be} (i64.const 0x0000012B00000009)"),
+        r#"(import "mofa" "now" (func $now (result i64)))"#,
+    );
+    let files = vec![
+        (
+            "uses_wasi.wasm".to_string(),
+            hostile()
+                .into_iter()
+                .find(|(n, _)| n == "uses_wasi.wasm")
+                .map(|(_, m)| m)
+                .unwrap_or_default(),
+        ),
+        (
+            "no_alloc.wasm".to_string(),
+            hostile()
+                .into_iter()
+                .find(|(n, _)| n == "no_alloc.wasm")
+                .map(|(_, m)| m)
+                .unwrap_or_default(),
+        ),
+        ("clock_denied.wasm".to_string(), uses_now.clone()),
+        ("clock.wasm".to_string(), uses_now),
+        (
+            "clock.toml".to_string(),
+            "capabilities = [\"now\"]\n".to_string(),
+        ),
+        ("overreach.wasm".to_string(), module(ECHO, "")),
+        (
+            "overreach.toml".to_string(),
+            "[limits]\nmax_memory_mb = 100000\n".to_string(),
+        ),
+    ];
+    let (worker, _dir) = start_with(&server, &files, WasmConfig::default()).await;
+    let error = |name: &str| {
+        worker
+            .load_failures()
+            .iter()
+            .find(|f| f.path.file_stem().is_some_and(|s| s == name))
+            .map(|f| f.error.clone())
+            .unwrap_or_else(|| panic!("{name} should have failed to load"))
+    };
+    assert!(
+        error("uses_wasi").contains("wasi_snapshot_preview1::fd_write"),
+        "{}",
+        error("uses_wasi")
+    );
+    assert!(
+        error("no_alloc").contains("mofa_alloc"),
+        "{}",
+        error("no_alloc")
+    );
+    let denied = error("clock_denied");
+    assert!(
+        denied.contains("mofa::now") && denied.contains("does not grant"),
+        "{denied}"
+    );
+    assert!(
+        error("overreach").contains("ceiling"),
+        "{}",
+        error("overreach")
+    );
+    assert_eq!(
+        worker.load_failures().len(),
+        4,
+        "{:?}",
+        worker.load_failures()
+    );
+
+    // With the grant the same module runs and sees the host clock.
+    let client = server.client().await;
+    let now = call(&client, "clock", Value::Nil).await.ok();
+    let now = now.as_i64().expect("an integer");
+    let host = mofa_bus::wire::unix_ms() as i64;
+    assert!(
+        (host - now).abs() < 60_000,
+        "guest clock {now} vs host {host}"
+    );
+    worker.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_to_one_module_each_get_their_own_answer() {
+    let server = NatsServer::start();
+    let worker = worker(config(&server, &repo_plugins())).await;
+    let client = server.client().await;
+    let calls: Vec<_> = (0..128)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let input = map(&[
+                    ("price", Value::from(i)),
+                    ("customer_tier", Value::from("silver")),
+                ]);
+                call(&client, "discount_wasm", input).await
+            })
+        })
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        let out = c.await.expect("joins").ok();
+        let expected = i as f64 * 0.9;
+        assert!(
+            (out.as_f64().expect("float") - expected).abs() < 1e-9,
+            "{i}: {out}"
+        );
+    }
+    worker.shutdown().await.expect("drains");
+}
+
+/// Calls the plugin named in its input's first 64 bytes? No: a fixed name, forwarding its input.
+fn forwarder(target: &str) -> String {
+    let name_len = target.len();
+    module(
+        &format!("(call $call_plugin (i32.const 512) (i32.const {name_len}) (local.get $ptr) (local.get $len))"),
+        &format!(
+            r#"(import "mofa" "call_plugin" (func $call_plugin (param i32 i32 i32 i32) (result i64)))
+  (data (i32.const 512) "{target}")"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn call_plugin_reaches_local_and_remote_plugins_and_stops_loops() {
+    let server = NatsServer::start();
+    // Worker A: forwarders. Worker B (another process's stand-in): a Rhai plugin only it serves.
+    let files_a = vec![
+        ("to_native.wasm".to_string(), forwarder("discount_native")),
+        (
+            "to_native.toml".to_string(),
+            "capabilities = [\"call_plugin\"]\n".to_string(),
+        ),
+        ("to_remote.wasm".to_string(), forwarder("only_on_b")),
+        (
+            "to_remote.toml".to_string(),
+            "capabilities = [\"call_plugin\"]\n".to_string(),
+        ),
+        ("loop.wasm".to_string(), forwarder("loop")),
+        (
+            "loop.toml".to_string(),
+            "capabilities = [\"call_plugin\"]\n".to_string(),
+        ),
+        (
+            "to_nobody.wasm".to_string(),
+            forwarder("nobody_serves_this"),
+        ),
+        (
+            "to_nobody.toml".to_string(),
+            "capabilities = [\"call_plugin\"]\n".to_string(),
+        ),
+    ];
+    let (a, _dir_a) = start_with(&server, &files_a, WasmConfig::default()).await;
+    let dir_b = plugins_dir(&[("only_on_b.rhai", "fn execute(x) { x.price * 2 }")]);
+    let b = worker(config(&server, dir_b.path())).await;
+    let client = server.client().await;
+
+    let input = map(&[
+        ("price", Value::from(100)),
+        ("customer_tier", Value::from("gold")),
+    ]);
+    assert_eq!(
+        call(&client, "to_native", input.clone()).await.ok(),
+        Value::F64(80.0)
+    );
+    assert_eq!(
+        call(&client, "to_remote", input.clone()).await.ok(),
+        Value::from(200)
+    );
+    let bad = call(&client, "to_native", Value::from("nope")).await;
+    assert_eq!(
+        bad.code(),
+        Some(400),
+        "the callee's error passes through: {bad:?}"
+    );
+
+    let started = Instant::now();
+    let looped = call(&client, "loop", Value::Nil).await;
+    assert_eq!(looped.code(), Some(413), "{looped:?}");
+    assert!(
+        looped.message().contains("call depth limit of 8"),
+        "{looped:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let nobody = call(&client, "to_nobody", Value::Nil).await;
+    assert_eq!(nobody.code(), Some(503), "{nobody:?}");
+    assert!(
+        nobody
+            .message()
+            .contains("no worker serves plugin nobody_serves_this"),
+        "{nobody:?}"
+    );
+    a.shutdown().await.expect("drains");
+    b.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn module_cache_is_keyed_by_content_so_v1_v2_v1_runs_v1() {
+    let runtime = WasmRuntime::new(WasmConfig::default(), SandboxPool::new(2)).expect("runtime");
+    let version = |n: u8| {
+        module(
+            &format!("(i32.store8 (i32.const 200) (i32.const {n})) (i64.const 0x000000C800000001)"),
+            "",
+        )
+    };
+    for (n, expected_cached) in [(1u8, 1usize), (2, 2), (1, 2)] {
+        let plugin = WasmPlugin::new(
+            "versioned",
+            version(n).into_bytes(),
+            Manifest::default(),
+            runtime.clone(),
+        );
+        plugin.load().await.expect("loads");
+        assert_eq!(
+            plugin.execute(Value::Nil).await,
+            Ok(Value::from(n)),
+            "serving v{n}"
+        );
+        assert_eq!(runtime.cached_modules(), expected_cached);
+    }
+    let a = WasmPlugin::new(
+        "a",
+        version(1).into_bytes(),
+        Manifest::default(),
+        runtime.clone(),
+    );
+    let b = WasmPlugin::new(
+        "b",
+        version(1).into_bytes(),
+        Manifest::default(),
+        runtime.clone(),
+    );
+    a.load().await.expect("loads");
+    b.load().await.expect("loads");
+    assert_eq!(a.sha256(), b.sha256());
+    assert_eq!(runtime.cached_modules(), 2, "identical bytes compile once");
+    let _ = Arc::clone(&runtime);
+}

@@ -83,6 +83,18 @@ impl WasmPlugin {
         Ok(Self::new(name, bytes, manifest, runtime))
     }
 
+    /// Runs one call on the current thread (fresh instance, all limits, deadline from now),
+    /// bypassing the sandbox pool. For embedding and benchmarks; blocking.
+    pub fn invoke_blocking(&self, input: &Value) -> Result<Value, PluginError> {
+        let loaded = self
+            .loaded
+            .load_full()
+            .ok_or_else(|| PluginError::Failed(format!("{} is not loaded", self.meta.id)))?;
+        let deadline = std::time::Instant::now() + loaded.limits.timeout;
+        self.runtime
+            .invoke(&loaded, &wire::encode(input), deadline, 0)
+    }
+
     /// SHA-256 of the loaded module, hex-encoded.
     pub fn sha256(&self) -> Option<String> {
         self.loaded.load().as_ref().map(|l| l.sha256.clone())

@@ -201,15 +201,20 @@ fn in_process() {
         use mofa_bus::plugin::{AgentPlugin, SandboxPool};
         use mofa_bus::wasm::{WasmConfig, WasmPlugin, WasmRuntime};
         let wasm = WasmRuntime::new(WasmConfig::default(), SandboxPool::new(0)).expect("runtime");
-        let plugin = WasmPlugin::from_file(&common::repo_plugins().join("discount_wasm.wasm"), wasm)
-            .expect("plugins/discount_wasm.wasm");
+        let plugin =
+            WasmPlugin::from_file(&common::repo_plugins().join("discount_wasm.wasm"), wasm)
+                .expect("plugins/discount_wasm.wasm");
         plugin.load().await.expect("loads");
         for _ in 0..10_000 {
             plugin.invoke_blocking(&input).expect("runs");
         }
         let t = Instant::now();
         for _ in 0..n {
-            std::hint::black_box(plugin.invoke_blocking(std::hint::black_box(&input)).expect("runs"));
+            std::hint::black_box(
+                plugin
+                    .invoke_blocking(std::hint::black_box(&input))
+                    .expect("runs"),
+            );
         }
         let direct = t.elapsed() / n;
         let m = 50_000u32;

@@ -51,6 +51,44 @@ pub struct WorkerConfig {
     pub rhai: RhaiConfig,
     /// WASM sandbox defaults and ceilings.
     pub wasm: WasmConfig,
+    /// Hot reload over the bus.
+    pub reload: ReloadConfig,
+}
+
+/// Distribution of plugins over JetStream and hot reload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReloadConfig {
+    /// Follow the plugins bucket (if the server has JetStream).
+    pub enabled: bool,
+    /// Key-Value bucket holding one record per plugin.
+    pub bucket: String,
+    /// Object Store bucket for large modules.
+    pub object_bucket: String,
+    /// Revisions kept per plugin when the worker creates the bucket.
+    pub history: i64,
+    /// Attempts to fetch and load a revision when the failure may be transient (a module
+    /// fetch from the object store); compile errors are not retried.
+    pub max_attempts: u32,
+    /// Pause between attempts, in milliseconds (doubling each time).
+    pub retry_backoff_ms: u64,
+    /// A reloaded Rhai script keeps the state map (`state_get`/`state_set`) of the revision it
+    /// replaces.
+    pub preserve_state: bool,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bucket: "mofa_plugins".into(),
+            object_bucket: "mofa_modules".into(),
+            history: 10,
+            max_attempts: 3,
+            retry_backoff_ms: 200,
+            preserve_state: false,
+        }
+    }
 }
 
 /// What the worker publishes about each execution.
@@ -84,6 +122,7 @@ impl Default for WorkerConfig {
             events: EventsConfig::default(),
             rhai: RhaiConfig::default(),
             wasm: WasmConfig::default(),
+            reload: ReloadConfig::default(),
         }
     }
 }
@@ -148,6 +187,11 @@ impl WorkerConfig {
         if self.wasm.timeout_ms == 0 || self.wasm.max_memory_mb == 0 {
             return Err(ConfigError::Invalid(
                 "wasm.timeout_ms and wasm.max_memory_mb must be at least 1".into(),
+            ));
+        }
+        if self.reload.max_attempts == 0 {
+            return Err(ConfigError::Invalid(
+                "reload.max_attempts must be at least 1".into(),
             ));
         }
         if self.rhai.timeout_ms == 0 {

@@ -21,6 +21,7 @@
 pub mod config;
 pub mod native;
 pub mod plugin;
+pub mod reload;
 pub mod rhai;
 pub mod subjects;
 pub mod wasm;

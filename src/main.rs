@@ -3,6 +3,8 @@
 //! - `mofa worker` serves plugins on the bus until SIGTERM/SIGINT, then drains.
 //! - `mofa exec PLUGIN [JSON]` sends one request and prints the reply as JSON.
 //! - `mofa events [PLUGIN]` prints events as JSON lines.
+//! - `mofa publish`, `watch`, `rollback`, `remove`, `history` manage plugins on the bus;
+//!   `mofa plugins` lists what every live worker serves.
 
 mod dev;
 
@@ -13,10 +15,14 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use mofa_bus::config::{WorkerConfig, DEFAULT_NATS_URL};
+use mofa_bus::config::{ReloadConfig, WorkerConfig, DEFAULT_NATS_URL};
+use mofa_bus::reload::{Distribution, INLINE_LIMIT};
 use mofa_bus::{subjects, wire};
 
 /// mofa-bus: serve native, Rhai and WASM plugins on NATS subjects `mofa.exec.<plugin>`.
+///
+/// Scripts and modules published with `mofa publish` (or `mofa watch`) reach every worker over
+/// JetStream and are hot-reloaded; a revision that fails to load never replaces a working one.
 #[derive(Parser, Debug)]
 #[command(name = "mofa", version, about, long_about = None)]
 struct Cli {
@@ -65,6 +71,70 @@ enum Command {
         #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
         nats: String,
     },
+    /// Publish scripts (.rhai) and modules (.wasm, with their .toml manifest) to the plugins
+    /// bucket: every worker, including ones that start later, serves the new revision.
+    Publish {
+        /// Files to publish; each plugin is named after its file stem.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Version label stored with the revision (default: the first 12 hex digits of its
+        /// SHA-256).
+        #[arg(long)]
+        version: Option<String>,
+        /// NATS server URL.
+        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
+        nats: String,
+    },
+    /// Watch a directory and publish each changed script or module once its writes settle.
+    Watch {
+        /// Directory of .rhai, .wasm and .toml files.
+        dir: PathBuf,
+        /// Quiet time after the last write before a file is published (trailing debounce).
+        #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+        debounce: Duration,
+        /// NATS server URL.
+        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
+        nats: String,
+    },
+    /// Republish an earlier revision of a plugin (default: the one before the current).
+    Rollback {
+        /// Plugin name.
+        plugin: String,
+        /// Revision to return to (see `mofa history`).
+        #[arg(long)]
+        to: Option<u64>,
+        /// NATS server URL.
+        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
+        nats: String,
+    },
+    /// Delete a plugin from the bucket: every worker removes its endpoint.
+    Remove {
+        /// Plugin name.
+        plugin: String,
+        /// NATS server URL.
+        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
+        nats: String,
+    },
+    /// List the stored revisions of a plugin, oldest first.
+    History {
+        /// Plugin name.
+        plugin: String,
+        /// NATS server URL.
+        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
+        nats: String,
+    },
+    /// List the plugins every live worker serves, with kind and revision (Services API INFO).
+    Plugins {
+        /// How long to collect answers from workers.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// NATS server URL.
+        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
+        nats: String,
+    },
     /// Print events as JSON lines: result events of one plugin, or every event.
     Events {
         /// Plugin name; omitted: all plugins and all event kinds (mofa.events.>).
@@ -107,6 +177,20 @@ async fn main() -> ExitCode {
             nats,
         } => exec(&nats, &plugin, input.as_deref(), timeout).await,
         Command::Events { plugin, nats } => events(&nats, plugin.as_deref()).await,
+        Command::Publish {
+            files,
+            version,
+            nats,
+        } => publish(&nats, &files, version.as_deref()).await,
+        Command::Watch {
+            dir,
+            debounce,
+            nats,
+        } => watch(&nats, &dir, debounce).await,
+        Command::Rollback { plugin, to, nats } => rollback(&nats, &plugin, to).await,
+        Command::Remove { plugin, nats } => remove(&nats, &plugin).await,
+        Command::History { plugin, nats } => history(&nats, &plugin).await,
+        Command::Plugins { wait, json, nats } => plugins(&nats, wait, json).await,
     };
     match result {
         Ok(code) => code,
@@ -232,6 +316,160 @@ async fn events(url: &str, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
             Ok(event) => println!("{}", wire::to_json(&event)),
             Err(e) => eprintln!("warning: undecodable event on {}: {e}", message.subject),
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn distribution(url: &str) -> anyhow::Result<Distribution> {
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    Ok(Distribution::open(client, &ReloadConfig::default()).await?)
+}
+
+async fn publish(url: &str, files: &[PathBuf], version: Option<&str>) -> anyhow::Result<ExitCode> {
+    let distribution = distribution(url).await?;
+    for file in files {
+        let (plugin, revision) = distribution
+            .publish_file(file, version, INLINE_LIMIT)
+            .await?;
+        println!("published {plugin} as revision {revision}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch(url: &str, dir: &std::path::Path, debounce: Duration) -> anyhow::Result<ExitCode> {
+    let distribution = distribution(url).await?;
+    eprintln!(
+        "watching {} (debounce {})",
+        dir.display(),
+        humantime::format_duration(debounce)
+    );
+    mofa_bus::reload::watch::run(distribution, dir, debounce, INLINE_LIMIT, |path, result| {
+        use mofa_bus::reload::watch::Published;
+        match result {
+            Ok(Published::Revision { plugin, revision }) => {
+                println!("published {plugin} as revision {revision}")
+            }
+            Ok(Published::Unchanged { plugin }) => {
+                tracing::debug!(plugin, "unchanged, not published")
+            }
+            Err(e) => eprintln!("error: {}: {e}", path.display()),
+        }
+    })
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rollback(url: &str, plugin: &str, to: Option<u64>) -> anyhow::Result<ExitCode> {
+    subjects::validate_name(plugin)?;
+    let (revision, from) = distribution(url).await?.rollback(plugin, to).await?;
+    println!("rolled {plugin} back to revision {from} (published as revision {revision})");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn remove(url: &str, plugin: &str) -> anyhow::Result<ExitCode> {
+    subjects::validate_name(plugin)?;
+    distribution(url).await?.remove(plugin).await?;
+    println!("removed {plugin}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn history(url: &str, plugin: &str) -> anyhow::Result<ExitCode> {
+    subjects::validate_name(plugin)?;
+    let history = distribution(url).await?.history(plugin).await?;
+    if history.is_empty() {
+        anyhow::bail!("{plugin} was never published");
+    }
+    for (revision, record) in history {
+        match record {
+            Some(r) => println!(
+                "{revision}\t{}\t{}\t{}\t{}\t{}{}",
+                r.kind.as_str(),
+                r.version,
+                &r.sha256[..r.sha256.len().min(12)],
+                r.publisher,
+                r.published_ms,
+                r.rollback_of
+                    .map(|rev| format!("\trollback of {rev}"))
+                    .unwrap_or_default()
+            ),
+            None => println!("{revision}\tdeleted"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn plugins(url: &str, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(
+            format!("$SRV.INFO.{}", subjects::SERVICE_NAME),
+            inbox,
+            bytes::Bytes::new(),
+        )
+        .await?;
+    client.flush().await?;
+    let mut rows = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let Ok(info) = serde_json::from_slice::<async_nats::service::Info>(&message.payload) else {
+            continue;
+        };
+        for endpoint in info.endpoints {
+            let meta = |k: &str| endpoint.metadata.get(k).cloned().unwrap_or_default();
+            rows.push(serde_json::json!({
+                "worker": info.id,
+                "plugin": endpoint.name,
+                "kind": meta("kind"),
+                "revision": meta("revision"),
+                "version": meta("version"),
+                "sha256": meta("sha256"),
+            }));
+        }
+    }
+    rows.sort_by_key(|r| (r["plugin"].to_string(), r["worker"].to_string()));
+    if json {
+        for row in &rows {
+            println!("{row}");
+        }
+    } else {
+        println!(
+            "{:<24} {:<7} {:>8} {:<14} {:<14} WORKER",
+            "PLUGIN", "KIND", "REVISION", "VERSION", "SHA256"
+        );
+        for r in &rows {
+            let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            let sha = text("sha256");
+            println!(
+                "{:<24} {:<7} {:>8} {:<14} {:<14} {}",
+                text("plugin"),
+                text("kind"),
+                if text("revision").is_empty() {
+                    "-".to_string()
+                } else {
+                    text("revision")
+                },
+                text("version"),
+                if sha.is_empty() {
+                    "-".to_string()
+                } else {
+                    sha[..sha.len().min(12)].to_string()
+                },
+                text("worker")
+            );
+        }
+    }
+    if rows.is_empty() {
+        eprintln!(
+            "no worker answered within {}",
+            humantime::format_duration(wait)
+        );
+        return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
 }

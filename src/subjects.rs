@@ -8,6 +8,8 @@
 pub const EXEC_PREFIX: &str = "mofa.exec";
 /// Prefix of result events.
 pub const RESULT_EVENT_PREFIX: &str = "mofa.events.result";
+/// Prefix of reload events.
+pub const RELOAD_EVENT_PREFIX: &str = "mofa.events.reload";
 /// Queue group every worker joins on every plugin subject, so requests are load-balanced.
 pub const QUEUE_GROUP: &str = "mofa";
 /// Service name announced on the NATS Services API (`$SRV.*.mofa`).
@@ -21,6 +23,11 @@ pub fn exec(plugin: &str) -> String {
 /// `mofa.events.result.<plugin>`
 pub fn result_event(plugin: &str) -> String {
     format!("{RESULT_EVENT_PREFIX}.{plugin}")
+}
+
+/// `mofa.events.reload.<plugin>`
+pub fn reload_event(plugin: &str) -> String {
+    format!("{RELOAD_EVENT_PREFIX}.{plugin}")
 }
 
 /// Why a plugin name was refused.

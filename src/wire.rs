@@ -22,6 +22,9 @@ pub const HEADER_ERROR_CODE: &str = "Nats-Service-Error-Code";
 /// Optional request header: a caller-chosen id, echoed into the result event.
 pub const HEADER_REQUEST_ID: &str = "Mofa-Request-Id";
 
+/// Reply header naming the bucket revision of the plugin that answered (plugins distributed
+/// over the bus only).
+pub const HEADER_REVISION: &str = "Mofa-Revision";
 /// Request header set on plugin-to-plugin calls over the bus: the depth of the call.
 pub const HEADER_CALL_DEPTH: &str = "Mofa-Call-Depth";
 
@@ -279,6 +282,9 @@ pub struct ResultEvent {
     pub plugin: String,
     /// Plugin kind: `native`, `rhai` or `wasm`.
     pub kind: String,
+    /// Bucket revision that executed it (plugins distributed over the bus only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// Id of the worker that executed the request.
     pub worker: String,
     /// The caller's `Mofa-Request-Id` header, or an id the worker generated.

@@ -33,7 +33,9 @@ impl std::fmt::Debug for ManagedPlugin {
 }
 
 impl ManagedPlugin {
-    fn new(plugin: Arc<dyn AgentPlugin>) -> Self {
+    /// Wraps a plugin, `Unloaded`, outside any manager (e.g. a new revision being loaded
+    /// beside the one serving).
+    pub fn new(plugin: Arc<dyn AgentPlugin>) -> Self {
         Self {
             plugin,
             state: AtomicState::new(PluginState::Unloaded),
@@ -159,6 +161,23 @@ impl PluginManager {
         let managed = Arc::new(ManagedPlugin::new(plugin));
         plugins.insert(id, managed.clone());
         Ok(managed)
+    }
+
+    /// Puts `plugin` in the table under its id, replacing any plugin there (a new revision);
+    /// returns the replaced one. Calls already running on it finish.
+    pub fn adopt(&self, plugin: Arc<ManagedPlugin>) -> Option<Arc<ManagedPlugin>> {
+        self.plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(plugin.id().to_string(), plugin)
+    }
+
+    /// Takes the plugin named `id` out of the table whatever its state.
+    pub fn take(&self, id: &str) -> Option<Arc<ManagedPlugin>> {
+        self.plugins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
     }
 
     /// The plugin registered under `id`, cloned out of the table.

@@ -2,12 +2,13 @@
 //!
 //! Built once from a [`RhaiConfig`]: operation, call-depth, string, array, map and expression
 //! limits set on the engine; `eval` and `import` disabled, no module resolver (so no file
-//! access), `print`/`debug` routed to `tracing`. Rhai has no wall-clock limit of its own, so the
+//! access), `print`/`debug` routed to `tracing`. Scripts get a per-plugin state map through
+//! `state_get(key)`, `state_set(key, value)` and `state_remove(key)`. Rhai has no wall-clock limit of its own, so the
 //! progress callback checks a per-thread deadline every [`DEADLINE_CHECK_EVERY`] operations
 //! and terminates the script once it has passed.
 
-use std::cell::Cell;
-use std::sync::Arc;
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope, AST};
@@ -19,9 +20,37 @@ use crate::plugin::{PluginError, SandboxPool, Value};
 /// How many operations pass between two deadline checks (a power of two).
 pub const DEADLINE_CHECK_EVERY: u64 = 256;
 
+/// A plugin's state map, shared by its calls (and, with `preserve_state`, by its revisions).
+pub type StateMap = Arc<Mutex<rhai::Map>>;
+
 thread_local! {
     /// Deadline of the call running on this thread, if any.
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// State map of the plugin whose call runs on this thread, if any.
+    static STATE: RefCell<Option<StateMap>> = const { RefCell::new(None) };
+}
+
+/// Makes `state` the running call's state map until dropped.
+struct StateGuard;
+
+impl StateGuard {
+    fn set(state: Option<StateMap>) -> Self {
+        STATE.with(|s| *s.borrow_mut() = state);
+        StateGuard
+    }
+}
+
+impl Drop for StateGuard {
+    fn drop(&mut self) {
+        STATE.with(|s| *s.borrow_mut() = None);
+    }
+}
+
+fn with_state<T>(f: impl FnOnce(&mut rhai::Map) -> T) -> Result<T, Box<EvalAltResult>> {
+    STATE.with(|s| match s.borrow().as_ref() {
+        Some(state) => Ok(f(&mut state.lock().unwrap_or_else(|e| e.into_inner()))),
+        None => Err("state is only available inside a plugin call".into()),
+    })
 }
 
 /// Sets this thread's deadline for the duration of a call and clears it afterwards, even if the
@@ -95,6 +124,30 @@ impl ScriptEngine {
                 let expired = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t));
                 expired.then(|| Dynamic::from("deadline"))
             });
+        let max_entries = config.max_map_size;
+        engine
+            .register_fn("state_get", |key: &str| {
+                with_state(|m| m.get(key).cloned().unwrap_or(Dynamic::UNIT))
+            })
+            .register_fn(
+                "state_set",
+                move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+                    with_state(|m| {
+                        if max_entries > 0 && !m.contains_key(key) && m.len() >= max_entries {
+                            return Err(EvalAltResult::ErrorDataTooLarge(
+                                "Size of state map".into(),
+                                rhai::Position::NONE,
+                            )
+                            .into());
+                        }
+                        m.insert(key.into(), value);
+                        Ok(())
+                    })?
+                },
+            )
+            .register_fn("state_remove", |key: &str| {
+                with_state(|m| m.remove(key).unwrap_or(Dynamic::UNIT))
+            });
         Self {
             engine,
             config,
@@ -166,19 +219,22 @@ impl ScriptEngine {
     /// Runs the entry function on `input` with this engine's limits, the deadline starting now.
     /// Blocking: call it from a sandbox thread.
     pub fn call(&self, entry: &Entry, input: Value) -> Result<Value, PluginError> {
-        self.call_until(entry, input, Instant::now() + self.config.timeout())
+        self.call_until(entry, input, Instant::now() + self.config.timeout(), None)
     }
 
-    /// Runs the entry function on `input`, terminating it at `deadline`. Blocking.
+    /// Runs the entry function on `input` with `state` as its state map, terminating it at
+    /// `deadline`. Blocking.
     pub fn call_until(
         &self,
         entry: &Entry,
         input: Value,
         deadline: Instant,
+        state: Option<StateMap>,
     ) -> Result<Value, PluginError> {
         let arg = to_dynamic(input)?;
         let result = {
             let _deadline = DeadlineGuard::set(deadline);
+            let _state = StateGuard::set(state);
             self.engine.call_fn_with_options::<Dynamic>(
                 CallFnOptions::new().eval_ast(false).rewind_scope(true),
                 &mut Scope::new(),

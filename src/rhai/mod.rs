@@ -13,5 +13,5 @@ mod plugin;
 
 pub use config::RhaiConfig;
 pub use convert::{from_dynamic, to_dynamic};
-pub use engine::{Entry, ScriptEngine};
+pub use engine::{Entry, ScriptEngine, StateMap};
 pub use plugin::RhaiPlugin;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
-use super::engine::{Entry, ScriptEngine};
+use super::engine::{Entry, ScriptEngine, StateMap};
 use crate::plugin::{AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, Value};
 
 /// Extra time the async side waits beyond the script deadline before answering 408 itself.
@@ -23,6 +23,7 @@ pub struct RhaiPlugin {
     source: String,
     engine: Arc<ScriptEngine>,
     compiled: ArcSwapOption<Entry>,
+    state: StateMap,
 }
 
 impl std::fmt::Debug for RhaiPlugin {
@@ -43,7 +44,25 @@ impl RhaiPlugin {
             source: source.into(),
             engine,
             compiled: ArcSwapOption::empty(),
+            state: StateMap::default(),
         }
+    }
+
+    /// Uses `state` as the script's state map (e.g. the map of the revision this one replaces).
+    pub fn with_state(mut self, state: StateMap) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// Sets the version label.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.meta.version = version.into();
+        self
+    }
+
+    /// The script's state map.
+    pub fn state(&self) -> &StateMap {
+        &self.state
     }
 
     /// Reads a `*.rhai` file; the plugin's name is the file stem.
@@ -101,10 +120,11 @@ impl AgentPlugin for RhaiPlugin {
         let timeout = engine.config().timeout();
         // The deadline runs from admission, so time spent queued for a sandbox thread counts.
         let deadline = context.deadline_for(timeout);
+        let state = self.state.clone();
         let call = self
             .engine
             .pool()
-            .run(move || engine.call_until(&entry, input, deadline));
+            .run(move || engine.call_until(&entry, input, deadline, Some(state)));
         let wait = deadline.saturating_duration_since(Instant::now()) + DEADLINE_GRACE;
         match tokio::time::timeout(wait, call).await {
             Ok(result) => result,

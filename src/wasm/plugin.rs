@@ -59,6 +59,12 @@ impl WasmPlugin {
         }
     }
 
+    /// Sets the version label.
+    pub fn with_version(mut self, version: impl Into<String>) -> Self {
+        self.meta.version = version.into();
+        self
+    }
+
     /// Reads `<dir>/<name>.wasm` and, if present, `<dir>/<name>.toml`.
     pub fn from_file(path: &Path, runtime: Arc<WasmRuntime>) -> Result<Self, PluginError> {
         let name = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {

@@ -12,12 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
 use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::plugin::{CallContext, ManagedPlugin, PluginError};
+use crate::reload::Revision;
 use crate::subjects;
 use crate::wire::{self, ErrorCode, ResultEvent, Value};
 
@@ -67,9 +69,30 @@ impl EndpointStats {
     }
 }
 
+/// The plugin revision an endpoint serves; swapped atomically on reload. A request keeps the
+/// `Served` it started with, so it finishes on that revision.
+pub(crate) struct Served {
+    pub(crate) plugin: Arc<ManagedPlugin>,
+    pub(crate) revision: Option<Revision>,
+    /// `Mofa-Revision` header value, precomputed.
+    revision_header: Option<String>,
+}
+
+impl Served {
+    pub(crate) fn new(plugin: Arc<ManagedPlugin>, revision: Option<Revision>) -> Self {
+        let revision_header = revision.as_ref().map(|r| r.number.to_string());
+        Self {
+            plugin,
+            revision,
+            revision_header,
+        }
+    }
+}
+
 /// Everything a request of one plugin needs, shared by its tasks.
 pub(crate) struct Endpoint {
-    pub(crate) plugin: Arc<ManagedPlugin>,
+    pub(crate) name: String,
+    served: ArcSwap<Served>,
     pub(crate) subject: String,
     pub(crate) stats: Arc<EndpointStats>,
     client: Client,
@@ -83,15 +106,17 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     pub(crate) fn new(
-        plugin: Arc<ManagedPlugin>,
+        served: Served,
         client: Client,
         config: &crate::config::WorkerConfig,
         worker_id: Arc<str>,
     ) -> Self {
+        let name = served.plugin.id().to_string();
         Self {
-            subject: subjects::exec(plugin.id()),
-            event_subject: Subject::from(subjects::result_event(plugin.id())),
-            plugin,
+            subject: subjects::exec(&name),
+            event_subject: Subject::from(subjects::result_event(&name)),
+            name,
+            served: ArcSwap::from_pointee(served),
             stats: Arc::new(EndpointStats::default()),
             client,
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
@@ -100,6 +125,16 @@ impl Endpoint {
             events: config.events.results,
             include_output: config.events.include_output,
         }
+    }
+
+    /// What this endpoint serves now.
+    pub(crate) fn served(&self) -> Arc<Served> {
+        self.served.load_full()
+    }
+
+    /// Serves `served` from now on; requests already running finish on what they started with.
+    pub(crate) fn swap(&self, served: Served) -> Arc<Served> {
+        self.served.swap(Arc::new(served))
     }
 
     /// Reads the subscription until shutdown, then drains it: the server stops routing requests
@@ -121,13 +156,13 @@ impl Endpoint {
             }
         }
         if let Err(e) = requests.drain().await {
-            tracing::warn!(plugin = self.plugin.id(), error = %e, "drain failed");
+            tracing::warn!(plugin = %self.name, error = %e, "drain failed");
             return;
         }
         while let Some(message) = requests.next().await {
             self.admit(message, &tracker);
         }
-        tracing::debug!(plugin = self.plugin.id(), "endpoint drained");
+        tracing::debug!(plugin = %self.name, "endpoint drained");
     }
 
     fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
@@ -146,10 +181,10 @@ impl Endpoint {
                 tracker.spawn(async move {
                     let error = PluginError::Unavailable(format!(
                         "plugin {} is saturated: {} requests already in flight on this worker",
-                        endpoint.plugin.id(),
-                        endpoint.limit
+                        endpoint.name, endpoint.limit
                     ));
-                    endpoint.reply_error(&message, &error).await;
+                    let served = endpoint.served();
+                    endpoint.reply_error(&message, &error, &served).await;
                     let message = error.to_string();
                     endpoint
                         .stats
@@ -161,8 +196,14 @@ impl Endpoint {
 
     async fn handle(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
         let started = Instant::now();
+        let served = self.served();
         let result = match wire::decode(&message.payload) {
-            Ok(input) => self.plugin.execute_in(input, call_context(&message)).await,
+            Ok(input) => {
+                served
+                    .plugin
+                    .execute_in(input, call_context(&message))
+                    .await
+            }
             Err(e) => Err(PluginError::BadInput(e.to_string())),
         };
         drop(permit);
@@ -170,34 +211,44 @@ impl Endpoint {
         match &result {
             Ok(output) => {
                 if let Some(reply) = &message.reply {
-                    if let Err(e) = self
-                        .client
-                        .publish(reply.clone(), wire::encode(output))
-                        .await
-                    {
-                        tracing::warn!(plugin = self.plugin.id(), error = %e, "reply not sent");
+                    let body = wire::encode(output);
+                    let sent = match &served.revision_header {
+                        None => self.client.publish(reply.clone(), body).await,
+                        Some(revision) => {
+                            let mut headers = HeaderMap::new();
+                            headers.insert(wire::HEADER_REVISION, revision.as_str());
+                            self.client
+                                .publish_with_headers(reply.clone(), headers, body)
+                                .await
+                        }
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(plugin = %self.name, error = %e, "reply not sent");
                     }
                 }
                 self.stats.record(elapsed, None);
             }
             Err(error) => {
-                self.reply_error(&message, error).await;
+                self.reply_error(&message, error, &served).await;
                 let text = error.to_string();
                 self.stats.record(elapsed, Some((error.code(), &text)));
             }
         }
         if self.events {
-            self.publish_event(&message, result, elapsed).await;
+            self.publish_event(&message, &served, result, elapsed).await;
         }
     }
 
-    async fn reply_error(&self, message: &Message, error: &PluginError) {
+    async fn reply_error(&self, message: &Message, error: &PluginError, served: &Served) {
         let Some(reply) = &message.reply else {
             return;
         };
         let code = error.code();
         let text = error.to_string();
         let mut headers = HeaderMap::new();
+        if let Some(revision) = &served.revision_header {
+            headers.insert(wire::HEADER_REVISION, revision.as_str());
+        }
         headers.insert(wire::HEADER_ERROR, header_safe(&text).as_str());
         headers.insert(wire::HEADER_ERROR_CODE, code.as_u16().to_string().as_str());
         let body = wire::encode_error(code, &text);
@@ -206,13 +257,14 @@ impl Endpoint {
             .publish_with_headers(reply.clone(), headers, body)
             .await
         {
-            tracing::warn!(plugin = self.plugin.id(), error = %e, "error reply not sent");
+            tracing::warn!(plugin = %self.name, error = %e, "error reply not sent");
         }
     }
 
     async fn publish_event(
         &self,
         message: &Message,
+        served: &Served,
         result: Result<Value, PluginError>,
         elapsed: Duration,
     ) {
@@ -228,8 +280,9 @@ impl Endpoint {
         };
         let event = ResultEvent {
             event: "result".to_string(),
-            plugin: self.plugin.id().to_string(),
-            kind: self.plugin.kind().as_str().to_string(),
+            plugin: self.name.clone(),
+            kind: served.plugin.kind().as_str().to_string(),
+            revision: served.revision.as_ref().map(|r| r.number),
             worker: self.worker_id.to_string(),
             request_id,
             ok,
@@ -242,11 +295,11 @@ impl Endpoint {
         match wire::encode_named(&event) {
             Ok(body) => {
                 if let Err(e) = self.client.publish(self.event_subject.clone(), body).await {
-                    tracing::warn!(plugin = self.plugin.id(), error = %e, "result event not sent");
+                    tracing::warn!(plugin = %self.name, error = %e, "result event not sent");
                 }
             }
             Err(e) => {
-                tracing::warn!(plugin = self.plugin.id(), error = %e, "result event not encoded")
+                tracing::warn!(plugin = %self.name, error = %e, "result event not encoded")
             }
         }
     }

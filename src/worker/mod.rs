@@ -1,18 +1,22 @@
 //! The worker: the NATS side of the service.
 //!
 //! [`Worker::start`] connects, loads plugins (the native ones compiled in, plus every `*.rhai`
-//! script and `*.wasm` module in the plugins directory), subscribes each running plugin to `mofa.exec.<plugin>` in
-//! the queue group `mofa`, and answers the NATS Services API. [`Worker::shutdown`] drains:
-//! no new requests are taken, every request already routed to this worker is answered, events
-//! are flushed, then the connection closes.
+//! script and `*.wasm` module in the plugins directory), subscribes each running plugin to
+//! `mofa.exec.<plugin>` in the queue group `mofa`, answers the NATS Services API, and follows
+//! the plugins bucket on JetStream so that published revisions are served, replaced and
+//! removed while it runs (see [`reload`]). [`Worker::shutdown`] drains: no new requests are
+//! taken, every request already routed to this worker is answered, events are flushed, then
+//! the connection closes.
 
 mod caller;
 mod endpoint;
+mod reload;
 mod service;
 pub mod shutdown;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Client;
@@ -24,10 +28,14 @@ pub use endpoint::EndpointStats;
 pub use service::SERVICE_VERSION;
 
 use crate::config::{ConfigError, WorkerConfig};
-use crate::plugin::{AgentPlugin, PluginError, PluginManager, SandboxPool};
-use crate::rhai::{RhaiPlugin, ScriptEngine};
+use crate::plugin::{
+    AgentPlugin, Lifecycle, ManagedPlugin, PluginError, PluginManager, SandboxPool,
+};
+use crate::reload::Revision;
+use crate::rhai::{RhaiPlugin, ScriptEngine, StateMap};
 use crate::subjects::{self, QUEUE_GROUP};
 use crate::wasm::{WasmPlugin, WasmRuntime};
+use endpoint::{Endpoint, Served};
 
 /// Why a worker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -68,22 +76,167 @@ pub struct LoadFailure {
     pub error: String,
 }
 
+/// One served endpoint and the task reading its subscription.
+struct Slot {
+    endpoint: Arc<Endpoint>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// What the worker's tasks share.
+pub(crate) struct Shared {
+    pub(crate) id: Arc<str>,
+    pub(crate) client: Client,
+    pub(crate) config: WorkerConfig,
+    pub(crate) manager: Arc<PluginManager>,
+    pub(crate) engine: Arc<ScriptEngine>,
+    pub(crate) wasm: Arc<WasmRuntime>,
+    endpoints: Mutex<BTreeMap<String, Slot>>,
+    states: Mutex<HashMap<String, StateMap>>,
+    tracker: TaskTracker,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// The endpoints served right now.
+    fn endpoint_list(&self) -> Vec<Arc<Endpoint>> {
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|s| s.endpoint.clone())
+            .collect()
+    }
+
+    /// What `name` serves now, if anything.
+    pub(crate) fn served(&self, name: &str) -> Option<(Arc<ManagedPlugin>, Option<Revision>)> {
+        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        endpoints.get(name).map(|slot| {
+            let served = slot.endpoint.served();
+            (served.plugin.clone(), served.revision.clone())
+        })
+    }
+
+    /// Serves a running plugin: a new endpoint, or an atomic swap on the existing one.
+    pub(crate) async fn serve(
+        &self,
+        plugin: Arc<ManagedPlugin>,
+        revision: Option<Revision>,
+    ) -> Result<(), WorkerError> {
+        let name = plugin.id().to_string();
+        self.manager.adopt(plugin.clone());
+        let existing = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&name)
+            .map(|slot| slot.endpoint.clone());
+        if let Some(endpoint) = existing {
+            // The replaced revision is dropped once its last in-flight request finishes.
+            endpoint.swap(Served::new(plugin, revision));
+            return Ok(());
+        }
+        let endpoint = Arc::new(Endpoint::new(
+            Served::new(plugin.clone(), revision),
+            self.client.clone(),
+            &self.config,
+            self.id.clone(),
+        ));
+        let subject = subjects::exec(&name);
+        let requests = self
+            .client
+            .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string())
+            .await
+            .map_err(|source| WorkerError::Subscribe {
+                subject: subject.clone(),
+                source,
+            })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let mut global = self.shutdown.clone();
+        let mut own = stop_rx;
+        let (stop_either, either) = watch::channel(false);
+        // Stop on the worker's shutdown or on this endpoint's removal, whichever comes first.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = global.wait_for(|s| *s) => {},
+                _ = own.wait_for(|s| *s) => {},
+            }
+            let _ = stop_either.send(true);
+        });
+        let task = tokio::spawn(
+            endpoint
+                .clone()
+                .serve(requests, either, self.tracker.clone()),
+        );
+        tracing::info!(plugin = %name, kind = %plugin.kind(), "serving on {subject}");
+        self.endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                name,
+                Slot {
+                    endpoint,
+                    stop,
+                    task,
+                },
+            );
+        Ok(())
+    }
+
+    /// Stops serving `name`: its subscription drains (requests already routed here are
+    /// answered), then the plugin is stopped and unloaded. Returns whether it was served.
+    pub(crate) async fn remove(&self, name: &str) -> bool {
+        let slot = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let Some(slot) = slot else {
+            return false;
+        };
+        let _ = slot.stop.send(true);
+        let _ = slot.task.await;
+        if let Some(plugin) = self.manager.take(name) {
+            let _ = plugin.transition(Lifecycle::Stop).await;
+            let _ = plugin.transition(Lifecycle::Unload).await;
+        }
+        self.states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        tracing::info!(plugin = %name, "removed");
+        true
+    }
+
+    /// The state map a new Rhai revision of `name` starts with: the current one when
+    /// `preserve_state` is on, else a fresh one.
+    pub(crate) fn state_for(&self, name: &str) -> StateMap {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        if self.config.reload.preserve_state {
+            states.entry(name.to_string()).or_default().clone()
+        } else {
+            let fresh = StateMap::default();
+            states.insert(name.to_string(), fresh.clone());
+            fresh
+        }
+    }
+}
+
 /// A running worker.
 pub struct Worker {
-    id: Arc<str>,
-    client: Client,
-    manager: Arc<PluginManager>,
+    shared: Arc<Shared>,
     failures: Vec<LoadFailure>,
     shutdown: watch::Sender<bool>,
-    endpoints: Vec<JoinHandle<()>>,
     service: JoinHandle<()>,
-    tracker: TaskTracker,
+    follower: Option<JoinHandle<()>>,
     drain_timeout: Duration,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("id", &self.id).finish()
+        f.debug_struct("Worker")
+            .field("id", &self.shared.id)
+            .finish()
     }
 }
 
@@ -115,9 +268,6 @@ impl Worker {
             })?;
 
         let manager = Arc::new(PluginManager::new());
-        for plugin in natives {
-            manager.register(plugin)?;
-        }
         let pool = SandboxPool::new(config.sandbox_threads);
         let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool.clone()));
         let wasm = WasmRuntime::new(config.wasm.clone(), pool)?;
@@ -126,54 +276,65 @@ impl Worker {
             client.clone(),
             Duration::from_millis(config.wasm.timeout_ms),
         ));
-        let mut failures = register_files(&manager, &config.plugins_dir, &engine, &wasm);
-        for plugin in manager.plugins() {
-            if let Err(e) = plugin.activate().await {
-                tracing::error!(plugin = plugin.id(), error = %e, "plugin not served");
-                let extension = match plugin.kind() {
-                    crate::plugin::PluginKind::Wasm => "wasm",
-                    _ => "rhai",
-                };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
+        let shared = Arc::new(Shared {
+            id: id.clone(),
+            client: client.clone(),
+            config,
+            manager,
+            engine,
+            wasm,
+            endpoints: Mutex::new(BTreeMap::new()),
+            states: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown: shutdown_rx.clone(),
+        });
+
+        let mut failures = Vec::new();
+        let files = plugin_files(&shared, &mut failures);
+        for plugin in natives.into_iter().chain(files) {
+            let id = plugin.metadata().id.clone();
+            let managed = Arc::new(ManagedPlugin::new(plugin));
+            if let Err(e) = crate::subjects::validate_name(&id) {
                 failures.push(LoadFailure {
-                    path: config
-                        .plugins_dir
-                        .join(format!("{}.{extension}", plugin.id())),
+                    path: PathBuf::from(&id),
                     error: e.to_string(),
                 });
-            }
-        }
-
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let tracker = TaskTracker::new();
-        let mut endpoints = Vec::new();
-        let mut served = Vec::new();
-        for plugin in manager.plugins() {
-            if plugin.state() != crate::plugin::PluginState::Running {
                 continue;
             }
-            let ep = Arc::new(endpoint::Endpoint::new(
-                plugin.clone(),
-                client.clone(),
-                &config,
-                id.clone(),
-            ));
-            let subject = subjects::exec(plugin.id());
-            let requests = client
-                .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string())
-                .await
-                .map_err(|source| WorkerError::Subscribe { subject, source })?;
-            served.push(ep.clone());
-            endpoints.push(tokio::spawn(ep.serve(
-                requests,
-                shutdown_rx.clone(),
-                tracker.clone(),
-            )));
-            tracing::info!(plugin = plugin.id(), kind = %plugin.kind(), "serving on {}", subjects::exec(plugin.id()));
+            if shared.manager.get(&id).is_some() {
+                return Err(PluginError::Duplicate(id).into());
+            }
+            match managed.activate().await {
+                Ok(()) => shared.serve(managed, None).await?,
+                Err(e) => {
+                    tracing::error!(plugin = %id, error = %e, "plugin not served");
+                    let extension = match managed.kind() {
+                        crate::plugin::PluginKind::Wasm => "wasm",
+                        crate::plugin::PluginKind::Rhai => "rhai",
+                        crate::plugin::PluginKind::Native => "native",
+                    };
+                    failures.push(LoadFailure {
+                        path: shared.config.plugins_dir.join(format!("{id}.{extension}")),
+                        error: e.to_string(),
+                    });
+                    shared.manager.adopt(managed);
+                }
+            }
         }
 
         let info = Arc::new(service::ServiceInfo {
             id: id.to_string(),
-            endpoints: served,
+            endpoints: Box::new({
+                let shared = Arc::downgrade(&shared);
+                move || {
+                    shared
+                        .upgrade()
+                        .map(|s| s.endpoint_list())
+                        .unwrap_or_default()
+                }
+            }),
         });
         let service = tokio::spawn({
             let client = client.clone();
@@ -184,33 +345,35 @@ impl Worker {
                 }
             }
         });
+        let follower = if shared.config.reload.enabled {
+            reload::start(shared.clone()).await
+        } else {
+            None
+        };
         // Make sure every subscription is registered with the server before reporting ready.
         client
             .flush()
             .await
             .map_err(|e| WorkerError::Flush(e.to_string()))?;
-        tracing::info!(worker = %id, url = %config.nats_url, "worker ready");
+        tracing::info!(worker = %id, url = %shared.config.nats_url, "worker ready");
         Ok(Worker {
-            id,
-            client,
-            manager,
+            shared,
             failures,
             shutdown,
-            endpoints,
             service,
-            tracker,
-            drain_timeout: Duration::from_millis(config.drain_timeout_ms),
+            follower,
+            drain_timeout,
         })
     }
 
     /// This worker's id (also its Services API instance id).
     pub fn id(&self) -> &str {
-        &self.id
+        &self.shared.id
     }
 
     /// The plugin manager.
     pub fn manager(&self) -> &Arc<PluginManager> {
-        &self.manager
+        &self.shared.manager
     }
 
     /// Plugin files found but not served.
@@ -220,56 +383,67 @@ impl Worker {
 
     /// The worker's NATS connection.
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.shared.client
+    }
+
+    /// The revision number served for `plugin`, if it came from the plugins bucket.
+    pub fn serving_revision(&self, plugin: &str) -> Option<u64> {
+        self.shared
+            .served(plugin)
+            .and_then(|(_, revision)| revision.map(|r| r.number))
     }
 
     /// Drains and stops: stop taking requests, answer every in-flight one, flush, close.
     pub async fn shutdown(self) -> Result<(), WorkerError> {
-        tracing::info!(worker = %self.id, "draining");
+        let shared = self.shared;
+        tracing::info!(worker = %shared.id, "draining");
         let _ = self.shutdown.send(true);
-        for endpoint in self.endpoints {
-            let _ = endpoint.await;
+        if let Some(follower) = self.follower {
+            follower.abort();
+            let _ = follower.await;
+        }
+        let slots: Vec<Slot> =
+            std::mem::take(&mut *shared.endpoints.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect();
+        for slot in slots {
+            let _ = slot.task.await;
         }
         let _ = self.service.await;
-        self.tracker.close();
-        if tokio::time::timeout(self.drain_timeout, self.tracker.wait())
+        shared.tracker.close();
+        if tokio::time::timeout(self.drain_timeout, shared.tracker.wait())
             .await
             .is_err()
         {
             tracing::warn!(
-                in_flight = self.tracker.len(),
+                in_flight = shared.tracker.len(),
                 "drain timeout passed with requests still running"
             );
         }
-        for plugin in self.manager.plugins() {
-            let _ = plugin.transition(crate::plugin::Lifecycle::Stop).await;
-            let _ = plugin.transition(crate::plugin::Lifecycle::Unload).await;
+        for plugin in shared.manager.plugins() {
+            let _ = plugin.transition(Lifecycle::Stop).await;
+            let _ = plugin.transition(Lifecycle::Unload).await;
         }
-        let flushed = self
+        let flushed = shared
             .client
             .flush()
             .await
             .map_err(|e| WorkerError::Flush(e.to_string()));
-        tracing::info!(worker = %self.id, "stopped");
+        tracing::info!(worker = %shared.id, "stopped");
         flushed
     }
 }
 
-/// Registers every `*.rhai` script and `*.wasm` module in `dir`; files that cannot become
-/// plugins are reported and skipped. A missing directory is not an error: the native plugins
-/// are still served.
-fn register_files(
-    manager: &PluginManager,
-    dir: &Path,
-    engine: &Arc<ScriptEngine>,
-    wasm: &Arc<WasmRuntime>,
-) -> Vec<LoadFailure> {
-    let mut failures = Vec::new();
+/// Every `*.rhai` script and `*.wasm` module in the plugins directory as a plugin; files that
+/// cannot become plugins are reported in `failures` and skipped. A missing directory is not an
+/// error: the native plugins (and the bucket's) are still served.
+fn plugin_files(shared: &Shared, failures: &mut Vec<LoadFailure>) -> Vec<Arc<dyn AgentPlugin>> {
+    let dir: &Path = &shared.config.plugins_dir;
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "plugins directory not readable; serving native plugins only");
-            return failures;
+            tracing::warn!(dir = %dir.display(), error = %e, "plugins directory not readable; serving native and published plugins only");
+            return Vec::new();
         }
     };
     let mut paths: Vec<PathBuf> = entries
@@ -278,21 +452,27 @@ fn register_files(
         .filter(|p| p.extension().is_some_and(|x| x == "rhai" || x == "wasm") && p.is_file())
         .collect();
     paths.sort();
+    let mut plugins = Vec::new();
     for path in paths {
         let plugin: Result<Arc<dyn AgentPlugin>, PluginError> =
             if path.extension().is_some_and(|x| x == "wasm") {
-                WasmPlugin::from_file(&path, wasm.clone()).map(|p| Arc::new(p) as _)
+                WasmPlugin::from_file(&path, shared.wasm.clone()).map(|p| Arc::new(p) as _)
             } else {
-                RhaiPlugin::from_file(&path, engine.clone()).map(|p| Arc::new(p) as _)
+                RhaiPlugin::from_file(&path, shared.engine.clone()).map(|p| {
+                    let name = p.metadata().id.clone();
+                    Arc::new(p.with_state(shared.state_for(&name))) as _
+                })
             };
-        let registered = plugin.and_then(|plugin| manager.register(plugin).map(|_| ()));
-        if let Err(e) = registered {
-            tracing::error!(path = %path.display(), error = %e, "plugin skipped");
-            failures.push(LoadFailure {
-                path,
-                error: e.to_string(),
-            });
+        match plugin {
+            Ok(plugin) => plugins.push(plugin),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "plugin skipped");
+                failures.push(LoadFailure {
+                    path,
+                    error: e.to_string(),
+                });
+            }
         }
     }
-    failures
+    plugins
 }

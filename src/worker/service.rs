@@ -23,7 +23,8 @@ pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the Services API responder knows about this worker.
 pub(crate) struct ServiceInfo {
     pub(crate) id: String,
-    pub(crate) endpoints: Vec<Arc<Endpoint>>,
+    /// The endpoints served right now (they come and go with hot reload).
+    pub(crate) endpoints: Box<dyn Fn() -> Vec<Arc<Endpoint>> + Send + Sync>,
 }
 
 impl ServiceInfo {
@@ -51,17 +52,30 @@ impl ServiceInfo {
                     .to_string(),
             version: SERVICE_VERSION.to_string(),
             metadata: self.metadata(),
-            endpoints: self
-                .endpoints
+            endpoints: (self.endpoints)()
                 .iter()
-                .map(|e| endpoint::Info {
-                    name: e.plugin.id().to_string(),
-                    subject: e.subject.clone(),
-                    queue_group: QUEUE_GROUP.to_string(),
-                    metadata: HashMap::from([
-                        ("kind".to_string(), e.plugin.kind().as_str().to_string()),
-                        ("version".to_string(), e.plugin.metadata().version.clone()),
-                    ]),
+                .map(|e| {
+                    let served = e.served();
+                    let mut metadata = HashMap::from([
+                        (
+                            "kind".to_string(),
+                            served.plugin.kind().as_str().to_string(),
+                        ),
+                        (
+                            "version".to_string(),
+                            served.plugin.metadata().version.clone(),
+                        ),
+                    ]);
+                    if let Some(revision) = &served.revision {
+                        metadata.insert("revision".to_string(), revision.number.to_string());
+                        metadata.insert("sha256".to_string(), revision.sha256.clone());
+                    }
+                    endpoint::Info {
+                        name: e.name.clone(),
+                        subject: e.subject.clone(),
+                        queue_group: QUEUE_GROUP.to_string(),
+                        metadata,
+                    }
                 })
                 .collect(),
         }
@@ -74,14 +88,13 @@ impl ServiceInfo {
             id: self.id.clone(),
             version: SERVICE_VERSION.to_string(),
             started,
-            endpoints: self
-                .endpoints
+            endpoints: (self.endpoints)()
                 .iter()
                 .map(|e| {
                     let requests = e.stats.requests() as usize;
                     let processing_time = e.stats.processing_time();
                     endpoint::Stats {
-                        name: e.plugin.id().to_string(),
+                        name: e.name.clone(),
                         subject: e.subject.clone(),
                         requests,
                         errors: e.stats.errors() as usize,

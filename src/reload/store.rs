@@ -1,0 +1,346 @@
+//! The publishing side of distribution: the plugins bucket and the module object store.
+
+use std::path::Path;
+
+use async_nats::jetstream::{self, kv, object_store};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use super::record::{sha256_hex, PluginRecord, RecordKind};
+use crate::config::ReloadConfig;
+use crate::subjects;
+use crate::wire;
+
+/// Why a distribution operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DistributionError {
+    /// JetStream is not available or the bucket cannot be opened or created.
+    #[error("JetStream bucket {bucket}: {message} (is the server running with JetStream, `nats-server -js`?)")]
+    Bucket {
+        /// Bucket name.
+        bucket: String,
+        /// What failed.
+        message: String,
+    },
+    /// A file cannot be published.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A bucket operation failed.
+    #[error("{0}")]
+    Operation(String),
+}
+
+fn op(context: &str) -> impl Fn(String) -> DistributionError + '_ {
+    move |e| DistributionError::Operation(format!("{context}: {e}"))
+}
+
+/// Handle on the plugins bucket and the module object store.
+#[derive(Clone)]
+pub struct Distribution {
+    kv: kv::Store,
+    objects: object_store::ObjectStore,
+    object_bucket: String,
+}
+
+impl std::fmt::Debug for Distribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distribution")
+            .field("object_bucket", &self.object_bucket)
+            .finish()
+    }
+}
+
+impl Distribution {
+    /// Opens both buckets, creating them if they do not exist yet.
+    pub async fn open(
+        client: async_nats::Client,
+        config: &ReloadConfig,
+    ) -> Result<Distribution, DistributionError> {
+        let js = jetstream::new(client);
+        let bucket_error = |bucket: &str, e: String| DistributionError::Bucket {
+            bucket: bucket.to_string(),
+            message: e,
+        };
+        let kv = match js.get_key_value(&config.bucket).await {
+            Ok(kv) => kv,
+            Err(_) => match js
+                .create_key_value(kv::Config {
+                    bucket: config.bucket.clone(),
+                    description: "mofa-bus plugins: one key per plugin, history for rollback"
+                        .into(),
+                    history: config.history,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(kv) => kv,
+                // Another worker may have created it meanwhile.
+                Err(create) => js
+                    .get_key_value(&config.bucket)
+                    .await
+                    .map_err(|_| bucket_error(&config.bucket, create.to_string()))?,
+            },
+        };
+        let objects = match js.get_object_store(&config.object_bucket).await {
+            Ok(os) => os,
+            Err(_) => match js
+                .create_object_store(object_store::Config {
+                    bucket: config.object_bucket.clone(),
+                    description: Some(
+                        "mofa-bus modules too large for a KV value, by SHA-256".into(),
+                    ),
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(os) => os,
+                Err(create) => js
+                    .get_object_store(&config.object_bucket)
+                    .await
+                    .map_err(|_| bucket_error(&config.object_bucket, create.to_string()))?,
+            },
+        };
+        Ok(Distribution {
+            kv,
+            objects,
+            object_bucket: config.object_bucket.clone(),
+        })
+    }
+
+    /// The plugins bucket.
+    pub fn kv(&self) -> &kv::Store {
+        &self.kv
+    }
+
+    /// Builds the record for a `.rhai` or `.wasm` file (a `.wasm` takes its sibling `.toml`
+    /// manifest along); modules over `inline_limit` bytes go to the object store.
+    pub async fn record_for_file(
+        &self,
+        path: &Path,
+        version: Option<&str>,
+        inline_limit: usize,
+    ) -> Result<(String, PluginRecord), DistributionError> {
+        let file_error = |message: String| DistributionError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .ok_or_else(|| file_error("file name is not UTF-8".into()))?
+            .to_string();
+        subjects::validate_name(&name).map_err(|e| file_error(e.to_string()))?;
+        let bytes = tokio::fs::read(path)
+            .await
+            .map_err(|e| file_error(e.to_string()))?;
+        let sha256 = sha256_hex(&bytes);
+        let mut record = PluginRecord {
+            kind: RecordKind::Rhai,
+            source: None,
+            module: None,
+            object: None,
+            manifest: None,
+            version: version.map_or_else(|| sha256[..12].to_string(), str::to_string),
+            sha256,
+            publisher: publisher(),
+            published_ms: wire::unix_ms(),
+            rollback_of: None,
+        };
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("rhai") => {
+                record.source = Some(
+                    String::from_utf8(bytes)
+                        .map_err(|_| file_error("script is not UTF-8".into()))?,
+                );
+            }
+            Some("wasm") => {
+                record.kind = RecordKind::Wasm;
+                match tokio::fs::read_to_string(path.with_extension("toml")).await {
+                    Ok(manifest) => record.manifest = Some(manifest),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(file_error(format!("manifest: {e}"))),
+                }
+                if bytes.len() > inline_limit {
+                    self.objects
+                        .put(record.sha256.as_str(), &mut bytes.as_slice())
+                        .await
+                        .map_err(|e| file_error(format!("object store: {e}")))?;
+                    record.object = Some(record.sha256.clone());
+                } else {
+                    record.module = Some(bytes);
+                }
+            }
+            _ => {
+                return Err(file_error(
+                    "only .rhai scripts and .wasm modules can be published".into(),
+                ))
+            }
+        }
+        Ok((name, record))
+    }
+
+    /// Publishes a file; returns the plugin name and the new revision.
+    pub async fn publish_file(
+        &self,
+        path: &Path,
+        version: Option<&str>,
+        inline_limit: usize,
+    ) -> Result<(String, u64), DistributionError> {
+        let (name, record) = self.record_for_file(path, version, inline_limit).await?;
+        let revision = self.put(&name, &record).await?;
+        Ok((name, revision))
+    }
+
+    /// Puts a record under `name`; returns the new revision.
+    pub async fn put(&self, name: &str, record: &PluginRecord) -> Result<u64, DistributionError> {
+        subjects::validate_name(name).map_err(|e| DistributionError::Operation(e.to_string()))?;
+        let bytes = record.encode().map_err(op("encode"))?;
+        self.kv
+            .put(name, bytes.into())
+            .await
+            .map_err(|e| DistributionError::Operation(format!("publish {name}: {e}")))
+    }
+
+    /// The current record and revision of `name`, if any.
+    pub async fn current(
+        &self,
+        name: &str,
+    ) -> Result<Option<(u64, PluginRecord)>, DistributionError> {
+        let entry = self
+            .kv
+            .entry(name)
+            .await
+            .map_err(|e| DistributionError::Operation(format!("read {name}: {e}")))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let record = PluginRecord::decode(&e.value).map_err(op(name))?;
+                Ok(Some((e.revision, record)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every stored revision of `name`, oldest first: `(revision, record)`, `None` for deletes.
+    pub async fn history(
+        &self,
+        name: &str,
+    ) -> Result<Vec<(u64, Option<PluginRecord>)>, DistributionError> {
+        let mut history = self
+            .kv
+            .history(name)
+            .await
+            .map_err(|e| DistributionError::Operation(format!("history of {name}: {e}")))?;
+        let mut out = Vec::new();
+        while let Some(entry) = history.next().await {
+            let entry = entry.map_err(|e| DistributionError::Operation(e.to_string()))?;
+            let record = match entry.operation {
+                kv::Operation::Put => Some(PluginRecord::decode(&entry.value).map_err(op(name))?),
+                _ => None,
+            };
+            out.push((entry.revision, record));
+        }
+        Ok(out)
+    }
+
+    /// Republishes an earlier revision of `name`: `to`, or else the revision before the
+    /// current one. Returns `(new revision, revision rolled back to)`.
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<u64>,
+    ) -> Result<(u64, u64), DistributionError> {
+        let history = self.history(name).await?;
+        let puts: Vec<(u64, PluginRecord)> = history
+            .into_iter()
+            .filter_map(|(rev, record)| record.map(|r| (rev, r)))
+            .collect();
+        let target = match to {
+            Some(rev) => puts
+                .iter()
+                .find(|(r, _)| *r == rev)
+                .cloned()
+                .ok_or_else(|| {
+                    DistributionError::Operation(format!(
+                        "{name} has no stored revision {rev} (stored: {})",
+                        puts.iter()
+                            .map(|(r, _)| r.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
+            None => {
+                let mut previous = puts.iter().rev().skip(1);
+                previous.next().cloned().ok_or_else(|| {
+                    DistributionError::Operation(format!(
+                        "{name} has no earlier revision to roll back to"
+                    ))
+                })?
+            }
+        };
+        let (rev, mut record) = target;
+        record.rollback_of = Some(rev);
+        record.publisher = publisher();
+        record.published_ms = wire::unix_ms();
+        let new = self.put(name, &record).await?;
+        Ok((new, rev))
+    }
+
+    /// Deletes `name`: every worker removes its endpoint.
+    pub async fn remove(&self, name: &str) -> Result<(), DistributionError> {
+        self.kv
+            .delete(name)
+            .await
+            .map_err(|e| DistributionError::Operation(format!("delete {name}: {e}")))
+    }
+
+    /// The module bytes of a wasm record (inline or from the object store), checked against the
+    /// record's SHA-256.
+    pub async fn module(&self, record: &PluginRecord) -> Result<Vec<u8>, DistributionError> {
+        let bytes = match (&record.module, &record.object) {
+            (Some(bytes), _) => bytes.clone(),
+            (None, Some(object)) => {
+                let mut reader = self.objects.get(object).await.map_err(|e| {
+                    DistributionError::Operation(format!(
+                        "object {object} in {}: {e}",
+                        self.object_bucket
+                    ))
+                })?;
+                let mut bytes = Vec::new();
+                reader
+                    .read_to_end(&mut bytes)
+                    .await
+                    .map_err(|e| DistributionError::Operation(format!("object {object}: {e}")))?;
+                bytes
+            }
+            (None, None) => {
+                return Err(DistributionError::Operation(
+                    "wasm record carries neither a module nor an object".into(),
+                ))
+            }
+        };
+        let actual = sha256_hex(&bytes);
+        if actual != record.sha256 {
+            return Err(DistributionError::Operation(format!(
+                "module SHA-256 {actual} does not match the record's {}",
+                record.sha256
+            )));
+        }
+        Ok(bytes)
+    }
+}
+
+/// `user@host` of this process.
+fn publisher() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{user}@{host}")
+}

@@ -1,0 +1,161 @@
+//! `mofa watch DIR`: publish scripts and modules as they change on disk.
+//!
+//! File-system events are debounced per file with a *trailing* timer: every event restarts
+//! the file's timer, and the file is published once it has been quiet for the debounce period,
+//! reading it then. A burst of editor writes therefore publishes once, and always the last
+//! write. A file whose content equals the revision already published is not published again.
+//! Editing `<name>.toml` republishes `<name>.wasm` with the new manifest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::store::{Distribution, DistributionError};
+
+/// What happened to one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Published as this revision.
+    Revision {
+        /// Plugin name.
+        plugin: String,
+        /// New bucket revision.
+        revision: u64,
+    },
+    /// Unchanged since the last publish.
+    Unchanged {
+        /// Plugin name.
+        plugin: String,
+    },
+}
+
+/// The plugin file an event path stands for: `.rhai` and `.wasm` themselves, `.toml` for its
+/// `.wasm`.
+fn plugin_file(path: &Path) -> Option<PathBuf> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("rhai") | Some("wasm") => Some(path.to_path_buf()),
+        Some("toml") => Some(path.with_extension("wasm")),
+        _ => None,
+    }
+}
+
+/// Publishes `path` unless the bucket already holds the same content.
+pub async fn publish_if_changed(
+    distribution: &Distribution,
+    path: &Path,
+    inline_limit: usize,
+) -> Result<Published, DistributionError> {
+    let (name, record) = distribution
+        .record_for_file(path, None, inline_limit)
+        .await?;
+    if let Some((_, current)) = distribution.current(&name).await? {
+        if current.sha256 == record.sha256 && current.manifest == record.manifest {
+            return Ok(Published::Unchanged { plugin: name });
+        }
+    }
+    let revision = distribution.put(&name, &record).await?;
+    Ok(Published::Revision {
+        plugin: name,
+        revision,
+    })
+}
+
+/// Watches `dir` until the process ends, calling `report` for every file handled.
+pub async fn run(
+    distribution: Distribution,
+    dir: &Path,
+    debounce: Duration,
+    inline_limit: usize,
+    mut report: impl FnMut(&Path, Result<Published, DistributionError>),
+) -> Result<(), DistributionError> {
+    let dir_error = |e: String| DistributionError::File {
+        path: dir.display().to_string(),
+        message: e,
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event {
+            for path in event.paths {
+                let _ = tx.send(path);
+            }
+        }
+    })
+    .map_err(|e| dir_error(e.to_string()))?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(|e| dir_error(e.to_string()))?;
+
+    // Start from what is on disk now.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| dir_error(e.to_string()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("rhai") | Some("wasm")
+            )
+        })
+        .collect();
+    files.sort();
+    for path in files {
+        let result = publish_if_changed(&distribution, &path, inline_limit).await;
+        report(&path, result);
+    }
+
+    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
+    loop {
+        let next_due = pending.values().min().map(|t| *t + debounce);
+        tokio::select! {
+            path = rx.recv() => {
+                let Some(path) = path else { return Ok(()) };
+                if let Some(file) = plugin_file(&path) {
+                    pending.insert(file, Instant::now());
+                }
+            }
+            _ = async {
+                match next_due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let now = Instant::now();
+                let due: Vec<PathBuf> = pending
+                    .iter()
+                    .filter(|(_, last)| **last + debounce <= now)
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for path in due {
+                    pending.remove(&path);
+                    if path.is_file() {
+                        let result = publish_if_changed(&distribution, &path, inline_limit).await;
+                        report(&path, result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_map_to_plugin_files() {
+        assert_eq!(
+            plugin_file(Path::new("a/x.rhai")),
+            Some(PathBuf::from("a/x.rhai"))
+        );
+        assert_eq!(
+            plugin_file(Path::new("a/x.toml")),
+            Some(PathBuf::from("a/x.wasm"))
+        );
+        assert_eq!(plugin_file(Path::new("a/.x.rhai.swp")), None);
+        assert_eq!(plugin_file(Path::new("a/x.rhai~")), None);
+    }
+}

@@ -1,0 +1,285 @@
+//! Hot reload on a worker: follow the plugins bucket and serve what it says.
+//!
+//! At start the worker reads the current value of every key (a watch *with history*: a plain
+//! watch only sees later updates) and applies them before it reports ready, so a worker that
+//! joins late serves the current revisions at once. It then follows updates. A new revision is
+//! compiled and loaded beside the one serving and swapped in only when it loads cleanly;
+//! requests in flight finish on the revision they started on. A revision that fails to load is
+//! rejected and the previous one keeps serving. A deleted key removes the endpoint. Every step
+//! is announced on `mofa.events.reload.<plugin>`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv::{Entry, Operation};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::Shared;
+use crate::plugin::{AgentPlugin, ManagedPlugin, PluginError};
+use crate::reload::{Distribution, PluginRecord, RecordKind, ReloadEvent, ReloadStatus, Revision};
+use crate::rhai::RhaiPlugin;
+use crate::subjects;
+use crate::wasm::{Manifest, WasmPlugin};
+use crate::wire;
+
+/// How long a starting worker waits for the bucket's current values.
+const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens the bucket, applies its current contents, and spawns the follower. Without
+/// JetStream the worker serves its local plugins only (logged).
+pub(crate) async fn start(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
+    let distribution = match Distribution::open(shared.client.clone(), &shared.config.reload).await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "hot reload over the bus is off");
+            return None;
+        }
+    };
+    let mut watch = match distribution.kv().watch_with_history(">").await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the plugins bucket; hot reload is off");
+            return None;
+        }
+    };
+    let has_keys = match distribution.kv().keys().await {
+        Ok(mut keys) => keys.next().await.is_some(),
+        Err(_) => true,
+    };
+    let follower = Follower {
+        shared,
+        distribution,
+    };
+    if has_keys {
+        let started = Instant::now();
+        while started.elapsed() < INITIAL_SYNC_TIMEOUT {
+            match tokio::time::timeout(INITIAL_SYNC_TIMEOUT, watch.next()).await {
+                Ok(Some(Ok(entry))) => {
+                    let caught_up = entry.delta == 0;
+                    follower.apply(entry).await;
+                    if caught_up {
+                        break;
+                    }
+                }
+                Ok(Some(Err(e))) => tracing::warn!(error = %e, "plugins bucket watch error"),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    Some(tokio::spawn(async move {
+        while let Some(entry) = watch.next().await {
+            match entry {
+                Ok(entry) => follower.apply(entry).await,
+                Err(e) => tracing::warn!(error = %e, "plugins bucket watch error"),
+            }
+        }
+        tracing::warn!("plugins bucket watch ended; hot reload stopped");
+    }))
+}
+
+struct Follower {
+    shared: Arc<Shared>,
+    distribution: Distribution,
+}
+
+/// A failed load, and whether trying again could help.
+struct LoadError {
+    error: PluginError,
+    transient: bool,
+}
+
+impl Follower {
+    async fn apply(&self, entry: Entry) {
+        let name = entry.key.clone();
+        if subjects::validate_name(&name).is_err() {
+            tracing::warn!(key = %name, "ignoring a bucket key that is not a plugin name");
+            return;
+        }
+        match entry.operation {
+            Operation::Put => self.reload(&name, entry).await,
+            Operation::Delete | Operation::Purge => {
+                let previous = self.shared.served(&name).and_then(|(_, r)| r);
+                if self.shared.remove(&name).await {
+                    self.event(&name, ReloadStatus::Removed, entry.revision, |e| {
+                        e.sha256 = previous.map(|r| r.sha256).unwrap_or_default();
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+
+    async fn reload(&self, name: &str, entry: Entry) {
+        let serving = self.shared.served(name).and_then(|(_, r)| r);
+        if serving.as_ref().is_some_and(|r| r.number >= entry.revision) {
+            return; // already serving this (or a later) revision
+        }
+        let record = match PluginRecord::decode(&entry.value) {
+            Ok(record) => record,
+            Err(e) => {
+                self.event(name, ReloadStatus::Failed, entry.revision, |ev| {
+                    ev.error = Some(e.clone())
+                })
+                .await;
+                self.kept(name, serving).await;
+                return;
+            }
+        };
+        let revision = Revision {
+            number: entry.revision,
+            sha256: record.sha256.clone(),
+            version: record.version.clone(),
+        };
+        let describe = |ev: &mut ReloadEvent| {
+            ev.sha256 = record.sha256.clone();
+            ev.kind = Some(record.kind.as_str().to_string());
+            ev.version = Some(record.version.clone());
+        };
+        self.event(name, ReloadStatus::Started, entry.revision, describe)
+            .await;
+        let started = Instant::now();
+        let attempts = self.shared.config.reload.max_attempts;
+        let mut backoff = Duration::from_millis(self.shared.config.reload.retry_backoff_ms);
+        let mut attempt = 1;
+        let loaded = loop {
+            match self.load(name, &record).await {
+                Ok(plugin) => break Ok(plugin),
+                Err(e) if e.transient && attempt < attempts => {
+                    tracing::warn!(plugin = %name, attempt, error = %e.error, "reload attempt failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    attempt += 1;
+                }
+                Err(e) => break Err(e.error),
+            }
+        };
+        let duration_us = Some(started.elapsed().as_micros() as u64);
+        match loaded {
+            Ok(plugin) => match self.shared.serve(plugin, Some(revision)).await {
+                Ok(()) => {
+                    tracing::info!(plugin = %name, revision = entry.revision, "reloaded");
+                    self.event(name, ReloadStatus::Completed, entry.revision, |ev| {
+                        describe(ev);
+                        ev.duration_us = duration_us;
+                    })
+                    .await;
+                }
+                Err(e) => {
+                    self.event(name, ReloadStatus::Failed, entry.revision, |ev| {
+                        describe(ev);
+                        ev.duration_us = duration_us;
+                        ev.error = Some(e.to_string());
+                    })
+                    .await;
+                    self.kept(name, serving).await;
+                }
+            },
+            Err(e) => {
+                tracing::warn!(plugin = %name, revision = entry.revision, error = %e, "revision rejected");
+                self.event(name, ReloadStatus::Failed, entry.revision, |ev| {
+                    describe(ev);
+                    ev.duration_us = duration_us;
+                    ev.error = Some(e.to_string());
+                })
+                .await;
+                self.kept(name, serving).await;
+            }
+        }
+    }
+
+    /// After a rejected revision: say which revision keeps serving, if any.
+    async fn kept(&self, name: &str, serving: Option<Revision>) {
+        if let Some(serving) = serving {
+            self.event(name, ReloadStatus::RolledBack, serving.number, |ev| {
+                ev.sha256 = serving.sha256.clone();
+                ev.version = Some(serving.version.clone());
+            })
+            .await;
+        }
+    }
+
+    /// Builds and starts the plugin a record describes, beside whatever serves now.
+    async fn load(
+        &self,
+        name: &str,
+        record: &PluginRecord,
+    ) -> Result<Arc<ManagedPlugin>, LoadError> {
+        let fatal = |error: PluginError| LoadError {
+            error,
+            transient: false,
+        };
+        let plugin: Arc<dyn AgentPlugin> = match record.kind {
+            RecordKind::Rhai => {
+                let source = record
+                    .source
+                    .clone()
+                    .ok_or_else(|| fatal(PluginError::Load("rhai record without source".into())))?;
+                Arc::new(
+                    RhaiPlugin::new(name, source, self.shared.engine.clone())
+                        .with_version(record.version.clone())
+                        .with_state(self.shared.state_for(name)),
+                )
+            }
+            RecordKind::Wasm => {
+                let bytes = self
+                    .distribution
+                    .module(record)
+                    .await
+                    .map_err(|e| LoadError {
+                        error: PluginError::Load(e.to_string()),
+                        transient: true,
+                    })?;
+                let manifest = match &record.manifest {
+                    Some(text) => Manifest::from_toml(text)
+                        .map_err(|e| fatal(PluginError::Load(format!("manifest: {e}"))))?,
+                    None => Manifest::default(),
+                };
+                Arc::new(
+                    WasmPlugin::new(name, bytes, manifest, self.shared.wasm.clone())
+                        .with_version(record.version.clone()),
+                )
+            }
+        };
+        let managed = Arc::new(ManagedPlugin::new(plugin));
+        managed.activate().await.map_err(fatal)?;
+        Ok(managed)
+    }
+
+    async fn event(
+        &self,
+        plugin: &str,
+        status: ReloadStatus,
+        revision: u64,
+        fill: impl FnOnce(&mut ReloadEvent),
+    ) {
+        let mut event = ReloadEvent {
+            event: "reload".to_string(),
+            status,
+            plugin: plugin.to_string(),
+            worker: self.shared.id.to_string(),
+            revision,
+            sha256: String::new(),
+            kind: None,
+            version: None,
+            duration_us: None,
+            error: None,
+            timestamp_ms: wire::unix_ms(),
+        };
+        fill(&mut event);
+        match wire::encode_named(&event) {
+            Ok(body) => {
+                if let Err(e) = self
+                    .shared
+                    .client
+                    .publish(subjects::reload_event(plugin), body)
+                    .await
+                {
+                    tracing::warn!(plugin, error = %e, "reload event not sent");
+                }
+            }
+            Err(e) => tracing::warn!(plugin, error = %e, "reload event not encoded"),
+        }
+    }
+}

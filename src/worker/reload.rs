@@ -123,7 +123,7 @@ impl Follower {
                     ev.error = Some(e.clone())
                 })
                 .await;
-                self.kept(name, serving).await;
+                self.kept(name, serving, entry.revision).await;
                 return;
             }
         };
@@ -173,7 +173,7 @@ impl Follower {
                         ev.error = Some(e.to_string());
                     })
                     .await;
-                    self.kept(name, serving).await;
+                    self.kept(name, serving, entry.revision).await;
                 }
             },
             Err(e) => {
@@ -184,13 +184,19 @@ impl Follower {
                     ev.error = Some(e.to_string());
                 })
                 .await;
-                self.kept(name, serving).await;
+                self.kept(name, serving, entry.revision).await;
             }
         }
     }
 
-    /// After a rejected revision: say which revision keeps serving, if any.
-    async fn kept(&self, name: &str, serving: Option<Revision>) {
+    /// After a rejected revision: say which revision keeps serving. A worker that serves no
+    /// revision yet (it started after the broken one was published) falls back to the newest
+    /// stored revision that loads, so it serves what the rest of the fleet serves.
+    async fn kept(&self, name: &str, serving: Option<Revision>, rejected: u64) {
+        let serving = match serving {
+            Some(serving) => Some(serving),
+            None => self.fallback(name, rejected).await,
+        };
         if let Some(serving) = serving {
             self.event(name, ReloadStatus::RolledBack, serving.number, |ev| {
                 ev.sha256 = serving.sha256.clone();
@@ -198,6 +204,38 @@ impl Follower {
             })
             .await;
         }
+    }
+
+    /// Serves the newest revision of `name` older than `rejected` that loads (not reaching back
+    /// past a delete).
+    async fn fallback(&self, name: &str, rejected: u64) -> Option<Revision> {
+        let history = match self.distribution.history(name).await {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::warn!(plugin = %name, error = %e, "cannot read history for a fallback");
+                return None;
+            }
+        };
+        for (number, record) in history.into_iter().rev().filter(|(n, _)| *n < rejected) {
+            let record = record?; // a delete: nothing older counts
+            if let Ok(plugin) = self.load(name, &record).await {
+                let revision = Revision {
+                    number,
+                    sha256: record.sha256.clone(),
+                    version: record.version.clone(),
+                };
+                if self
+                    .shared
+                    .serve(plugin, Some(revision.clone()))
+                    .await
+                    .is_ok()
+                {
+                    tracing::info!(plugin = %name, revision = number, "serving the newest revision that loads");
+                    return Some(revision);
+                }
+            }
+        }
+        None
     }
 
     /// Builds and starts the plugin a record describes, beside whatever serves now.

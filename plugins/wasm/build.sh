@@ -3,8 +3,9 @@
 # Needs the wasm32-unknown-unknown target: `rustup target add wasm32-unknown-unknown`.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-# Remapped paths keep machine-specific directories out of the modules.
-export RUSTFLAGS="--remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=${here}=/src"
+# The link arguments of .cargo/config.toml, plus remapped paths that keep machine-specific
+# directories out of the modules (this variable replaces the config's rustflags).
+export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="-C link-arg=-zstack-size=65536 -C link-arg=--initial-memory=1048576 --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=/cargo --remap-path-prefix=${here}=/src"
 cargo build --release --locked --target wasm32-unknown-unknown \
   --manifest-path "${here}/Cargo.toml" --target-dir "${here}/target"
 for plugin in discount_wasm wordcount; do

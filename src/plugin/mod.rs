@@ -13,6 +13,7 @@ mod state;
 
 pub use error::PluginError;
 pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
+pub(crate) use pool::block_on;
 pub use pool::SandboxPool;
 pub use state::{Lifecycle, PluginState};
 
@@ -121,13 +122,16 @@ pub struct CallContext {
     /// The caller's deadline, when another plugin on this worker made the call; a nested call
     /// never runs past it.
     pub deadline: Option<std::time::Instant>,
+    /// When the worker admitted the request; a plugin's own deadline counts from here, so time
+    /// spent waiting for a sandbox thread counts too.
+    pub admitted: Option<std::time::Instant>,
 }
 
 impl CallContext {
     /// The deadline for a call that may take `timeout`: now + `timeout`, or the caller's
     /// deadline if that comes first.
     pub fn deadline_for(&self, timeout: std::time::Duration) -> std::time::Instant {
-        let own = std::time::Instant::now() + timeout;
+        let own = self.admitted.unwrap_or_else(std::time::Instant::now) + timeout;
         self.deadline.map_or(own, |caller| caller.min(own))
     }
 }

@@ -29,6 +29,26 @@ pub struct SandboxPool {
     threads: usize,
 }
 
+/// How long an idle pool thread keeps looking for work before it sleeps. Under load the next
+/// job usually arrives within this window, which saves a sleep and a wake-up (two context
+/// switches) per request.
+const IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The next job; `None` when the pool is dropped.
+fn next_job(rx: &Receiver<Job>) -> Option<Job> {
+    let started = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(job) => return Some(job),
+            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+            Err(crossbeam_channel::TryRecvError::Empty) if started.elapsed() < IDLE_SPIN => {
+                thread::yield_now();
+            }
+            Err(crossbeam_channel::TryRecvError::Empty) => return rx.recv().ok(),
+        }
+    }
+}
+
 impl SandboxPool {
     /// A pool of `threads` threads; `0` means twice the available cores, at least four.
     pub fn new(threads: usize) -> Arc<Self> {
@@ -45,7 +65,7 @@ impl SandboxPool {
                 .stack_size(8 << 20)
                 .spawn(move || {
                     ON_POOL_THREAD.with(|on| on.set(true));
-                    while let Ok(job) = rx.recv() {
+                    while let Some(job) = next_job(&rx) {
                         job();
                     }
                 });
@@ -67,6 +87,13 @@ impl SandboxPool {
     /// Number of threads.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Runs `job` on a pool thread, without waiting for it.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> Result<(), PluginError> {
+        self.jobs
+            .send(Box::new(job))
+            .map_err(|_| PluginError::Failed("sandbox pool is shut down".to_string()))
     }
 
     /// Runs `f` on a pool thread and returns its result. Called from a pool thread (a
@@ -96,5 +123,30 @@ impl SandboxPool {
             .map_err(|_| PluginError::Failed("sandbox pool is shut down".to_string()))?;
         rx.await
             .map_err(|_| PluginError::Failed("sandboxed call was dropped".to_string()))?
+    }
+}
+
+/// Wakes a thread parked in [`block_on`].
+struct Unpark(thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Drives `future` to completion on this (pool) thread, parking while it waits; tokio's own
+/// threads drive I/O and timers (enter the runtime's context first). Unlike
+/// `Handle::block_on` it may nest: a sandboxed plugin calling another runs the nested call on
+/// the same thread.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    let waker = std::task::Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        thread::park();
     }
 }

@@ -9,7 +9,7 @@ use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Manifest};
-use crate::plugin::{CallContext, PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
+use crate::plugin::{block_on, CallContext, PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
 use crate::wire;
 
 /// The memory cap, installed with `Store::limiter`. Records a refusal so the error reply can
@@ -174,6 +174,7 @@ fn call_plugin(data: &StoreData, name: &str, input: Value) -> Result<Value, Plug
         CallContext {
             depth,
             deadline: Some(data.deadline),
+            admitted: None,
         },
     );
     block_on(tokio::time::timeout(remaining, call)).unwrap_or_else(|_| {
@@ -181,30 +182,6 @@ fn call_plugin(data: &StoreData, name: &str, input: Value) -> Result<Value, Plug
             "call_plugin({name}): no answer before the caller's deadline"
         )))
     })
-}
-
-/// Wakes a thread parked in [`block_on`].
-struct Unpark(std::thread::Thread);
-
-impl std::task::Wake for Unpark {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Waits for `future` on this (sandbox) thread while the tokio runtime's own threads drive I/O
-/// and timers. Unlike `Handle::block_on` it may nest: a module that calls a module that calls a
-/// module runs each nested call inline on the same thread.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut future = std::pin::pin!(future);
-    loop {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park();
-    }
 }
 
 /// The guest's exported memory.

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::plugin::{CallContext, ManagedPlugin, PluginError};
+use crate::plugin::{block_on, CallContext, ManagedPlugin, PluginError, PluginKind, SandboxPool};
 use crate::reload::Revision;
 use crate::subjects;
 use crate::wire::{self, ErrorCode, ResultEvent, Value};
@@ -98,6 +98,8 @@ pub(crate) struct Endpoint {
     client: Client,
     permits: Arc<Semaphore>,
     limit: usize,
+    pool: Arc<SandboxPool>,
+    runtime: tokio::runtime::Handle,
     event_subject: Subject,
     worker_id: Arc<str>,
     events: bool,
@@ -110,6 +112,7 @@ impl Endpoint {
         client: Client,
         config: &crate::config::WorkerConfig,
         worker_id: Arc<str>,
+        pool: Arc<SandboxPool>,
     ) -> Self {
         let name = served.plugin.id().to_string();
         Self {
@@ -121,6 +124,8 @@ impl Endpoint {
             client,
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
             limit: config.max_concurrency,
+            pool,
+            runtime: tokio::runtime::Handle::current(),
             worker_id,
             events: config.events.results,
             include_output: config.events.include_output,
@@ -168,9 +173,22 @@ impl Endpoint {
     fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
         let endpoint = self.clone();
         match self.permits.clone().try_acquire_owned() {
+            Ok(permit) if self.served().plugin.kind() != PluginKind::Native => {
+                // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
+                // there (execute, reply, event) instead of hopping back to an async thread.
+                let request = tracker.track_future(endpoint.clone().handle(message, permit));
+                let runtime = self.runtime.clone();
+                let queued = self.pool.spawn(move || {
+                    let _context = runtime.enter();
+                    block_on(request);
+                });
+                if let Err(e) = queued {
+                    tracing::error!(plugin = %endpoint.name, error = %e, "request dropped");
+                }
+            }
             Ok(permit) => {
                 // Most native plugins finish without ever waiting: poll the request once here and
-                // only pay for a task when it has to wait (sandboxed calls, I/O, backpressure).
+                // only pay for a task when it has to wait (I/O, backpressure).
                 let mut request = Box::pin(endpoint.handle(message, permit));
                 let mut cx = Context::from_waker(Waker::noop());
                 if request.as_mut().poll(&mut cx).is_pending() {
@@ -201,7 +219,7 @@ impl Endpoint {
             Ok(input) => {
                 served
                     .plugin
-                    .execute_in(input, call_context(&message))
+                    .execute_in(input, call_context(&message, started))
                     .await
             }
             Err(e) => Err(PluginError::BadInput(e.to_string())),
@@ -306,7 +324,7 @@ impl Endpoint {
 }
 
 /// The call context a request carries: its depth when another plugin made it.
-fn call_context(message: &Message) -> CallContext {
+fn call_context(message: &Message, admitted: Instant) -> CallContext {
     let depth = message
         .headers
         .as_ref()
@@ -316,6 +334,7 @@ fn call_context(message: &Message) -> CallContext {
     CallContext {
         depth,
         deadline: None,
+        admitted: Some(admitted),
     }
 }
 

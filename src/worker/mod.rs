@@ -141,6 +141,7 @@ impl Shared {
             self.client.clone(),
             &self.config,
             self.id.clone(),
+            self.engine.pool().clone(),
         ));
         let subject = subjects::exec(&name);
         let requests = self

@@ -20,6 +20,14 @@
 //! (`memory`, `mofa_alloc`, `mofa_handle`; see `plugins/wasm/ABI.md`). Host functions
 //! ([`log`], [`now_ms`], [`config`], [`call_plugin`]) are imported only when used, and each
 //! needs its capability in the plugin's manifest (`<name>.toml`).
+//!
+//! By default (feature `bump-alloc`) the SDK installs a bump allocator: a request runs in a
+//! fresh instance, so nothing needs freeing, and allocating from the memory the module starts
+//! with avoids growing memory on every request (growing costs the host a page-protection change).
+//! Link with a small stack and some initial heap, as `plugins/wasm/.cargo/config.toml` does.
+
+#[cfg(all(target_arch = "wasm32", feature = "bump-alloc"))]
+mod bump;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -230,7 +230,7 @@ fn in_process() {
     println!(
         "  discount (Rhai, engine call incl. value conversion)   {rhai:>10.2?}   target <= 1 µs"
     );
-    println!("  discount (Rhai, AgentPlugin::execute, blocking pool)  {plugin_call:>10.2?}");
+    println!("  discount (Rhai, AgentPlugin::execute, sandbox pool)  {plugin_call:>10.2?}");
     println!("  discount_native                                       {native:>10.2?}");
     println!("  discount_wasm (fresh instance + call, this thread)    {wasm_call:>10.2?}   target <= 6 µs");
     println!("  discount_wasm (AgentPlugin::execute, sandbox pool)    {wasm_plugin_call:>10.2?}");

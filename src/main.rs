@@ -286,18 +286,8 @@ async fn exec(
             anyhow::bail!(why);
         }
     };
-    if let Some(code) = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(wire::HEADER_ERROR_CODE))
-    {
-        let message = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(wire::HEADER_ERROR))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
-        eprintln!("error {}: {message}", code.as_str());
+    if let Some((code, message)) = wire::reply_error(reply.headers.as_ref()) {
+        eprintln!("error {code}: {message}");
         return Ok(ExitCode::from(1));
     }
     let output = wire::decode(&reply.payload).context("reply is not valid MessagePack")?;

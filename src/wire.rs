@@ -87,6 +87,21 @@ impl std::fmt::Display for ErrorCode {
     }
 }
 
+/// The `(code, message)` an error reply carries in its headers; `None` for a value reply.
+pub fn reply_error(headers: Option<&async_nats::HeaderMap>) -> Option<(u16, String)> {
+    let headers = headers?;
+    let code = headers
+        .get(HEADER_ERROR_CODE)?
+        .as_str()
+        .parse()
+        .unwrap_or(500);
+    let message = headers
+        .get(HEADER_ERROR)
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default();
+    Some((code, message))
+}
+
 /// The MessagePack body of an error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

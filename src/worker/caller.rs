@@ -69,18 +69,7 @@ async fn remote(
             }
             _ => PluginError::Failed(format!("calling plugin {plugin}: {e}")),
         })?;
-    if let Some(code) = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(wire::HEADER_ERROR_CODE))
-    {
-        let message = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(wire::HEADER_ERROR))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
-        let code = code.as_str().parse().unwrap_or(500);
+    if let Some((code, message)) = wire::reply_error(reply.headers.as_ref()) {
         return Err(PluginError::from_code(code, format!("{plugin}: {message}")));
     }
     wire::decode(&reply.payload)

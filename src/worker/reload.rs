@@ -156,32 +156,29 @@ impl Follower {
             }
         };
         let duration_us = Some(started.elapsed().as_micros() as u64);
-        match loaded {
-            Ok(plugin) => match self.shared.serve(plugin, Some(revision)).await {
-                Ok(()) => {
-                    tracing::info!(plugin = %name, revision = entry.revision, "reloaded");
-                    self.event(name, ReloadStatus::Completed, entry.revision, |ev| {
-                        describe(ev);
-                        ev.duration_us = duration_us;
-                    })
-                    .await;
-                }
-                Err(e) => {
-                    self.event(name, ReloadStatus::Failed, entry.revision, |ev| {
-                        describe(ev);
-                        ev.duration_us = duration_us;
-                        ev.error = Some(e.to_string());
-                    })
-                    .await;
-                    self.kept(name, serving, entry.revision).await;
-                }
-            },
-            Err(e) => {
-                tracing::warn!(plugin = %name, revision = entry.revision, error = %e, "revision rejected");
+        let served = match loaded {
+            Ok(plugin) => self
+                .shared
+                .serve(plugin, Some(revision))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match served {
+            Ok(()) => {
+                tracing::info!(plugin = %name, revision = entry.revision, "reloaded");
+                self.event(name, ReloadStatus::Completed, entry.revision, |ev| {
+                    describe(ev);
+                    ev.duration_us = duration_us;
+                })
+                .await;
+            }
+            Err(error) => {
+                tracing::warn!(plugin = %name, revision = entry.revision, %error, "revision rejected");
                 self.event(name, ReloadStatus::Failed, entry.revision, |ev| {
                     describe(ev);
                     ev.duration_us = duration_us;
-                    ev.error = Some(e.to_string());
+                    ev.error = Some(error);
                 })
                 .await;
                 self.kept(name, serving, entry.revision).await;

@@ -8,6 +8,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -288,20 +290,21 @@ pub fn encode_error(code: ErrorCode, message: &str) -> Bytes {
     encode_named(&body).unwrap_or_default()
 }
 
-/// A result event, published on `mofa.events.result.<plugin>` after every execution.
+/// A result event, published on `mofa.events.result.<plugin>` after every execution. The
+/// names borrow where they can, so publishing one allocates little; decoded events own them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ResultEvent {
+pub struct ResultEvent<'a> {
     /// Always `"result"`, so a subscriber to `mofa.events.>` can tell event kinds apart.
-    pub event: String,
+    pub event: Cow<'a, str>,
     /// Plugin name.
-    pub plugin: String,
+    pub plugin: Cow<'a, str>,
     /// Plugin kind: `native`, `rhai` or `wasm`.
-    pub kind: String,
+    pub kind: Cow<'a, str>,
     /// Bucket revision that executed it (plugins distributed over the bus only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
     /// Id of the worker that executed the request.
-    pub worker: String,
+    pub worker: Cow<'a, str>,
     /// The caller's `Mofa-Request-Id` header, or an id the worker generated.
     pub request_id: String,
     /// Whether the plugin returned a value.

@@ -283,7 +283,7 @@ async fn two_workers_in_one_queue_group_both_serve() {
             .expect("event in time")
             .expect("event");
         let event: ResultEvent = rmp_serde::from_slice(&event.payload).expect("event decodes");
-        served_by.insert(event.worker);
+        served_by.insert(event.worker.into_owned());
         seen += 1;
     }
     // Each request went to exactly one worker (200 events for 200 requests) and both served.

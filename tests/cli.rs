@@ -120,7 +120,9 @@ async fn publish_plugins_history_rollback_and_remove_from_the_command_line() {
     assert!(published.status.success(), "{published:?}");
     assert!(String::from_utf8_lossy(&published.stdout).contains("published tax as revision"));
     std::fs::write(sources.path().join("tax.rhai"), "fn execute(x) { x * 3 }").expect("edit");
-    assert!(mofa(&["publish", file, "--version", "two"], &url).status.success());
+    assert!(mofa(&["publish", file, "--version", "two"], &url)
+        .status
+        .success());
 
     let started = std::time::Instant::now();
     loop {
@@ -128,7 +130,10 @@ async fn publish_plugins_history_rollback_and_remove_from_the_command_line() {
         if String::from_utf8_lossy(&out.stdout).trim() == "30" {
             break;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "v2 never served: {out:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "v2 never served: {out:?}"
+        );
     }
 
     let listed = mofa(&["plugins", "--json"], &url);
@@ -136,14 +141,21 @@ async fn publish_plugins_history_rollback_and_remove_from_the_command_line() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
-    let tax = rows.iter().find(|r| r["plugin"] == "tax").expect("tax listed");
+    let tax = rows
+        .iter()
+        .find(|r| r["plugin"] == "tax")
+        .expect("tax listed");
     assert_eq!(tax["worker"], "cli-worker");
     assert_eq!(tax["kind"], "rhai");
     assert_eq!(tax["version"], "two");
     assert!(!tax["revision"].as_str().unwrap_or("").is_empty(), "{tax}");
 
     let history = mofa(&["history", "tax"], &url);
-    assert_eq!(String::from_utf8_lossy(&history.stdout).lines().count(), 2, "{history:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&history.stdout).lines().count(),
+        2,
+        "{history:?}"
+    );
 
     let rolled = mofa(&["rollback", "tax"], &url);
     assert!(rolled.status.success(), "{rolled:?}");
@@ -153,13 +165,19 @@ async fn publish_plugins_history_rollback_and_remove_from_the_command_line() {
         if String::from_utf8_lossy(&out.stdout).trim() == "20" {
             break;
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "rollback never served: {out:?}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "rollback never served: {out:?}"
+        );
     }
 
     assert!(mofa(&["remove", "tax"], &url).status.success());
     let started = std::time::Instant::now();
     while mofa(&["exec", "tax", "10"], &url).status.code() != Some(2) {
-        assert!(started.elapsed() < std::time::Duration::from_secs(10), "tax still served");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "tax still served"
+        );
     }
     let bad = mofa(&["publish", "/no/such/file.rhai"], &url);
     assert_eq!(bad.status.code(), Some(2));

@@ -297,11 +297,11 @@ impl Endpoint {
             Err(e) => (false, Some(e.code().as_u16()), Some(e.to_string()), None),
         };
         let event = ResultEvent {
-            event: "result".to_string(),
-            plugin: self.name.clone(),
-            kind: served.plugin.kind().as_str().to_string(),
+            event: "result".into(),
+            plugin: self.name.as_str().into(),
+            kind: served.plugin.kind().as_str().into(),
             revision: served.revision.as_ref().map(|r| r.number),
-            worker: self.worker_id.to_string(),
+            worker: (*self.worker_id).into(),
             request_id,
             ok,
             code,

@@ -152,6 +152,10 @@ impl Shared {
                 subject: subject.clone(),
                 source,
             })?;
+        // The server knows the subscription before anyone hears that the plugin serves.
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(plugin = %name, error = %e, "flush after subscribing failed");
+        }
         let (stop, stop_rx) = watch::channel(false);
         let mut global = self.shutdown.clone();
         let mut own = stop_rx;

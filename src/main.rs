@@ -307,9 +307,19 @@ async fn events(url: &str, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot connect to NATS at {url}"))?;
     let mut sub = client.subscribe(subject).await?;
+    let mut stdout = std::io::stdout();
     while let Some(message) = sub.next().await {
         match wire::decode(&message.payload) {
-            Ok(event) => println!("{}", wire::to_json(&event)),
+            Ok(event) => {
+                use std::io::Write;
+                // The reader went away (`mofa events | head`): stop quietly.
+                if writeln!(stdout, "{}", wire::to_json(&event))
+                    .and_then(|()| stdout.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
             Err(e) => eprintln!("warning: undecodable event on {}: {e}", message.subject),
         }
     }

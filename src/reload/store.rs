@@ -15,7 +15,7 @@ use crate::wire;
 #[derive(Debug, thiserror::Error)]
 pub enum DistributionError {
     /// JetStream is not available or the bucket cannot be opened or created.
-    #[error("JetStream bucket {bucket}: {message} (is the server running with JetStream, `nats-server -js`?)")]
+    #[error("JetStream bucket {bucket}: {message} (hot reload needs nats-server 2.10 or newer running with JetStream, `nats-server -js`)")]
     Bucket {
         /// Bucket name.
         bucket: String,

@@ -214,7 +214,10 @@ async fn three_workers_converge_reject_broken_revisions_and_catch_up_late() {
     // A new key adds an endpoint everywhere.
     let v6 = publish_script(&dist, sources.path(), "greet", &script(6)).await;
     converge(&all, "greet", v6).await;
-    assert_eq!(version_of(&client, "greet").await, (Value::from(6), Some(v6.to_string())));
+    assert_eq!(
+        version_of(&client, "greet").await,
+        (Value::from(6), Some(v6.to_string()))
+    );
     for w in all {
         w.shutdown().await.expect("drains");
     }

@@ -7,16 +7,21 @@
 //! The layers, each depending only on the ones below it:
 //! - [`worker`]: the NATS side: one subscription per plugin, admission (a per-plugin concurrency
 //!   permit; when none is free the request is answered 503 at once), replies, result events, the
-//!   NATS Services API (`$SRV.PING/INFO/STATS`) and drain on SIGTERM.
+//!   NATS Services API (`$SRV.PING/INFO/STATS`), hot reload from the plugins bucket, and drain on
+//!   SIGTERM.
+//! - [`reload`]: distribution over JetStream: plugin records, publishing, rollback, reload
+//!   events, the directory watcher.
 //! - [`plugin`]: the plugin model: the [`plugin::AgentPlugin`] trait, metadata, the lifecycle
-//!   state machine and the [`plugin::PluginManager`].
-//! - [`native`] and [`rhai`]: the plugin kinds: Rust compiled in, and sandboxed Rhai scripts.
+//!   state machine, the [`plugin::PluginManager`] and the sandbox thread pool.
+//! - [`native`], [`rhai`] and [`wasm`]: the plugin kinds: Rust compiled in, sandboxed Rhai
+//!   scripts, and WebAssembly modules in wasmtime.
 //! - [`wire`] and [`subjects`]: the wire format and subject names, the public contract
 //!   described in `subjects.md`.
 //!
 //! How a request flows: NATS message on `mofa.exec.discount` → that plugin's subscription →
-//! admission permit → decode MessagePack → `execute` (native inline; Rhai on a blocking thread
-//! under a deadline) → encode → reply → result event on `mofa.events.result.discount`.
+//! admission permit → native: decode, `execute` inline, encode, reply, result event on
+//! `mofa.events.result.discount`; Rhai and WASM: the same steps on a sandbox thread, under the
+//! plugin's deadline.
 
 pub mod config;
 pub mod native;

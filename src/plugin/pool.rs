@@ -17,6 +17,9 @@ use super::PluginError;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// Extra time [`SandboxPool::run_until`] waits beyond a deadline before answering itself.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 thread_local! {
     /// Set on pool threads.
     static ON_POOL_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -94,6 +97,25 @@ impl SandboxPool {
         self.jobs
             .send(Box::new(job))
             .map_err(|_| PluginError::Failed("sandbox pool is shut down".to_string()))
+    }
+
+    /// Runs `f` like [`SandboxPool::run`], answering `late()` if no result arrives by `deadline`
+    /// plus a short grace period (the call itself stops at its deadline from inside; this bounds
+    /// the wait even when every pool thread is busy).
+    pub async fn run_until<T, F>(
+        &self,
+        deadline: std::time::Instant,
+        f: F,
+        late: impl FnOnce() -> PluginError,
+    ) -> Result<T, PluginError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, PluginError> + Send + 'static,
+    {
+        let wait = deadline.saturating_duration_since(std::time::Instant::now()) + DEADLINE_GRACE;
+        tokio::time::timeout(wait, self.run(f))
+            .await
+            .unwrap_or_else(|_| Err(late()))
     }
 
     /// Runs `f` on a pool thread and returns its result. Called from a pool thread (a

@@ -2,7 +2,7 @@
 //!
 //! One [`ScriptEngine`] is built per worker from a [`RhaiConfig`] and shared by every script.
 //! Each script is compiled once into an AST when its plugin loads; a call runs only the entry
-//! function, never the top-level statements again. Calls run on tokio's blocking pool so a slow
+//! function, never the top-level statements again. Calls run on the sandbox pool so a slow
 //! script never stalls the async threads, and every call has a wall-clock deadline enforced from
 //! inside the interpreter.
 

@@ -1,21 +1,16 @@
 //! A Rhai script as a plugin.
 //!
 //! `load` compiles the source once; `execute` runs the cached entry function on the sandbox
-//! pool. The async side also waits no longer than the deadline plus a grace period,
-//! so a reply is sent on time even if the blocking pool is saturated.
+//! pool, with the script's state map and a deadline counted from admission.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
 use super::engine::{Entry, ScriptEngine, StateMap};
 use crate::plugin::{AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, Value};
-
-/// Extra time the async side waits beyond the script deadline before answering 408 itself.
-const DEADLINE_GRACE: Duration = Duration::from_millis(50);
 
 /// A script plugin.
 pub struct RhaiPlugin {
@@ -121,17 +116,18 @@ impl AgentPlugin for RhaiPlugin {
         // The deadline runs from admission, so time spent queued for a sandbox thread counts.
         let deadline = context.deadline_for(timeout);
         let state = self.state.clone();
-        let call = self
-            .engine
+        self.engine
             .pool()
-            .run(move || engine.call_until(&entry, input, deadline, Some(state)));
-        let wait = deadline.saturating_duration_since(Instant::now()) + DEADLINE_GRACE;
-        match tokio::time::timeout(wait, call).await {
-            Ok(result) => result,
-            Err(_) => Err(PluginError::Timeout(format!(
-                "script exceeded its deadline of {} ms",
-                timeout.as_millis()
-            ))),
-        }
+            .run_until(
+                deadline,
+                move || engine.call_until(&entry, input, deadline, Some(state)),
+                || {
+                    PluginError::Timeout(format!(
+                        "script exceeded its deadline of {} ms",
+                        timeout.as_millis()
+                    ))
+                },
+            )
+            .await
     }
 }

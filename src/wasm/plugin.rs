@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -12,9 +11,6 @@ use super::config::Manifest;
 use super::runtime::{Loaded, WasmRuntime};
 use crate::plugin::{AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, Value};
 use crate::wire;
-
-/// Extra time the async side waits beyond the deadline before answering 408 itself.
-const DEADLINE_GRACE: Duration = Duration::from_millis(50);
 
 /// A wasm plugin.
 pub struct WasmPlugin {
@@ -146,17 +142,18 @@ impl AgentPlugin for WasmPlugin {
         let deadline = context.deadline_for(timeout);
         let runtime = self.runtime.clone();
         let body = wire::encode(&input);
-        let call = self
-            .runtime
+        self.runtime
             .pool()
-            .run(move || runtime.invoke(&loaded, &body, deadline, context.depth));
-        let wait = deadline.saturating_duration_since(std::time::Instant::now()) + DEADLINE_GRACE;
-        match tokio::time::timeout(wait, call).await {
-            Ok(result) => result,
-            Err(_) => Err(PluginError::Timeout(format!(
-                "module exceeded its deadline of {} ms",
-                timeout.as_millis()
-            ))),
-        }
+            .run_until(
+                deadline,
+                move || runtime.invoke(&loaded, &body, deadline, context.depth),
+                || {
+                    PluginError::Timeout(format!(
+                        "module exceeded its deadline of {} ms",
+                        timeout.as_millis()
+                    ))
+                },
+            )
+            .await
     }
 }

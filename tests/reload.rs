@@ -422,3 +422,77 @@ async fn mofa_watch_publishes_each_burst_of_writes_once_with_the_last_write() {
         "one publish for the file at start, then one per burst, each the burst's last write"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_come_back_after_the_server_restarts_and_keep_following_the_bucket() {
+    require_kv_capable_server();
+    let mut server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let sources = plugins_dir(&[]);
+    let fleet = workers(&server, empty.path(), &["s1", "s2"]).await;
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let r1 = publish_script(&dist, sources.path(), "sturdy", &script(1)).await;
+    converge(&fleet, "sturdy", r1).await;
+
+    server.restart(Duration::from_millis(300));
+
+    // Native plugins and the published script answer again once the clients reconnect.
+    let started = Instant::now();
+    loop {
+        let echo = call_raw(
+            &client,
+            "echo",
+            mofa_bus::wire::encode(&Value::from(1)),
+            Duration::from_millis(500),
+        )
+        .await;
+        let script = call_raw(
+            &client,
+            "sturdy",
+            mofa_bus::wire::encode(&Value::Nil),
+            Duration::from_millis(500),
+        )
+        .await;
+        if matches!(echo, Ok(Reply::Ok(_))) && matches!(script, Ok(Reply::Ok(_))) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "workers did not come back: {echo:?} {script:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And they still follow the bucket.
+    let started = Instant::now();
+    let r2 = loop {
+        match dist
+            .publish_file(
+                &{
+                    let path = sources.path().join("sturdy.rhai");
+                    std::fs::write(&path, script(2)).expect("write");
+                    path
+                },
+                None,
+                INLINE_LIMIT,
+            )
+            .await
+        {
+            Ok((_, revision)) => break revision,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "publish after restart: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    converge(&fleet, "sturdy", r2).await;
+    assert_eq!(version_of(&client, "sturdy").await.0, Value::from(2));
+    for w in fleet {
+        w.shutdown().await.expect("drains");
+    }
+}

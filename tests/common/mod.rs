@@ -87,37 +87,53 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Starts nats-server on `port` with JetStream in `store`; `None` if it does not come up.
+fn spawn_server(port: u16, store: &Path) -> Option<Child> {
+    let mut child = Command::new(nats_server_binary())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts");
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None; // the port was taken meanwhile
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> NatsServer {
         for _ in 0..5 {
             let port = free_port();
             let store = tempfile::tempdir().expect("temp dir");
-            let mut child = Command::new(nats_server_binary())
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(store.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server starts");
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken meanwhile: try another
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return NatsServer {
-                        child,
-                        port,
-                        _store: store,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if let Some(child) = spawn_server(port, store.path()) {
+                return NatsServer {
+                    child,
+                    port,
+                    _store: store,
+                };
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
         panic!("nats-server did not start");
+    }
+
+    /// Kills the server and starts it again on the same port with the same JetStream store.
+    pub fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = spawn_server(self.port, self._store.path()).expect("nats-server restarts");
     }
 
     pub fn url(&self) -> String {

@@ -387,7 +387,7 @@ async fn mofa_watch_publishes_each_burst_of_writes_once_with_the_last_write() {
         .await
         .expect("buckets");
     let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_mofa"))
-        .args(["watch", "--debounce", "200ms", "--nats", &server.url()])
+        .args(["watch", "--debounce", "400ms", "--nats", &server.url()])
         .arg(dir.path())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -407,7 +407,7 @@ async fn mofa_watch_publishes_each_burst_of_writes_once_with_the_last_write() {
             std::fs::write(&path, script(burst * 100 + write)).expect("write");
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     let _ = watcher.kill();
     let _ = watcher.wait();

@@ -566,3 +566,75 @@ async fn invalid_file_names_and_broken_scripts_are_reported_and_skipped() {
     assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
     worker.shutdown().await.expect("drains");
 }
+
+/// A native plugin that takes `millis` to answer.
+struct Sleepy {
+    meta: PluginMetadata,
+    millis: u64,
+}
+
+#[async_trait]
+impl AgentPlugin for Sleepy {
+    fn metadata(&self) -> &PluginMetadata {
+        &self.meta
+    }
+    async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        tokio::time::sleep(Duration::from_millis(self.millis)).await;
+        Ok(input)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drain_gives_up_after_drain_timeout() {
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[]);
+    let mut cfg = config(&server, dir.path());
+    cfg.drain_timeout_ms = 300;
+    let sleepy = Arc::new(Sleepy {
+        meta: PluginMetadata::new("sleepy", PluginKind::Native),
+        millis: 10_000,
+    });
+    let worker = worker_with(cfg, vec![sleepy]).await;
+    let client = server.client().await;
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move { call_raw(&client, "sleepy", Bytes::new(), Duration::from_secs(20)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    worker.shutdown().await.expect("shuts down");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250),
+        "did not wait for the request ({took:?})"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "ignored drain_timeout_ms ({took:?})"
+    );
+    pending.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn result_events_can_be_turned_off() {
+    let server = NatsServer::start();
+    let mut cfg = config(&server, &repo_plugins());
+    cfg.events.results = false;
+    let worker = worker(cfg).await;
+    let client = server.client().await;
+    let mut events = client
+        .subscribe("mofa.events.result.>")
+        .await
+        .expect("subscribes");
+    client.flush().await.expect("flush");
+    for i in 0..5 {
+        call(&client, "echo", Value::from(i)).await.ok();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), events.next())
+            .await
+            .is_err(),
+        "a result event was published"
+    );
+    worker.shutdown().await.expect("drains");
+}

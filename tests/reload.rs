@@ -496,3 +496,94 @@ async fn workers_come_back_after_the_server_restarts_and_keep_following_the_buck
         w.shutdown().await.expect("drains");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_module_that_cannot_be_fetched_is_retried_max_attempts_times() {
+    use mofa_bus::reload::{PluginRecord, RecordKind};
+    require_kv_capable_server();
+    for (attempts, backoff_ms) in [(1u32, 150u64), (3, 150)] {
+        let server = NatsServer::start();
+        let empty = plugins_dir(&[]);
+        let mut cfg = config(&server, empty.path());
+        cfg.reload.max_attempts = attempts;
+        cfg.reload.retry_backoff_ms = backoff_ms;
+        let w = worker(cfg).await;
+        let client = server.client().await;
+        let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+            .await
+            .expect("buckets");
+        let mut events = client
+            .subscribe("mofa.events.reload.ghost")
+            .await
+            .expect("subscribes");
+        client.flush().await.expect("flush");
+        let record = PluginRecord {
+            kind: RecordKind::Wasm,
+            source: None,
+            module: None,
+            object: Some("no-such-object".into()),
+            manifest: None,
+            sha256: "0".repeat(64),
+            version: "ghost".into(),
+            publisher: "test".into(),
+            published_ms: 0,
+            rollback_of: None,
+        };
+        dist.put("ghost", &record).await.expect("put");
+        let failed = loop {
+            let event = next_reload(&mut events).await;
+            if event.status == ReloadStatus::Failed {
+                break event;
+            }
+        };
+        let took = Duration::from_micros(failed.duration_us.unwrap_or(0));
+        // Attempts n wait backoff, 2 x backoff, ... between them.
+        let waited: u64 = (0..attempts.saturating_sub(1))
+            .map(|i| backoff_ms << i)
+            .sum();
+        assert!(
+            took >= Duration::from_millis(waited),
+            "{attempts} attempts took {took:?}"
+        );
+        assert!(
+            took < Duration::from_millis(waited + 2_000),
+            "{attempts} attempts took {took:?}"
+        );
+        assert!(
+            failed
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("no-such-object")),
+            "{failed:?}"
+        );
+        assert_eq!(w.serving_revision("ghost"), None);
+        w.shutdown().await.expect("drains");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_bucket_keeps_the_configured_history() {
+    require_kv_capable_server();
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let config = ReloadConfig {
+        history: 3,
+        ..ReloadConfig::default()
+    };
+    let dist = Distribution::open(client.clone(), &config)
+        .await
+        .expect("buckets");
+    let sources = plugins_dir(&[]);
+    for v in 1..=5 {
+        publish_script(&dist, sources.path(), "kept", &script(v)).await;
+    }
+    let history = dist.history("kept").await.expect("history");
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert_eq!(
+        history
+            .last()
+            .and_then(|(_, r)| r.as_ref())
+            .and_then(|r| r.source.clone()),
+        Some(script(5))
+    );
+}

@@ -570,3 +570,34 @@ async fn module_cache_is_keyed_by_content_so_v1_v2_v1_runs_v1() {
     assert_eq!(runtime.cached_modules(), 2, "identical bytes compile once");
     let _ = Arc::clone(&runtime);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_instance_pool_answers_503() {
+    let server = NatsServer::start();
+    // One instance slot: a module calling another module needs two.
+    let files = vec![
+        ("wat_echo.wasm".to_string(), module(ECHO, "")),
+        ("to_echo.wasm".to_string(), forwarder("wat_echo")),
+        (
+            "to_echo.toml".to_string(),
+            "capabilities = [\"call_plugin\"]\n".to_string(),
+        ),
+    ];
+    let wasm = WasmConfig {
+        max_instances: 1,
+        ..WasmConfig::default()
+    };
+    let (worker, _dir) = start_with(&server, &files, wasm).await;
+    let client = server.client().await;
+    assert_eq!(
+        call(&client, "wat_echo", Value::from(1)).await.ok(),
+        Value::from(1)
+    );
+    let nested = call(&client, "to_echo", Value::from(1)).await;
+    assert_eq!(nested.code(), Some(503), "{nested:?}");
+    assert!(
+        nested.message().contains("no wasm instance slot free"),
+        "{nested:?}"
+    );
+    worker.shutdown().await.expect("drains");
+}

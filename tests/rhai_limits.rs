@@ -52,34 +52,6 @@ async fn start(
     .await
 }
 
-/// Calls `plugin` and checks the error code, that the message mentions `needle`, and that the
-/// answer came within `within`.
-async fn expect_error(
-    client: &async_nats::Client,
-    plugin: &str,
-    input: Value,
-    code: u16,
-    needle: &str,
-    within: Duration,
-) {
-    let started = Instant::now();
-    let reply = call(client, plugin, input).await;
-    let took = started.elapsed();
-    assert_eq!(reply.code(), Some(code), "{plugin}: {reply:?}");
-    let message = reply.message();
-    assert!(
-        message.contains(needle),
-        "{plugin}: {message:?} should mention {needle:?}"
-    );
-    assert!(
-        took < within,
-        "{plugin}: answered after {took:?}, limit {within:?}"
-    );
-    if let Reply::Err { header, .. } = &reply {
-        assert_eq!(header, &message, "header and body carry the same message");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn default_limits_stop_hostile_scripts_and_the_worker_keeps_serving() {
     let server = NatsServer::start();

@@ -142,18 +142,21 @@ impl Endpoint {
         self.served.swap(Arc::new(served))
     }
 
-    /// Reads the subscription until shutdown, then drains it: the server stops routing requests
-    /// here, and every request already routed here is still answered.
+    /// Reads the subscription until the worker shuts down or the endpoint is removed, then
+    /// drains it: the server stops routing requests here, and every request already routed here
+    /// is still answered.
     pub(crate) async fn serve(
         self: Arc<Self>,
         mut requests: Subscriber,
         mut shutdown: watch::Receiver<bool>,
+        mut removed: watch::Receiver<bool>,
         tracker: TaskTracker,
     ) {
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = removed.wait_for(|stop| *stop) => break,
                 message = requests.next() => match message {
                     Some(message) => self.admit(message, &tracker),
                     None => return,

@@ -156,23 +156,13 @@ impl Shared {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(plugin = %name, error = %e, "flush after subscribing failed");
         }
-        let (stop, stop_rx) = watch::channel(false);
-        let mut global = self.shutdown.clone();
-        let mut own = stop_rx;
-        let (stop_either, either) = watch::channel(false);
-        // Stop on the worker's shutdown or on this endpoint's removal, whichever comes first.
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = global.wait_for(|s| *s) => {},
-                _ = own.wait_for(|s| *s) => {},
-            }
-            let _ = stop_either.send(true);
-        });
-        let task = tokio::spawn(
-            endpoint
-                .clone()
-                .serve(requests, either, self.tracker.clone()),
-        );
+        let (stop, removed) = watch::channel(false);
+        let task = tokio::spawn(endpoint.clone().serve(
+            requests,
+            self.shutdown.clone(),
+            removed,
+            self.tracker.clone(),
+        ));
         tracing::info!(plugin = %name, kind = %plugin.kind(), "serving on {subject}");
         self.endpoints
             .lock()
@@ -300,17 +290,17 @@ impl Worker {
         let files = plugin_files(&shared, &mut failures);
         for plugin in natives.into_iter().chain(files) {
             let id = plugin.metadata().id.clone();
-            let managed = Arc::new(ManagedPlugin::new(plugin));
-            if let Err(e) = crate::subjects::validate_name(&id) {
-                failures.push(LoadFailure {
-                    path: PathBuf::from(&id),
-                    error: e.to_string(),
-                });
-                continue;
-            }
-            if shared.manager.get(&id).is_some() {
-                return Err(PluginError::Duplicate(id).into());
-            }
+            let managed = match shared.manager.register(plugin) {
+                Ok(managed) => managed,
+                Err(PluginError::Duplicate(id)) => return Err(PluginError::Duplicate(id).into()),
+                Err(e) => {
+                    failures.push(LoadFailure {
+                        path: PathBuf::from(&id),
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
             match managed.activate().await {
                 Ok(()) => shared.serve(managed, None).await?,
                 Err(e) => {
@@ -324,7 +314,6 @@ impl Worker {
                         path: shared.config.plugins_dir.join(format!("{id}.{extension}")),
                         error: e.to_string(),
                     });
-                    shared.manager.adopt(managed);
                 }
             }
         }

@@ -325,3 +325,31 @@ pub async fn wait_for_plugin(client: &Client, plugin: &str, input: Value) {
     }
     panic!("no worker answered {plugin}");
 }
+
+/// Calls `plugin` and checks the error code, that the message mentions `needle`, and that the
+/// answer came within `within`.
+pub async fn expect_error(
+    client: &async_nats::Client,
+    plugin: &str,
+    input: Value,
+    code: u16,
+    needle: &str,
+    within: Duration,
+) {
+    let started = Instant::now();
+    let reply = call(client, plugin, input).await;
+    let took = started.elapsed();
+    assert_eq!(reply.code(), Some(code), "{plugin}: {reply:?}");
+    let message = reply.message();
+    assert!(
+        message.contains(needle),
+        "{plugin}: {message:?} should mention {needle:?}"
+    );
+    assert!(
+        took < within,
+        "{plugin}: answered after {took:?}, limit {within:?}"
+    );
+    if let Reply::Err { header, .. } = &reply {
+        assert_eq!(header, &message, "header and body carry the same message");
+    }
+}

@@ -167,6 +167,15 @@ impl WorkerConfig {
         })
     }
 
+    /// Whether the TOML file at `path` sets the top-level `key` (rather than leaving its
+    /// default), e.g. `nats_url`, which otherwise may come from a `--dev` server.
+    pub fn file_sets(path: &Path, key: &str) -> bool {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .is_some_and(|table| table.contains_key(key))
+    }
+
     /// Parses TOML text; missing keys keep their defaults.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {

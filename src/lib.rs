@@ -22,10 +22,17 @@
 //! admission permit → native: decode, `execute` inline, encode, reply, result event on
 //! `mofa.events.result.discount`; Rhai and WASM: the same steps on a sandbox thread, under the
 //! plugin's deadline.
+//!
+//! Beside the layers, for running it anywhere: [`nats_server`] finds (or installs once) a
+//! nats-server new enough for hot reload, [`pyvenv`] is the cached-venv installer it uses, and
+//! [`dev`] is `mofa worker --dev`'s local server and the runtime file the other verbs read.
 
 pub mod config;
+pub mod dev;
 pub mod native;
+pub mod nats_server;
 pub mod plugin;
+pub mod pyvenv;
 pub mod reload;
 pub mod rhai;
 pub mod subjects;

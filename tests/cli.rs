@@ -1,4 +1,5 @@
-//! The `mofa` command line against a real worker: exec output and exit codes, events as JSON.
+//! The `mofa` command line against a real worker: exec output and exit codes, events as JSON,
+//! publishing, and `worker --dev` on a server that cannot do hot reload.
 
 mod common;
 
@@ -105,7 +106,6 @@ async fn events_prints_result_events_as_json_lines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn publish_plugins_history_rollback_and_remove_from_the_command_line() {
-    require_kv_capable_server();
     let server = NatsServer::start();
     let empty = plugins_dir(&[]);
     let mut cfg = config(&server, empty.path());
@@ -182,4 +182,79 @@ async fn publish_plugins_history_rollback_and_remove_from_the_command_line() {
     let bad = mofa(&["publish", "/no/such/file.rhai"], &url);
     assert_eq!(bad.status.code(), Some(2));
     worker.shutdown().await.expect("drains");
+}
+
+/// `mofa` with no `--nats` and no `MOFA_NATS_URL`: it goes by the `--dev` runtime file.
+fn mofa_dev(args: &[&str], runtime_file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(args)
+        .env("MOFA_RUNTIME_FILE", runtime_file)
+        .env_remove("MOFA_NATS_URL")
+        .output()
+        .expect("mofa runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_worker_starts_a_current_server_beside_an_unfit_one_and_other_verbs_find_it() {
+    let unfit = NatsServer::start_without_jetstream();
+    let runtime = tempfile::tempdir().expect("temp dir");
+    let file = runtime.path().join("dev-server.json");
+    let empty = plugins_dir(&[]);
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(["worker", "--dev", "--nats", &unfit.url(), "--plugins"])
+        .arg(empty.path())
+        .env("MOFA_RUNTIME_FILE", &file)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker starts");
+    let stderr = worker.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let announced = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("the worker says it started a server");
+        if line.contains("started nats-server") {
+            break line;
+        }
+    };
+    assert!(announced.contains("without JetStream"), "{announced}");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("runtime file written"))
+            .expect("runtime file is JSON");
+    let dev_url = record["url"].as_str().expect("url").to_string();
+    assert_ne!(dev_url, unfit.url());
+    assert!(announced.contains(&dev_url), "{announced}");
+
+    // Hot reload works through the dev server, found without --nats.
+    let sources = plugins_dir(&[("tax.rhai", "fn execute(x) { x * 2 }")]);
+    let script = sources.path().join("tax.rhai");
+    let published = mofa_dev(&["publish", script.to_str().expect("UTF-8")], &file);
+    assert!(published.status.success(), "{published:?}");
+    let started = std::time::Instant::now();
+    loop {
+        let out = mofa_dev(&["exec", "tax", "21"], &file);
+        if String::from_utf8_lossy(&out.stdout).trim() == "42" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the published script was never served: {out:?}"
+        );
+    }
+
+    // SIGTERM: the worker drains, stops its server and withdraws the runtime file.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) };
+    let status = worker.wait().expect("worker exits");
+    assert!(status.success(), "{status:?}");
+    assert!(!file.exists(), "runtime file removed on exit");
 }

@@ -97,7 +97,6 @@ async fn next_reload(events: &mut async_nats::Subscriber) -> ReloadEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_converge_reject_broken_revisions_and_catch_up_late() {
-    require_kv_capable_server();
     let server = NatsServer::start();
     let empty = plugins_dir(&[]);
     let sources = plugins_dir(&[]);
@@ -225,7 +224,6 @@ async fn three_workers_converge_reject_broken_revisions_and_catch_up_late() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_request_fails_during_five_reloads() {
-    require_kv_capable_server();
     let server = NatsServer::start();
     let empty = plugins_dir(&[]);
     let sources = plugins_dir(&[]);
@@ -294,7 +292,6 @@ async fn no_request_fails_during_five_reloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wasm_modules_travel_inline_or_through_the_object_store() {
-    require_kv_capable_server();
     let server = NatsServer::start();
     let empty = plugins_dir(&[]);
     let fleet = workers(&server, empty.path(), &["o1", "o2"]).await;
@@ -345,7 +342,6 @@ async fn rhai_state_survives_a_reload_only_when_configured() {
         format!("fn execute(x) {{ let n = state_get(\"n\"); if n == () {{ n = 0; }} n += {step}; state_set(\"n\", n); n }}")
     };
     for (preserve, expected) in [(true, 12), (false, 10)] {
-        require_kv_capable_server();
         let server = NatsServer::start();
         let empty = plugins_dir(&[]);
         let sources = plugins_dir(&[]);
@@ -379,7 +375,6 @@ async fn rhai_state_survives_a_reload_only_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mofa_watch_publishes_each_burst_of_writes_once_with_the_last_write() {
-    require_kv_capable_server();
     let server = NatsServer::start();
     let dir = plugins_dir(&[("edited.rhai", &script(0))]);
     let client = server.client().await;
@@ -425,7 +420,6 @@ async fn mofa_watch_publishes_each_burst_of_writes_once_with_the_last_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_come_back_after_the_server_restarts_and_keep_following_the_bucket() {
-    require_kv_capable_server();
     let mut server = NatsServer::start();
     let empty = plugins_dir(&[]);
     let sources = plugins_dir(&[]);
@@ -500,7 +494,6 @@ async fn workers_come_back_after_the_server_restarts_and_keep_following_the_buck
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_module_that_cannot_be_fetched_is_retried_max_attempts_times() {
     use mofa_bus::reload::{PluginRecord, RecordKind};
-    require_kv_capable_server();
     for (attempts, backoff_ms) in [(1u32, 150u64), (3, 150)] {
         let server = NatsServer::start();
         let empty = plugins_dir(&[]);
@@ -563,7 +556,6 @@ async fn a_module_that_cannot_be_fetched_is_retried_max_attempts_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_bucket_keeps_the_configured_history() {
-    require_kv_capable_server();
     let server = NatsServer::start();
     let client = server.client().await;
     let config = ReloadConfig {

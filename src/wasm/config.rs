@@ -115,6 +115,9 @@ pub struct Manifest {
     pub description: Option<String>,
     /// Host functions the module may import.
     pub capabilities: Vec<Capability>,
+    /// WASI preview 1 (`wasi_snapshot_preview1`): clocks, random, stdout/stderr into the
+    /// worker's log; no file system or network. For modules built for `wasm32-wasip1`.
+    pub wasi: bool,
     /// Limits.
     pub limits: ManifestLimits,
     /// Values `get_config` returns, by key.

@@ -66,9 +66,13 @@ pub(crate) struct StoreData {
 /// A linker holding exactly the host functions `manifest` grants.
 pub(crate) fn linker(
     engine: &wasmtime::Engine,
+    module: &wasmtime::Module,
     manifest: &Manifest,
 ) -> wasmtime::Result<Linker<StoreData>> {
     let mut linker = Linker::new(engine);
+    if manifest.wasi {
+        super::wasi::add_to_linker(&mut linker, module)?;
+    }
     if manifest.grants(Capability::Log) {
         linker.func_wrap(
             HOST_MODULE,

@@ -20,11 +20,16 @@ use wasmtime::{
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_HANDLE, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Limits, Manifest, WasmConfig};
 use super::host::{self, HostContext, MemoryCap, StoreData};
+use super::wasi::{self, WASI_MODULE};
 use crate::plugin::{PluginCaller, PluginError, SandboxPool, Value};
 use crate::wire::{self, ErrorBody};
 
 /// How often the epoch advances; deadlines are enforced to this granularity.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// What a WASI reactor (a module built as a library for `wasm32-wasip1`) exports to run its
+/// constructors before any other export is called.
+const EXPORT_INITIALIZE: &str = "_initialize";
 
 /// Bytes of each instance's memory and tables kept resident between requests.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -35,6 +40,8 @@ pub(crate) struct Loaded {
     pub(crate) sha256: String,
     pub(crate) limits: Limits,
     pub(crate) host: Arc<HostContext>,
+    /// The module is a WASI reactor exporting `_initialize`, run before each request.
+    pub(crate) initialize: bool,
 }
 
 /// The engine, module cache, epoch ticker and sandbox pool.
@@ -162,7 +169,7 @@ impl WasmRuntime {
         let (module, sha) = self.module(name, bytes)?;
         check_imports(name, &module, manifest)?;
         check_exports(name, &module)?;
-        let linker = host::linker(&self.engine, manifest)
+        let linker = host::linker(&self.engine, &module, manifest)
             .map_err(|e| PluginError::Load(format!("{name}: {e:#}")))?;
         let pre = linker
             .instantiate_pre(&module)
@@ -172,8 +179,13 @@ impl WasmRuntime {
             .iter()
             .map(|(k, v)| (k.clone(), toml_value(v)))
             .collect();
+        let initialize = manifest.wasi
+            && module
+                .exports()
+                .any(|e| e.name() == EXPORT_INITIALIZE && matches!(e.ty(), ExternType::Func(_)));
         Ok(Loaded {
             pre,
+            initialize,
             sha256: hex::encode(sha),
             limits,
             host: Arc::new(HostContext {
@@ -216,6 +228,11 @@ impl WasmRuntime {
 
         let outcome = (|| -> wasmtime::Result<(Packed, wasmtime::Memory)> {
             let instance = loaded.pre.instantiate(&mut store)?;
+            if loaded.initialize {
+                instance
+                    .get_typed_func::<(), ()>(&mut store, EXPORT_INITIALIZE)?
+                    .call(&mut store, ())?;
+            }
             let alloc = instance.get_typed_func::<i32, i32>(&mut store, EXPORT_ALLOC)?;
             let handle = instance.get_typed_func::<(i32, i32), i64>(&mut store, EXPORT_HANDLE)?;
             let memory = instance
@@ -286,6 +303,9 @@ fn classify(error: wasmtime::Error, store: &Store<StoreData>, limits: &Limits) -
             wanted.div_ceil(1 << 20)
         ));
     }
+    if let Some(exited) = error.downcast_ref::<super::wasi::Exited>() {
+        return PluginError::Failed(exited.to_string());
+    }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => {
             PluginError::LimitExceeded(format!("fuel limit of {} exhausted", limits.fuel))
@@ -312,19 +332,33 @@ fn classify(error: wasmtime::Error, store: &Store<StoreData>, limits: &Limits) -
 fn check_imports(name: &str, module: &Module, manifest: &Manifest) -> Result<(), PluginError> {
     for import in module.imports() {
         let what = format!("{}::{}", import.module(), import.name());
+        if import.module() == WASI_MODULE && wasi::is_preview1(import.name()) {
+            if manifest.wasi {
+                continue;
+            }
+            return Err(PluginError::Load(format!(
+                "{name}: imports {what}, but its manifest does not grant WASI (add wasi = true \
+                 to {name}.toml: clocks, random and stdout/stderr into the worker's log; no file \
+                 system or network)"
+            )));
+        }
         let capability = (import.module() == HOST_MODULE)
             .then(|| Capability::from_import(import.name()))
             .flatten();
         match capability {
             None => {
                 return Err(PluginError::Load(format!(
-                    "{name}: imports {what}, which mofa-bus does not provide (host functions: {})",
-                    Capability::ALL.map(|c| format!("{HOST_MODULE}::{}", c.as_str())).join(", ")
+                    "{name}: imports {what}, which mofa-bus does not provide (host functions: {}; \
+                     WASI preview 1 with wasi = true)",
+                    Capability::ALL
+                        .map(|c| format!("{HOST_MODULE}::{}", c.as_str()))
+                        .join(", ")
                 )))
             }
             Some(c) if !manifest.grants(c) => {
                 return Err(PluginError::Load(format!(
-                    "{name}: imports {what}, but its manifest does not grant it                      (add capabilities = [\"{}\"] to {name}.toml)",
+                    "{name}: imports {what}, but its manifest does not grant it \
+                     (add capabilities = [\"{}\"] to {name}.toml)",
                     c.as_str()
                 )))
             }

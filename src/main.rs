@@ -286,7 +286,8 @@ async fn dev_server(config: &mut WorkerConfig) -> anyhow::Result<Option<dev::Dev
         );
     }
     eprintln!(
-        "{}: started nats-server {} with JetStream at {} ({}) for the life of this worker;          mofa commands without --nats use it (recorded in {})",
+        "{}: started nats-server {} with JetStream at {} ({}) for the life of this worker; \
+         mofa commands without --nats use it (recorded in {})",
         probe.reason(&config.nats_url),
         server.version(),
         server.url(),

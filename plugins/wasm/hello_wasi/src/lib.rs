@@ -29,7 +29,10 @@ fn handle(input: Value) -> Result<Value, Error> {
     println!("hello_wasi greeted {name}");
     eprintln!("hello_wasi: this line goes to the worker's log as stderr");
     Ok(Value::Map(vec![
-        (Value::from("greeting"), Value::from(format!("hello, {name}"))),
+        (
+            Value::from("greeting"),
+            Value::from(format!("hello, {name}")),
+        ),
         (Value::from("unix_ms"), Value::from(unix_ms)),
         (Value::from("random"), Value::from(random)),
     ]))

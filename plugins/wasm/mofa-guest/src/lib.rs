@@ -50,12 +50,18 @@ pub struct Error {
 impl Error {
     /// A 400: the input was wrong.
     pub fn bad_input(message: impl Into<String>) -> Self {
-        Self { code: 400, message: message.into() }
+        Self {
+            code: 400,
+            message: message.into(),
+        }
     }
 
     /// A 500: the plugin failed.
     pub fn failed(message: impl Into<String>) -> Self {
-        Self { code: 500, message: message.into() }
+        Self {
+            code: 500,
+            message: message.into(),
+        }
     }
 }
 
@@ -111,7 +117,11 @@ fn pack(bytes: Vec<u8>, error: bool) -> i64 {
 
 fn unpack(raw: i64) -> (usize, usize, bool) {
     let raw = raw as u64;
-    (((raw & !ERROR_FLAG) >> 32) as usize, raw as u32 as usize, raw & ERROR_FLAG != 0)
+    (
+        ((raw & !ERROR_FLAG) >> 32) as usize,
+        raw as u32 as usize,
+        raw & ERROR_FLAG != 0,
+    )
 }
 
 /// Taking a buffer the host wrote into memory from [`__alloc`].

@@ -199,11 +199,11 @@ fn in_process() {
     // output decoded.
     let (wasm_call, wasm_plugin_call) = runtime.block_on(async {
         use mofa_bus::plugin::{AgentPlugin, SandboxPool};
-        use mofa_bus::wasm::{WasmConfig, WasmPlugin, WasmRuntime};
+        use mofa_bus::wasm::{Manifest, WasmConfig, WasmPlugin, WasmRuntime};
         let wasm = WasmRuntime::new(WasmConfig::default(), SandboxPool::new(0)).expect("runtime");
-        let plugin =
-            WasmPlugin::from_file(&common::repo_plugins().join("discount_wasm.wasm"), wasm)
-                .expect("plugins/discount_wasm.wasm");
+        let bytes = std::fs::read(common::repo_plugins().join("discount_wasm.wasm"))
+            .expect("plugins/discount_wasm.wasm");
+        let plugin = WasmPlugin::new("discount_wasm", bytes, Manifest::default(), wasm);
         plugin.load().await.expect("loads");
         for _ in 0..10_000 {
             plugin.invoke_blocking(&input).expect("runs");
@@ -240,7 +240,7 @@ fn in_process() {
 /// events), over repeated publishes.
 async fn reload_latency(server: &NatsServer, client: &Client) {
     use mofa_bus::config::ReloadConfig;
-    use mofa_bus::reload::{Distribution, ReloadEvent, ReloadStatus, INLINE_LIMIT};
+    use mofa_bus::distribution::{Distribution, ReloadEvent, ReloadStatus, INLINE_LIMIT};
     let empty = tempfile::tempdir().expect("temp dir");
     let sources = tempfile::tempdir().expect("temp dir");
     let workers: Vec<WorkerProcess> = (0..3)

@@ -9,8 +9,11 @@
 //!   permit; when none is free the request is answered 503 at once), replies, result events, the
 //!   NATS Services API (`$SRV.PING/INFO/STATS`), hot reload from the plugins bucket, and drain on
 //!   SIGTERM.
-//! - [`reload`]: distribution over JetStream: plugin records, publishing, rollback, reload
-//!   events, the directory watcher.
+//! - [`distribution`]: the publishing side of hot reload over JetStream: plugin records,
+//!   publishing, rollback, reload events, the directory watcher. (The worker's side, following
+//!   the bucket, is `worker::follower`.)
+//! - [`kinds`]: the table of plugin kinds that arrive as code (Rhai, WASM): files, records,
+//!   how each is built and where it runs.
 //! - [`plugin`]: the plugin model: the [`plugin::AgentPlugin`] trait, metadata, the lifecycle
 //!   state machine, the [`plugin::PluginManager`] and the sandbox thread pool.
 //! - [`native`], [`rhai`] and [`wasm`]: the plugin kinds: Rust compiled in, sandboxed Rhai
@@ -29,11 +32,12 @@
 
 pub mod config;
 pub mod dev;
+pub mod distribution;
+pub mod kinds;
 pub mod native;
 pub mod nats_server;
 pub mod plugin;
 pub mod pyvenv;
-pub mod reload;
 pub mod rhai;
 pub mod subjects;
 pub mod wasm;

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use mofa_bus::config::{ReloadConfig, WorkerConfig};
 use mofa_bus::dev;
-use mofa_bus::reload::{Distribution, INLINE_LIMIT};
+use mofa_bus::distribution::{Distribution, INLINE_LIMIT};
 use mofa_bus::{subjects, wire};
 
 /// mofa-bus: serve native, Rhai and WASM plugins on NATS subjects `mofa.exec.<plugin>`.
@@ -404,8 +404,8 @@ async fn watch(url: &str, dir: &std::path::Path, debounce: Duration) -> anyhow::
         dir.display(),
         humantime::format_duration(debounce)
     );
-    mofa_bus::reload::watch::run(distribution, dir, debounce, INLINE_LIMIT, |path, result| {
-        use mofa_bus::reload::watch::Published;
+    mofa_bus::distribution::watch::run(distribution, dir, debounce, INLINE_LIMIT, |path, result| {
+        use mofa_bus::distribution::watch::Published;
         match result {
             Ok(Published::Revision { plugin, revision }) => {
                 println!("published {plugin} as revision {revision}")

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use mofa_bus::config::{ReloadConfig, WorkerConfig};
-use mofa_bus::reload::{Distribution, ReloadEvent, ReloadStatus, INLINE_LIMIT};
+use mofa_bus::distribution::{Distribution, ReloadEvent, ReloadStatus, INLINE_LIMIT};
 use mofa_bus::wire::Value;
 use mofa_bus::worker::Worker;
 
@@ -493,7 +493,8 @@ async fn workers_come_back_after_the_server_restarts_and_keep_following_the_buck
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_module_that_cannot_be_fetched_is_retried_max_attempts_times() {
-    use mofa_bus::reload::{PluginRecord, RecordKind};
+    use mofa_bus::distribution::PluginRecord;
+    use mofa_bus::plugin::PluginKind;
     for (attempts, backoff_ms) in [(1u32, 150u64), (3, 150)] {
         let server = NatsServer::start();
         let empty = plugins_dir(&[]);
@@ -511,7 +512,7 @@ async fn a_module_that_cannot_be_fetched_is_retried_max_attempts_times() {
             .expect("subscribes");
         client.flush().await.expect("flush");
         let record = PluginRecord {
-            kind: RecordKind::Wasm,
+            kind: PluginKind::Wasm,
             source: None,
             module: None,
             object: Some("no-such-object".into()),

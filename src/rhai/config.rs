@@ -4,6 +4,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The default word list of `has_profanity`: common English profanity. Set
+/// `rhai.profanity` to replace it.
+pub const DEFAULT_PROFANITY: [&str; 12] = [
+    "arse", "asshole", "bastard", "bitch", "bollocks", "crap", "damn", "dick", "fuck", "fucking",
+    "shit", "wanker",
+];
+
 /// Limits for every Rhai script on a worker. `0` means unlimited for the counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -24,6 +31,10 @@ pub struct RhaiConfig {
     pub max_fn_expr_depth: usize,
     /// Wall-clock deadline per call, in milliseconds (408 when exceeded).
     pub timeout_ms: u64,
+    /// Longest pattern `matches(text, pattern)` compiles, in bytes (413 when exceeded).
+    pub max_regex_bytes: usize,
+    /// The words `has_profanity(text)` looks for (whole words, case-insensitive).
+    pub profanity: Vec<String>,
 }
 
 impl Default for RhaiConfig {
@@ -37,6 +48,8 @@ impl Default for RhaiConfig {
             max_expr_depth: 64,
             max_fn_expr_depth: 32,
             timeout_ms: 1_000,
+            max_regex_bytes: 1024,
+            profanity: DEFAULT_PROFANITY.iter().map(|w| w.to_string()).collect(),
         }
     }
 }

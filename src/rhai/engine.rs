@@ -15,6 +15,7 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope, AST};
 
 use super::config::RhaiConfig;
 use super::convert::{from_dynamic, to_dynamic};
+use super::rules::{RuleError, RuleSet, RULES_VARIABLE};
 use crate::plugin::{PluginError, SandboxPool, Value};
 
 /// How many operations pass between two deadline checks (a power of two).
@@ -70,13 +71,38 @@ impl Drop for DeadlineGuard {
     }
 }
 
-/// A compiled script and the function a call runs.
+/// A compiled script and what a call runs.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The compiled script.
     pub ast: AST,
-    /// Name of the entry function (one parameter: the input).
-    pub function: String,
+    /// What a call runs.
+    pub shape: Shape,
+}
+
+/// What a call to a script runs.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// An entry function. Its parameters bind by count: none get nothing, one gets the whole
+    /// input, several get the input map's fields of the same names.
+    Function {
+        /// The function's name.
+        name: String,
+        /// Its parameter names.
+        params: Vec<String>,
+    },
+    /// A rule set (see [`super::rules`]).
+    Rules(RuleSet),
+}
+
+impl Entry {
+    /// The entry function's name, for a script with one.
+    pub fn function(&self) -> Option<&str> {
+        match &self.shape {
+            Shape::Function { name, .. } => Some(name),
+            Shape::Rules(_) => None,
+        }
+    }
 }
 
 /// The engine, the limits it was built with, and the pool its calls run on.
@@ -148,6 +174,7 @@ impl ScriptEngine {
             .register_fn("state_remove", |key: &str| {
                 with_state(|m| m.remove(key).unwrap_or(Dynamic::UNIT))
             });
+        super::stdlib::register(&mut engine, &config);
         Self {
             engine,
             config,
@@ -165,37 +192,59 @@ impl ScriptEngine {
         &self.config
     }
 
-    /// Compiles `source` and finds its entry point:
-    /// - a function `execute(input)`, or
-    /// - the seed form: functions defined and, as the last statement, the name of the entry
-    ///   function (a one-parameter function). The top-level statements run once, here.
+    /// Compiles `source` and finds what a call runs, in this order:
+    /// - a function named `execute`;
+    /// - the function the top level names in its last statement (the seed form);
+    /// - a rule set: the top level defines a `rules` array (see [`super::rules`]);
+    /// - the script's only function.
+    ///
+    /// The top-level statements run once, here (not for `execute` scripts).
     pub fn compile(&self, name: &str, source: &str) -> Result<Entry, PluginError> {
         let mut ast = self
             .engine
             .compile(source)
             .map_err(|e| PluginError::Load(format!("{name}: {e}")))?;
         ast.set_source(name);
-        let takes_one = |f: &str| {
-            ast.iter_functions()
-                .any(|m| m.name == f && m.params.len() == 1)
+        let functions: Vec<(String, Vec<String>)> = ast
+            .iter_functions()
+            .filter(|f| !f.name.starts_with("anon$"))
+            .map(|f| {
+                (
+                    f.name.to_string(),
+                    f.params.iter().map(|p| p.to_string()).collect(),
+                )
+            })
+            .collect();
+        // The function called `wanted`, preferring the one-parameter overload.
+        let function = |wanted: &str| {
+            let mut found = functions.iter().filter(|(n, _)| n == wanted);
+            let first = found.next()?;
+            let one = std::iter::once(first)
+                .chain(found)
+                .find(|(_, p)| p.len() == 1)
+                .unwrap_or(first);
+            Some(Shape::Function {
+                name: one.0.clone(),
+                params: one.1.clone(),
+            })
         };
-        if takes_one("execute") {
-            return Ok(Entry {
-                ast,
-                function: "execute".to_string(),
-            });
+        if let Some(shape) = function("execute") {
+            return Ok(Entry { ast, shape });
         }
+        let mut scope = Scope::new();
         let result = {
             let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
             self.engine
-                .eval_ast_with_scope::<Dynamic>(&mut Scope::new(), &ast)
+                .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
         };
         let named = match result {
             Ok(value) if value.is_fnptr() => value.cast::<rhai::FnPtr>().fn_name().to_string(),
             Ok(value) if value.is_string() => value.to_string(),
             Ok(_) => String::new(),
             Err(e) => match *e {
-                EvalAltResult::ErrorVariableNotFound(ref var, _) if takes_one(var) => var.clone(),
+                EvalAltResult::ErrorVariableNotFound(ref var, _) if function(var).is_some() => {
+                    var.clone()
+                }
                 _ => {
                     return Err(PluginError::Load(format!(
                         "{name}: top-level statements failed: {}",
@@ -204,15 +253,28 @@ impl ScriptEngine {
                 }
             },
         };
-        if !named.is_empty() && takes_one(&named) {
+        if let Some(shape) = function(&named) {
+            return Ok(Entry { ast, shape });
+        }
+        if let Some(rules) = scope.get_value::<rhai::Array>(RULES_VARIABLE) {
+            let rules = RuleSet::from_array(name, rules)?;
             return Ok(Entry {
                 ast,
-                function: named,
+                shape: Shape::Rules(rules),
             });
         }
+        if let [(only, params)] = functions.as_slice() {
+            let shape = Shape::Function {
+                name: only.clone(),
+                params: params.clone(),
+            };
+            return Ok(Entry { ast, shape });
+        }
         Err(PluginError::Load(format!(
-            "{name}: no entry point: define `fn execute(input)`, or end the script with the name \
-             of a one-parameter entry function"
+            "{name}: no entry point: define `fn execute(input)`, define exactly one function, end \
+             the script with the name of its entry function, or define a `rules` array (a rule \
+             set); this script defines {} functions",
+            functions.len()
         )))
     }
 
@@ -231,21 +293,75 @@ impl ScriptEngine {
         deadline: Instant,
         state: Option<StateMap>,
     ) -> Result<Value, PluginError> {
-        let arg = to_dynamic(input)?;
-        let result = {
-            let _deadline = DeadlineGuard::set(deadline);
-            let _state = StateGuard::set(state);
-            self.engine.call_fn_with_options::<Dynamic>(
-                CallFnOptions::new().eval_ast(false).rewind_scope(true),
-                &mut Scope::new(),
-                &entry.ast,
-                &entry.function,
-                (arg,),
-            )
+        let _deadline = DeadlineGuard::set(deadline);
+        let _state = StateGuard::set(state);
+        let result = match &entry.shape {
+            Shape::Function { name, params } => {
+                let args = bind(name, params, input)?;
+                self.engine.call_fn_with_options::<Dynamic>(
+                    CallFnOptions::new().eval_ast(false).rewind_scope(true),
+                    &mut Scope::new(),
+                    &entry.ast,
+                    name,
+                    args,
+                )
+            }
+            Shape::Rules(rules) => {
+                match rules.evaluate(&self.engine, &entry.ast, to_dynamic(input)?) {
+                    Ok(value) => Ok(value),
+                    Err(RuleError::Script(rule, e)) => {
+                        let error = classify(*e, &self.config);
+                        return Err(PluginError::from_code(
+                            error.code().as_u16(),
+                            format!("rule {rule:?}: {error}"),
+                        ));
+                    }
+                    Err(RuleError::NotBool(rule, type_name)) => {
+                        return Err(PluginError::Failed(format!(
+                            "rule {rule:?}: its condition returned {type_name}, not a bool"
+                        )))
+                    }
+                }
+            }
         };
         match result {
             Ok(value) => from_dynamic(value),
             Err(e) => Err(classify(*e, &self.config)),
+        }
+    }
+}
+
+/// The arguments of entry function `name(params)` for `input`: nothing, the whole input, or the
+/// input map's fields named like the parameters (a missing one is a 400 naming it; fields no
+/// parameter names are ignored).
+fn bind(name: &str, params: &[String], input: Value) -> Result<Vec<Dynamic>, PluginError> {
+    match params.len() {
+        0 => Ok(Vec::new()),
+        1 => Ok(vec![to_dynamic(input)?]),
+        _ => {
+            let signature = || format!("{name}({})", params.join(", "));
+            let Value::Map(mut entries) = input else {
+                return Err(PluginError::BadInput(format!(
+                    "input must be a map with fields {}: {} takes them by name",
+                    params.join(", "),
+                    signature()
+                )));
+            };
+            params
+                .iter()
+                .map(|param| {
+                    let at = entries
+                        .iter()
+                        .position(|(k, _)| k.as_str() == Some(param.as_str()))
+                        .ok_or_else(|| {
+                            PluginError::BadInput(format!(
+                                "missing field {param:?}: {} takes the input map's fields by name",
+                                signature()
+                            ))
+                        })?;
+                    to_dynamic(std::mem::replace(&mut entries[at].1, Value::Nil))
+                })
+                .collect()
         }
     }
 }
@@ -274,6 +390,11 @@ pub fn classify(error: EvalAltResult, config: &RhaiConfig) -> PluginError {
                 format!("{} elements per array", config.max_array_size)
             } else if what.contains("map") || what.contains("Map") {
                 format!("{} entries per map", config.max_map_size)
+            } else if what.contains("pattern") {
+                format!(
+                    "{} bytes (rhai.max_regex_bytes)",
+                    config.max_regex_bytes
+                )
             } else {
                 "the configured size".to_string()
             };

@@ -1,5 +1,9 @@
 //! Rhai script plugins: a sandboxed engine and the plugins that run on it.
 //!
+//! A script is served in one of its shapes: an entry function (its parameters bound from the
+//! input by count and name, see [`Shape`]) or a rule set ([`rules`]). Every script can call the
+//! standard library (`has_profanity`, `contains_any`, `matches`, `parse_json`, `to_json`).
+//!
 //! One [`ScriptEngine`] is built per worker from a [`RhaiConfig`] and shared by every script.
 //! Each script is compiled once into an AST when its plugin loads; a call runs only the entry
 //! function, never the top-level statements again. Calls run on the sandbox pool so a slow
@@ -10,8 +14,10 @@ mod config;
 mod convert;
 mod engine;
 mod plugin;
+pub mod rules;
+mod stdlib;
 
 pub use config::RhaiConfig;
 pub use convert::{from_dynamic, to_dynamic};
-pub use engine::{Entry, ScriptEngine, StateMap};
+pub use engine::{Entry, ScriptEngine, Shape, StateMap};
 pub use plugin::RhaiPlugin;

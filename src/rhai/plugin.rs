@@ -3,7 +3,6 @@
 //! `load` compiles the source once; `execute` runs the cached entry function on the sandbox
 //! pool, with the script's state map and a deadline counted from admission.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -60,23 +59,18 @@ impl RhaiPlugin {
         &self.state
     }
 
-    /// Reads a `*.rhai` file; the plugin's name is the file stem.
-    pub fn from_file(path: &Path, engine: Arc<ScriptEngine>) -> Result<Self, PluginError> {
-        let name = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
-            PluginError::Load(format!("{}: file name is not UTF-8", path.display()))
-        })?;
-        crate::subjects::validate_name(name)
-            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
-        let mut plugin = Self::new(name, source, engine);
-        plugin.meta.description = format!("Rhai script {}", path.display());
-        Ok(plugin)
+    /// Sets the description.
+    pub fn with_description(mut self, description: impl Into<String>) -> Self {
+        self.meta.description = description.into();
+        self
     }
 
     /// The name of the entry function, once loaded.
     pub fn entry_function(&self) -> Option<String> {
-        self.compiled.load().as_ref().map(|e| e.function.clone())
+        self.compiled
+            .load()
+            .as_ref()
+            .and_then(|e| e.function().map(str::to_string))
     }
 }
 

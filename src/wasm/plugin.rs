@@ -1,7 +1,6 @@
 //! A WebAssembly module as a plugin: `plugins/<name>.wasm` with an optional
 //! `plugins/<name>.toml` manifest.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -59,30 +58,6 @@ impl WasmPlugin {
     pub fn with_version(mut self, version: impl Into<String>) -> Self {
         self.meta.version = version.into();
         self
-    }
-
-    /// Reads `<dir>/<name>.wasm` and, if present, `<dir>/<name>.toml`.
-    pub fn from_file(path: &Path, runtime: Arc<WasmRuntime>) -> Result<Self, PluginError> {
-        let name = path.file_stem().and_then(|s| s.to_str()).ok_or_else(|| {
-            PluginError::Load(format!("{}: file name is not UTF-8", path.display()))
-        })?;
-        crate::subjects::validate_name(name)
-            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
-        let bytes = std::fs::read(path)
-            .map_err(|e| PluginError::Load(format!("{}: {e}", path.display())))?;
-        let manifest_path = path.with_extension("toml");
-        let manifest = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => Manifest::from_toml(&text)
-                .map_err(|e| PluginError::Load(format!("{}: {e}", manifest_path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
-            Err(e) => {
-                return Err(PluginError::Load(format!(
-                    "{}: {e}",
-                    manifest_path.display()
-                )))
-            }
-        };
-        Ok(Self::new(name, bytes, manifest, runtime))
     }
 
     /// Runs one call on the current thread (fresh instance, all limits, deadline from now),

@@ -18,8 +18,8 @@ use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::plugin::{block_on, CallContext, ManagedPlugin, PluginError, PluginKind, SandboxPool};
-use crate::reload::Revision;
+use crate::plugin::{block_on, CallContext, ManagedPlugin, PluginError, SandboxPool};
+use crate::distribution::Revision;
 use crate::subjects;
 use crate::wire::{self, ErrorCode, ResultEvent, Value};
 
@@ -176,7 +176,7 @@ impl Endpoint {
     fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
         let endpoint = self.clone();
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) if self.served().plugin.kind() != PluginKind::Native => {
+            Ok(permit) if crate::kinds::is_sandboxed(self.served().plugin.kind()) => {
                 // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
                 // there (execute, reply, event) instead of hopping back to an async thread.
                 let request = tracker.track_future(endpoint.clone().handle(message, permit));

@@ -1,16 +1,16 @@
 //! The worker: the NATS side of the service.
 //!
-//! [`Worker::start`] connects, loads plugins (the native ones compiled in, plus every `*.rhai`
-//! script and `*.wasm` module in the plugins directory), subscribes each running plugin to
+//! [`Worker::start`] connects, loads plugins (the native ones compiled in, plus every plugin file
+//! of a kind in [`crate::kinds`] in the plugins directory), subscribes each running plugin to
 //! `mofa.exec.<plugin>` in the queue group `mofa`, answers the NATS Services API, and follows
 //! the plugins bucket on JetStream so that published revisions are served, replaced and
-//! removed while it runs (see [`reload`]). [`Worker::shutdown`] drains: no new requests are
+//! removed while it runs (see [`follower`]). [`Worker::shutdown`] drains: no new requests are
 //! taken, every request already routed to this worker is answered, events are flushed, then
 //! the connection closes.
 
 mod caller;
 mod endpoint;
-mod reload;
+mod follower;
 mod service;
 pub mod shutdown;
 
@@ -31,10 +31,11 @@ use crate::config::{ConfigError, WorkerConfig};
 use crate::plugin::{
     AgentPlugin, Lifecycle, ManagedPlugin, PluginError, PluginManager, SandboxPool,
 };
-use crate::reload::Revision;
-use crate::rhai::{RhaiPlugin, ScriptEngine, StateMap};
+use crate::distribution::Revision;
+use crate::kinds;
+use crate::rhai::{ScriptEngine, StateMap};
 use crate::subjects::{self, QUEUE_GROUP};
-use crate::wasm::{WasmPlugin, WasmRuntime};
+use crate::wasm::WasmRuntime;
 use endpoint::{Endpoint, Served};
 
 /// Why a worker could not start or stop cleanly.
@@ -288,30 +289,50 @@ impl Worker {
 
         let mut failures = Vec::new();
         let files = plugin_files(&shared, &mut failures);
-        for plugin in natives.into_iter().chain(files) {
+        // Where each served name comes from, to name both sides when two claim one name.
+        let mut sources: HashMap<String, String> = HashMap::new();
+        let candidates = natives
+            .into_iter()
+            .map(|plugin| {
+                let source = format!("the native plugin {}", plugin.metadata().id);
+                (plugin, source, None)
+            })
+            .chain(
+                files
+                    .into_iter()
+                    .map(|(plugin, path)| (plugin, path.display().to_string(), Some(path))),
+            );
+        for (plugin, source, path) in candidates {
             let id = plugin.metadata().id.clone();
+            let failure_path = || path.clone().unwrap_or_else(|| PathBuf::from(&id));
+            if let Some(first) = sources.get(&id) {
+                let error = format!(
+                    "plugin name {id:?} is taken by {first}, so {source} is not served (rename one of them)"
+                );
+                tracing::error!(plugin = %id, "{error}");
+                failures.push(LoadFailure {
+                    path: failure_path(),
+                    error,
+                });
+                continue;
+            }
             let managed = match shared.manager.register(plugin) {
                 Ok(managed) => managed,
-                Err(PluginError::Duplicate(id)) => return Err(PluginError::Duplicate(id).into()),
                 Err(e) => {
                     failures.push(LoadFailure {
-                        path: PathBuf::from(&id),
+                        path: failure_path(),
                         error: e.to_string(),
                     });
                     continue;
                 }
             };
+            sources.insert(id.clone(), source);
             match managed.activate().await {
                 Ok(()) => shared.serve(managed, None).await?,
                 Err(e) => {
                     tracing::error!(plugin = %id, error = %e, "plugin not served");
-                    let extension = match managed.kind() {
-                        crate::plugin::PluginKind::Wasm => "wasm",
-                        crate::plugin::PluginKind::Rhai => "rhai",
-                        crate::plugin::PluginKind::Native => "native",
-                    };
                     failures.push(LoadFailure {
-                        path: shared.config.plugins_dir.join(format!("{id}.{extension}")),
+                        path: failure_path(),
                         error: e.to_string(),
                     });
                 }
@@ -340,7 +361,7 @@ impl Worker {
             }
         });
         let follower = if shared.config.reload.enabled {
-            reload::start(shared.clone()).await
+            follower::start(shared.clone()).await
         } else {
             None
         };
@@ -428,37 +449,31 @@ impl Worker {
     }
 }
 
-/// Every `*.rhai` script and `*.wasm` module in the plugins directory as a plugin; files that
-/// cannot become plugins are reported in `failures` and skipped. A missing directory is not an
-/// error: the native plugins (and the bucket's) are still served.
-fn plugin_files(shared: &Shared, failures: &mut Vec<LoadFailure>) -> Vec<Arc<dyn AgentPlugin>> {
+/// Every plugin file in the plugins directory (and the kinds' subdirectories of it, see
+/// [`crate::kinds`]) as a plugin, with its path; files that cannot become plugins are reported in
+/// `failures` and skipped. A missing directory is not an error: the native plugins (and the
+/// bucket's) are still served.
+fn plugin_files(
+    shared: &Shared,
+    failures: &mut Vec<LoadFailure>,
+) -> Vec<(Arc<dyn AgentPlugin>, PathBuf)> {
     let dir: &Path = &shared.config.plugins_dir;
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "plugins directory not readable; serving native and published plugins only");
-            return Vec::new();
-        }
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rhai" || x == "wasm") && p.is_file())
-        .collect();
-    paths.sort();
+    if !dir.is_dir() {
+        tracing::warn!(dir = %dir.display(), "plugins directory not readable; serving native and published plugins only");
+        return Vec::new();
+    }
     let mut plugins = Vec::new();
-    for path in paths {
-        let plugin: Result<Arc<dyn AgentPlugin>, PluginError> =
-            if path.extension().is_some_and(|x| x == "wasm") {
-                WasmPlugin::from_file(&path, shared.wasm.clone()).map(|p| Arc::new(p) as _)
-            } else {
-                RhaiPlugin::from_file(&path, shared.engine.clone()).map(|p| {
-                    let name = p.metadata().id.clone();
-                    Arc::new(p.with_state(shared.state_for(&name))) as _
-                })
+    for path in kinds::code_files(dir) {
+        let plugin = kinds::read(&path).and_then(|(kind, code)| {
+            let runtimes = kinds::Runtimes {
+                engine: &shared.engine,
+                wasm: &shared.wasm,
+                state: shared.state_for(&code.name),
             };
+            (kind.build)(code, &runtimes)
+        });
         match plugin {
-            Ok(plugin) => plugins.push(plugin),
+            Ok(plugin) => plugins.push((plugin, path)),
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "plugin skipped");
                 failures.push(LoadFailure {

@@ -6,9 +6,10 @@ use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::record::{sha256_hex, PluginRecord, RecordKind};
-use crate::config::ReloadConfig;
+use super::record::{sha256_hex, PluginRecord};
+use crate::kinds;
 use crate::subjects;
+use crate::config::ReloadConfig;
 use crate::wire;
 
 /// Why a distribution operation failed.
@@ -119,8 +120,9 @@ impl Distribution {
         &self.kv
     }
 
-    /// Builds the record for a `.rhai` or `.wasm` file (a `.wasm` takes its sibling `.toml`
-    /// manifest along); modules over `inline_limit` bytes go to the object store.
+    /// Builds the record for a plugin file of any kind in [`crate::kinds::KINDS`] (a module
+    /// takes its sidecar manifest along); binary code over `inline_limit` bytes goes to the
+    /// object store.
     pub async fn record_for_file(
         &self,
         path: &Path,
@@ -131,59 +133,47 @@ impl Distribution {
             path: path.display().to_string(),
             message,
         };
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .ok_or_else(|| file_error("file name is not UTF-8".into()))?
-            .to_string();
-        subjects::validate_name(&name).map_err(|e| file_error(e.to_string()))?;
-        let bytes = tokio::fs::read(path)
+        let read = path.to_path_buf();
+        let (kind, code) = tokio::task::spawn_blocking(move || kinds::read(&read))
             .await
-            .map_err(|e| file_error(e.to_string()))?;
-        let sha256 = sha256_hex(&bytes);
+            .map_err(|e| file_error(e.to_string()))?
+            .map_err(|e| DistributionError::Operation(e.to_string()))?;
+        let sha256 = sha256_hex(&code.body);
         let mut record = PluginRecord {
-            kind: RecordKind::Rhai,
+            kind: kind.kind,
             source: None,
             module: None,
             object: None,
-            manifest: None,
+            manifest: code.sidecar,
             version: version.map_or_else(|| sha256[..12].to_string(), str::to_string),
             sha256,
             publisher: publisher(),
             published_ms: wire::unix_ms(),
             rollback_of: None,
         };
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("rhai") => {
-                record.source = Some(
-                    String::from_utf8(bytes)
-                        .map_err(|_| file_error("script is not UTF-8".into()))?,
-                );
-            }
-            Some("wasm") => {
-                record.kind = RecordKind::Wasm;
-                match tokio::fs::read_to_string(path.with_extension("toml")).await {
-                    Ok(manifest) => record.manifest = Some(manifest),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(file_error(format!("manifest: {e}"))),
-                }
-                if bytes.len() > inline_limit {
-                    self.objects
-                        .put(record.sha256.as_str(), &mut bytes.as_slice())
-                        .await
-                        .map_err(|e| file_error(format!("object store: {e}")))?;
-                    record.object = Some(record.sha256.clone());
-                } else {
-                    record.module = Some(bytes);
-                }
-            }
-            _ => {
-                return Err(file_error(
-                    "only .rhai scripts and .wasm modules can be published".into(),
-                ))
-            }
+        if kind.text {
+            record.source = Some(
+                String::from_utf8(code.body).map_err(|_| file_error("not UTF-8 text".into()))?,
+            );
+        } else if code.body.len() > inline_limit {
+            self.objects
+                .put(record.sha256.as_str(), &mut code.body.as_slice())
+                .await
+                .map_err(|e| file_error(format!("object store: {e}")))?;
+            record.object = Some(record.sha256.clone());
+        } else {
+            record.module = Some(code.body);
         }
-        Ok((name, record))
+        Ok((code.name, record))
+    }
+
+    /// The code a record carries: its text, or its module bytes (inline or from the object
+    /// store), checked against the record's SHA-256.
+    pub async fn code(&self, record: &PluginRecord) -> Result<Vec<u8>, DistributionError> {
+        match &record.source {
+            Some(source) => Ok(source.clone().into_bytes()),
+            None => self.module(record).await,
+        }
     }
 
     /// Publishes a file; returns the plugin name and the new revision.
@@ -321,7 +311,7 @@ impl Distribution {
             }
             (None, None) => {
                 return Err(DistributionError::Operation(
-                    "wasm record carries neither a module nor an object".into(),
+                    "record carries neither source, module nor object".into(),
                 ))
             }
         };

@@ -4,7 +4,7 @@
 //! whose value is a [`PluginRecord`] (kind, source or module, SHA-256, version, publisher,
 //! time), with history for rollback. Modules too large for a KV value go to the Object Store
 //! bucket `mofa_modules`, named by their SHA-256, with a pointer in the record. Workers read
-//! every current value at start and then follow updates (see `worker::reload`); this module
+//! every current value at start and then follow updates (see `worker::follower`); this module
 //! holds the record format, the publishing side ([`Distribution`]: publish, rollback,
 //! remove, history), the reload events and the `mofa watch` directory watcher.
 
@@ -14,5 +14,5 @@ mod store;
 pub mod watch;
 
 pub use events::{ReloadEvent, ReloadStatus};
-pub use record::{PluginRecord, RecordKind, Revision, INLINE_LIMIT};
+pub use record::{PluginRecord, Revision, INLINE_LIMIT};
 pub use store::{Distribution, DistributionError};

@@ -3,35 +3,16 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::plugin::PluginKind;
+
 /// Modules larger than this go to the Object Store; the record then carries a pointer.
 pub const INLINE_LIMIT: usize = 512 * 1024;
-
-/// What kind of code a record carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordKind {
-    /// A Rhai script (`source`).
-    Rhai,
-    /// A WebAssembly module (`module`, or `object` in the Object Store) with an optional
-    /// `manifest`.
-    Wasm,
-}
-
-impl RecordKind {
-    /// `rhai` or `wasm`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordKind::Rhai => "rhai",
-            RecordKind::Wasm => "wasm",
-        }
-    }
-}
 
 /// One revision of a plugin, as published (MessagePack map; schema in subjects.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginRecord {
-    /// `rhai` or `wasm`.
-    pub kind: RecordKind,
+    /// The kind of code: `rhai` or `wasm` (see [`crate::kinds`]).
+    pub kind: PluginKind,
     /// Script text (rhai).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
@@ -41,7 +22,7 @@ pub struct PluginRecord {
     /// Object Store name of the module (wasm, when too large to carry inline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
-    /// The module's manifest, TOML text (wasm).
+    /// The text of the code's sidecar file: a module's manifest, TOML (wasm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<String>,
     /// SHA-256 of the code (script text or module bytes), hex.

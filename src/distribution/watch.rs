@@ -4,7 +4,8 @@
 //! the file's timer, and the file is published once it has been quiet for the debounce period,
 //! reading it then. A burst of editor writes therefore publishes once, and always the last
 //! write. A file whose content equals the revision already published is not published again.
-//! Editing `<name>.toml` republishes `<name>.wasm` with the new manifest.
+//! Editing `<name>.toml` republishes `<name>.wasm` with the new manifest. The directory and the
+//! plugin kinds' subdirectories of it (`rules/`, ...; see [`crate::kinds`]) are watched.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,16 +32,6 @@ pub enum Published {
         /// Plugin name.
         plugin: String,
     },
-}
-
-/// The plugin file an event path stands for: `.rhai` and `.wasm` themselves, `.toml` for its
-/// `.wasm`.
-fn plugin_file(path: &Path) -> Option<PathBuf> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("rhai") | Some("wasm") => Some(path.to_path_buf()),
-        Some("toml") => Some(path.with_extension("wasm")),
-        _ => None,
-    }
 }
 
 /// Publishes `path` unless the bucket already holds the same content.
@@ -88,21 +79,17 @@ pub async fn run(
     watcher
         .watch(dir, RecursiveMode::NonRecursive)
         .map_err(|e| dir_error(e.to_string()))?;
+    // The kinds' subdirectories (`rules/`, ...) that exist now.
+    for sub in crate::kinds::search_dirs(dir).iter().skip(1) {
+        if sub.is_dir() {
+            watcher
+                .watch(sub, RecursiveMode::NonRecursive)
+                .map_err(|e| dir_error(format!("{}: {e}", sub.display())))?;
+        }
+    }
 
     // Start from what is on disk now.
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| dir_error(e.to_string()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("rhai") | Some("wasm")
-            )
-        })
-        .collect();
-    files.sort();
-    for path in files {
+    for path in crate::kinds::code_files(dir) {
         let result = publish_if_changed(&distribution, &path, inline_limit).await;
         report(&path, result);
     }
@@ -113,7 +100,7 @@ pub async fn run(
         tokio::select! {
             path = rx.recv() => {
                 let Some(path) = path else { return Ok(()) };
-                if let Some(file) = plugin_file(&path) {
+                if let Some(file) = crate::kinds::code_file(&path) {
                     pending.insert(file, Instant::now());
                 }
             }
@@ -138,24 +125,5 @@ pub async fn run(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_map_to_plugin_files() {
-        assert_eq!(
-            plugin_file(Path::new("a/x.rhai")),
-            Some(PathBuf::from("a/x.rhai"))
-        );
-        assert_eq!(
-            plugin_file(Path::new("a/x.toml")),
-            Some(PathBuf::from("a/x.wasm"))
-        );
-        assert_eq!(plugin_file(Path::new("a/.x.rhai.swp")), None);
-        assert_eq!(plugin_file(Path::new("a/x.rhai~")), None);
     }
 }

@@ -1,4 +1,5 @@
-//! Hot reload on a worker: follow the plugins bucket and serve what it says.
+//! The worker's bucket follower: hot reload by following the plugins bucket and serving what
+//! it says.
 //!
 //! At start the worker reads the current value of every key (a watch *with history*: a plain
 //! watch only sees later updates) and applies them before it reports ready, so a worker that
@@ -16,11 +17,10 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::Shared;
-use crate::plugin::{AgentPlugin, ManagedPlugin, PluginError};
-use crate::reload::{Distribution, PluginRecord, RecordKind, ReloadEvent, ReloadStatus, Revision};
-use crate::rhai::RhaiPlugin;
+use crate::plugin::{ManagedPlugin, PluginError};
+use crate::distribution::{Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision};
+use crate::kinds::{self, Code, Runtimes};
 use crate::subjects;
-use crate::wasm::{Manifest, WasmPlugin};
 use crate::wire;
 
 /// How long a starting worker waits for the bucket's current values.
@@ -245,38 +245,33 @@ impl Follower {
             error,
             transient: false,
         };
-        let plugin: Arc<dyn AgentPlugin> = match record.kind {
-            RecordKind::Rhai => {
-                let source = record
-                    .source
-                    .clone()
-                    .ok_or_else(|| fatal(PluginError::Load("rhai record without source".into())))?;
-                Arc::new(
-                    RhaiPlugin::new(name, source, self.shared.engine.clone())
-                        .with_version(record.version.clone())
-                        .with_state(self.shared.state_for(name)),
-                )
-            }
-            RecordKind::Wasm => {
-                let bytes = self
-                    .distribution
-                    .module(record)
-                    .await
-                    .map_err(|e| LoadError {
-                        error: PluginError::Load(e.to_string()),
-                        transient: true,
-                    })?;
-                let manifest = match &record.manifest {
-                    Some(text) => Manifest::from_toml(text)
-                        .map_err(|e| fatal(PluginError::Load(format!("manifest: {e}"))))?,
-                    None => Manifest::default(),
-                };
-                Arc::new(
-                    WasmPlugin::new(name, bytes, manifest, self.shared.wasm.clone())
-                        .with_version(record.version.clone()),
-                )
-            }
+        let kind = kinds::of(record.kind).ok_or_else(|| {
+            fatal(PluginError::Load(format!(
+                "{} plugins cannot be distributed over the bus",
+                record.kind
+            )))
+        })?;
+        let body = self
+            .distribution
+            .code(record)
+            .await
+            .map_err(|e| LoadError {
+                error: PluginError::Load(e.to_string()),
+                transient: true,
+            })?;
+        let code = Code {
+            name: name.to_string(),
+            body,
+            sidecar: record.manifest.clone(),
+            version: Some(record.version.clone()),
+            origin: format!("{name} ({} from the plugins bucket)", record.kind),
         };
+        let runtimes = Runtimes {
+            engine: &self.shared.engine,
+            wasm: &self.shared.wasm,
+            state: self.shared.state_for(name),
+        };
+        let plugin = (kind.build)(code, &runtimes).map_err(fatal)?;
         let managed = Arc::new(ManagedPlugin::new(plugin));
         managed.activate().await.map_err(fatal)?;
         Ok(managed)

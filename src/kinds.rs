@@ -1,0 +1,257 @@
+//! The kinds of plugin that arrive as code, from the plugins directory or the plugins bucket, in
+//! one table.
+//!
+//! Discovery at worker start, the bucket follower, `mofa publish` and `mofa watch` all read
+//! [`KINDS`]: where a kind's files are (extension, sidecar file, subdirectories), how its code is
+//! carried in a bucket record (text or bytes), whether its calls run on the sandbox pool, and
+//! how a plugin is built from its code. Adding a kind is one entry here. Native plugins are
+//! compiled in, never arrive as code, and so are not in the table.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::plugin::{AgentPlugin, PluginError, PluginKind};
+use crate::rhai::{RhaiPlugin, ScriptEngine, StateMap};
+use crate::wasm::{Manifest, WasmPlugin, WasmRuntime};
+
+/// What building a plugin may use: the worker's engines and the new plugin's state map.
+pub struct Runtimes<'a> {
+    /// The Rhai engine.
+    pub engine: &'a Arc<ScriptEngine>,
+    /// The wasmtime runtime.
+    pub wasm: &'a Arc<WasmRuntime>,
+    /// The state map a script starts with (see `reload.preserve_state`).
+    pub state: StateMap,
+}
+
+/// A plugin's code, as read from its files or from a bucket record.
+#[derive(Debug, Clone)]
+pub struct Code {
+    /// The plugin's name (file stem, or bucket key).
+    pub name: String,
+    /// The code itself: script text or module bytes.
+    pub body: Vec<u8>,
+    /// The text of the sidecar file, when the kind has one and it exists (a module's manifest).
+    pub sidecar: Option<String>,
+    /// A version label (a bucket record's).
+    pub version: Option<String>,
+    /// Where it came from, for messages: a path, or `revision N`.
+    pub origin: String,
+}
+
+/// One kind of plugin code.
+pub struct Kind {
+    /// The plugin kind.
+    pub kind: PluginKind,
+    /// File extension of the code.
+    pub extension: &'static str,
+    /// Extension of a file beside the code that belongs to it, if any.
+    pub sidecar: Option<&'static str>,
+    /// Subdirectories of the plugins directory searched besides the directory itself.
+    pub dirs: &'static [&'static str],
+    /// The code is UTF-8 text (a record carries it as `source`); otherwise bytes (`module`,
+    /// or an Object Store object when large).
+    pub text: bool,
+    /// Calls run on the sandbox pool under a deadline (otherwise inline).
+    pub sandboxed: bool,
+    /// Builds the plugin; nothing is compiled until it loads.
+    pub build: fn(Code, &Runtimes<'_>) -> Result<Arc<dyn AgentPlugin>, PluginError>,
+}
+
+/// Every kind that arrives as code.
+pub static KINDS: [Kind; 2] = [
+    Kind {
+        kind: PluginKind::Rhai,
+        extension: "rhai",
+        sidecar: None,
+        dirs: &["tools", "rules", "scripts"],
+        text: true,
+        sandboxed: true,
+        build: build_rhai,
+    },
+    Kind {
+        kind: PluginKind::Wasm,
+        extension: "wasm",
+        sidecar: Some("toml"),
+        dirs: &[],
+        text: false,
+        sandboxed: true,
+        build: build_wasm,
+    },
+];
+
+fn build_rhai(code: Code, runtimes: &Runtimes<'_>) -> Result<Arc<dyn AgentPlugin>, PluginError> {
+    let source = String::from_utf8(code.body)
+        .map_err(|_| PluginError::Load(format!("{}: script is not UTF-8", code.origin)))?;
+    let mut plugin = RhaiPlugin::new(&code.name, source, runtimes.engine.clone())
+        .with_state(runtimes.state.clone())
+        .with_description(format!("Rhai script {}", code.origin));
+    if let Some(version) = code.version {
+        plugin = plugin.with_version(version);
+    }
+    Ok(Arc::new(plugin))
+}
+
+fn build_wasm(code: Code, runtimes: &Runtimes<'_>) -> Result<Arc<dyn AgentPlugin>, PluginError> {
+    let manifest = match &code.sidecar {
+        Some(text) => Manifest::from_toml(text)
+            .map_err(|e| PluginError::Load(format!("{}: manifest: {e}", code.origin)))?,
+        None => Manifest::default(),
+    };
+    let mut plugin = WasmPlugin::new(&code.name, code.body, manifest, runtimes.wasm.clone());
+    if let Some(version) = code.version {
+        plugin = plugin.with_version(version);
+    }
+    Ok(Arc::new(plugin))
+}
+
+/// The kind of `kind`, if plugins of that kind arrive as code.
+pub fn of(kind: PluginKind) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// The kind whose code files end like `path`.
+pub fn for_path(path: &Path) -> Option<&'static Kind> {
+    let extension = path.extension()?.to_str()?;
+    KINDS.iter().find(|k| k.extension == extension)
+}
+
+/// Whether calls to plugins of `kind` run on the sandbox pool.
+pub fn is_sandboxed(kind: PluginKind) -> bool {
+    of(kind).is_some_and(|k| k.sandboxed)
+}
+
+/// The code file a changed `path` stands for: the file itself, or the code file beside a
+/// sidecar (editing `x.toml` stands for `x.wasm`).
+pub fn code_file(path: &Path) -> Option<PathBuf> {
+    let extension = path.extension()?.to_str()?;
+    KINDS.iter().find_map(|k| {
+        if k.extension == extension {
+            Some(path.to_path_buf())
+        } else if k.sidecar == Some(extension) {
+            Some(path.with_extension(k.extension))
+        } else {
+            None
+        }
+    })
+}
+
+/// The directories plugin files are looked for in: `dir` and the kinds' subdirectories of it.
+pub fn search_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut dirs = vec![dir.to_path_buf()];
+    for sub in KINDS.iter().flat_map(|k| k.dirs.iter()) {
+        let path = dir.join(sub);
+        if !dirs.contains(&path) {
+            dirs.push(path);
+        }
+    }
+    dirs
+}
+
+/// Every code file in `dir` and its kinds' subdirectories, sorted; unreadable directories are
+/// skipped (a missing `tools/` is normal).
+pub fn code_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = search_dirs(dir)
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| for_path(p).is_some() && p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Reads a code file (and its sidecar): the kind and the code, named after the file stem.
+pub fn read(path: &Path) -> Result<(&'static Kind, Code), PluginError> {
+    let origin = path.display().to_string();
+    let load = |message: String| PluginError::Load(format!("{origin}: {message}"));
+    let kind = for_path(path).ok_or_else(|| {
+        load(format!(
+            "not a plugin file (plugin files end in {})",
+            KINDS
+                .iter()
+                .map(|k| format!(".{}", k.extension))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .ok_or_else(|| load("file name is not UTF-8".into()))?;
+    crate::subjects::validate_name(name).map_err(|e| load(e.to_string()))?;
+    let body = std::fs::read(path).map_err(|e| load(e.to_string()))?;
+    let sidecar = match kind.sidecar {
+        Some(extension) => {
+            let sidecar = path.with_extension(extension);
+            match std::fs::read_to_string(&sidecar) {
+                Ok(text) => Some(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(load(format!("{}: {e}", sidecar.display()))),
+            }
+        }
+        None => None,
+    };
+    Ok((
+        kind,
+        Code {
+            name: name.to_string(),
+            body,
+            sidecar,
+            version: None,
+            origin,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_to_their_kind_and_sidecars_to_their_code_file() {
+        assert_eq!(
+            for_path(Path::new("p/x.rhai")).map(|k| k.kind),
+            Some(PluginKind::Rhai)
+        );
+        assert_eq!(
+            for_path(Path::new("p/x.wasm")).map(|k| k.kind),
+            Some(PluginKind::Wasm)
+        );
+        assert!(for_path(Path::new("p/x.toml")).is_none());
+        assert_eq!(
+            code_file(Path::new("p/x.toml")),
+            Some(PathBuf::from("p/x.wasm"))
+        );
+        assert_eq!(
+            code_file(Path::new("p/x.rhai")),
+            Some(PathBuf::from("p/x.rhai"))
+        );
+        assert_eq!(code_file(Path::new("p/.x.rhai.swp")), None);
+        assert_eq!(code_file(Path::new("p/x.rhai~")), None);
+        assert!(is_sandboxed(PluginKind::Rhai) && is_sandboxed(PluginKind::Wasm));
+        assert!(!is_sandboxed(PluginKind::Native));
+    }
+
+    #[test]
+    fn files_are_found_in_the_kinds_subdirectories_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in ["a.rhai", "b.wasm", "b.toml", "rules/r.rhai", "other/o.rhai"] {
+            let path = dir.path().join(file);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
+            std::fs::write(path, "x").expect("file");
+        }
+        let found: Vec<String> = code_files(dir.path())
+            .iter()
+            .map(|p| {
+                p.strip_prefix(dir.path())
+                    .expect("inside")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(found, ["a.rhai", "b.wasm", "rules/r.rhai"]);
+    }
+}

@@ -404,18 +404,24 @@ async fn watch(url: &str, dir: &std::path::Path, debounce: Duration) -> anyhow::
         dir.display(),
         humantime::format_duration(debounce)
     );
-    mofa_bus::distribution::watch::run(distribution, dir, debounce, INLINE_LIMIT, |path, result| {
-        use mofa_bus::distribution::watch::Published;
-        match result {
-            Ok(Published::Revision { plugin, revision }) => {
-                println!("published {plugin} as revision {revision}")
+    mofa_bus::distribution::watch::run(
+        distribution,
+        dir,
+        debounce,
+        INLINE_LIMIT,
+        |path, result| {
+            use mofa_bus::distribution::watch::Published;
+            match result {
+                Ok(Published::Revision { plugin, revision }) => {
+                    println!("published {plugin} as revision {revision}")
+                }
+                Ok(Published::Unchanged { plugin }) => {
+                    tracing::debug!(plugin, "unchanged, not published")
+                }
+                Err(e) => eprintln!("error: {}: {e}", path.display()),
             }
-            Ok(Published::Unchanged { plugin }) => {
-                tracing::debug!(plugin, "unchanged, not published")
-            }
-            Err(e) => eprintln!("error: {}: {e}", path.display()),
-        }
-    })
+        },
+    )
     .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -80,14 +80,14 @@ async fn missing_or_mistyped_discount_fields_are_400_for_both_kinds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn seed_order_processor_prices_an_order() {
+async fn order_pricing_prices_an_order() {
     let server = NatsServer::start();
     let worker = worker(config(&server, &repo_plugins())).await;
     let client = server.client().await;
 
     let out = call(
         &client,
-        "order_processor",
+        "order_pricing",
         map(&[
             ("id", Value::from("A-1")),
             ("quantity", Value::from(12)),
@@ -105,7 +105,7 @@ async fn seed_order_processor_prices_an_order() {
 
     let small = call(
         &client,
-        "order_processor",
+        "order_pricing",
         map(&[
             ("id", Value::from(7)),
             ("quantity", Value::from(2)),
@@ -119,7 +119,7 @@ async fn seed_order_processor_prices_an_order() {
 
     let bad = call(
         &client,
-        "order_processor",
+        "order_pricing",
         map(&[
             ("id", Value::from(7)),
             ("quantity", Value::from(0)),
@@ -485,6 +485,8 @@ async fn services_api_ping_info_and_stats_answer() {
     assert_eq!(
         names,
         [
+            "calculate_discount",
+            "content_moderation",
             "discount",
             "discount_as",
             "discount_c",
@@ -492,6 +494,7 @@ async fn services_api_ping_info_and_stats_answer() {
             "discount_wasm",
             "echo",
             "hello_wasi",
+            "order_pricing",
             "order_processor",
             "wordcount"
         ]

@@ -7,9 +7,9 @@ use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
 use super::record::{sha256_hex, PluginRecord};
+use crate::config::ReloadConfig;
 use crate::kinds;
 use crate::subjects;
-use crate::config::ReloadConfig;
 use crate::wire;
 
 /// Why a distribution operation failed.

@@ -234,8 +234,7 @@ impl ScriptEngine {
         let mut scope = Scope::new();
         let result = {
             let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
-            self.engine
-                .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
         };
         let named = match result {
             Ok(value) if value.is_fnptr() => value.cast::<rhai::FnPtr>().fn_name().to_string(),
@@ -391,10 +390,7 @@ pub fn classify(error: EvalAltResult, config: &RhaiConfig) -> PluginError {
             } else if what.contains("map") || what.contains("Map") {
                 format!("{} entries per map", config.max_map_size)
             } else if what.contains("pattern") {
-                format!(
-                    "{} bytes (rhai.max_regex_bytes)",
-                    config.max_regex_bytes
-                )
+                format!("{} bytes (rhai.max_regex_bytes)", config.max_regex_bytes)
             } else {
                 "the configured size".to_string()
             };

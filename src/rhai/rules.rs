@@ -84,12 +84,10 @@ impl RuleSet {
     pub fn from_array(script: &str, rules: rhai::Array) -> Result<RuleSet, PluginError> {
         let mut parsed = Vec::with_capacity(rules.len());
         for (index, item) in rules.into_iter().enumerate() {
-            let at = |what: String| {
-                PluginError::Load(format!("{script}: rules[{index}]: {what}"))
-            };
-            let map = item
-                .try_cast::<Map>()
-                .ok_or_else(|| at("a rule must be a map #{ name, priority, condition, action }".into()))?;
+            let at = |what: String| PluginError::Load(format!("{script}: rules[{index}]: {what}"));
+            let map = item.try_cast::<Map>().ok_or_else(|| {
+                at("a rule must be a map #{ name, priority, condition, action }".into())
+            })?;
             let name = map
                 .get("name")
                 .and_then(|n| n.clone().into_immutable_string().ok())
@@ -134,7 +132,12 @@ impl RuleSet {
     }
 
     /// Runs the conditions on `input` in order and the first matching rule's action.
-    pub fn evaluate(&self, engine: &Engine, ast: &AST, input: Dynamic) -> Result<Dynamic, RuleError> {
+    pub fn evaluate(
+        &self,
+        engine: &Engine,
+        ast: &AST,
+        input: Dynamic,
+    ) -> Result<Dynamic, RuleError> {
         for rule in &self.rules {
             let holds = rule
                 .condition

@@ -32,16 +32,13 @@ thread_local! {
 
 /// Registers the standard library on `engine`.
 pub(crate) fn register(engine: &mut Engine, config: &RhaiConfig) {
-    let words: Arc<HashSet<String>> = Arc::new(
-        config
-            .profanity
-            .iter()
-            .map(|w| w.to_lowercase())
-            .collect(),
-    );
+    let words: Arc<HashSet<String>> =
+        Arc::new(config.profanity.iter().map(|w| w.to_lowercase()).collect());
     let max_pattern = config.max_regex_bytes;
     engine
-        .register_fn("has_profanity", move |text: &str| has_profanity(&words, text))
+        .register_fn("has_profanity", move |text: &str| {
+            has_profanity(&words, text)
+        })
         .register_fn("contains_any", contains_any)
         .register_fn(
             "matches",

@@ -18,8 +18,8 @@ use futures::StreamExt;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
-use crate::plugin::{block_on, CallContext, ManagedPlugin, PluginError, SandboxPool};
 use crate::distribution::Revision;
+use crate::plugin::{block_on, CallContext, ManagedPlugin, PluginError, SandboxPool};
 use crate::subjects;
 use crate::wire::{self, ErrorCode, ResultEvent, Value};
 

@@ -17,9 +17,9 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::Shared;
-use crate::plugin::{ManagedPlugin, PluginError};
 use crate::distribution::{Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision};
 use crate::kinds::{self, Code, Runtimes};
+use crate::plugin::{ManagedPlugin, PluginError};
 use crate::subjects;
 use crate::wire;
 

@@ -28,11 +28,11 @@ pub use endpoint::EndpointStats;
 pub use service::SERVICE_VERSION;
 
 use crate::config::{ConfigError, WorkerConfig};
+use crate::distribution::Revision;
+use crate::kinds;
 use crate::plugin::{
     AgentPlugin, Lifecycle, ManagedPlugin, PluginError, PluginManager, SandboxPool,
 };
-use crate::distribution::Revision;
-use crate::kinds;
 use crate::rhai::{ScriptEngine, StateMap};
 use crate::subjects::{self, QUEUE_GROUP};
 use crate::wasm::WasmRuntime;

@@ -15,11 +15,12 @@ use crate::rhai::{RhaiPlugin, ScriptEngine, StateMap};
 use crate::wasm::{Manifest, WasmPlugin, WasmRuntime};
 
 /// What building a plugin may use: the worker's engines and the new plugin's state map.
-pub struct Runtimes<'a> {
+#[derive(Clone)]
+pub struct Runtimes {
     /// The Rhai engine.
-    pub engine: &'a Arc<ScriptEngine>,
+    pub engine: Arc<ScriptEngine>,
     /// The wasmtime runtime.
-    pub wasm: &'a Arc<WasmRuntime>,
+    pub wasm: Arc<WasmRuntime>,
     /// The state map a script starts with (see `reload.preserve_state`).
     pub state: StateMap,
 }
@@ -54,8 +55,12 @@ pub struct Kind {
     pub text: bool,
     /// Calls run on the sandbox pool under a deadline (otherwise inline).
     pub sandboxed: bool,
-    /// Builds the plugin; nothing is compiled until it loads.
-    pub build: fn(Code, &Runtimes<'_>) -> Result<Arc<dyn AgentPlugin>, PluginError>,
+    /// Builds the plugin. Blocking (a script is compiled and its top level run here): call it
+    /// off the async threads.
+    pub build: fn(Code, Runtimes) -> Result<Arc<dyn AgentPlugin>, PluginError>,
+    /// The name the code is served under, for publishing: the file's name, or what the code
+    /// declares (a tool's `name`). Blocking.
+    pub served_name: fn(&Code) -> String,
 }
 
 /// Every kind that arrives as code.
@@ -68,6 +73,7 @@ pub static KINDS: [Kind; 2] = [
         text: true,
         sandboxed: true,
         build: build_rhai,
+        served_name: rhai_served_name,
     },
     Kind {
         kind: PluginKind::Wasm,
@@ -77,28 +83,45 @@ pub static KINDS: [Kind; 2] = [
         text: false,
         sandboxed: true,
         build: build_wasm,
+        served_name: |code| code.name.clone(),
     },
 ];
 
-fn build_rhai(code: Code, runtimes: &Runtimes<'_>) -> Result<Arc<dyn AgentPlugin>, PluginError> {
+fn build_rhai(code: Code, runtimes: Runtimes) -> Result<Arc<dyn AgentPlugin>, PluginError> {
     let source = String::from_utf8(code.body)
         .map_err(|_| PluginError::Load(format!("{}: script is not UTF-8", code.origin)))?;
-    let mut plugin = RhaiPlugin::new(&code.name, source, runtimes.engine.clone())
-        .with_state(runtimes.state.clone())
-        .with_description(format!("Rhai script {}", code.origin));
+    let entry = runtimes.engine.compile(&code.name, &source)?;
+    let mut plugin = RhaiPlugin::new(&code.name, source, runtimes.engine)
+        .with_state(runtimes.state)
+        .with_description(format!("Rhai script {}", code.origin))
+        .with_entry(entry);
     if let Some(version) = code.version {
         plugin = plugin.with_version(version);
     }
     Ok(Arc::new(plugin))
 }
 
-fn build_wasm(code: Code, runtimes: &Runtimes<'_>) -> Result<Arc<dyn AgentPlugin>, PluginError> {
+/// A tool is published under its tool name; any other script (or one that does not compile:
+/// the workers will say why) under its file name.
+fn rhai_served_name(code: &Code) -> String {
+    let engine = ScriptEngine::with_pool(
+        crate::rhai::RhaiConfig::default(),
+        crate::plugin::SandboxPool::new(1),
+    );
+    std::str::from_utf8(&code.body)
+        .ok()
+        .and_then(|source| engine.compile(&code.name, source).ok())
+        .and_then(|entry| entry.tool.map(|t| t.spec.name))
+        .unwrap_or_else(|| code.name.clone())
+}
+
+fn build_wasm(code: Code, runtimes: Runtimes) -> Result<Arc<dyn AgentPlugin>, PluginError> {
     let manifest = match &code.sidecar {
         Some(text) => Manifest::from_toml(text)
             .map_err(|e| PluginError::Load(format!("{}: manifest: {e}", code.origin)))?,
         None => Manifest::default(),
     };
-    let mut plugin = WasmPlugin::new(&code.name, code.body, manifest, runtimes.wasm.clone());
+    let mut plugin = WasmPlugin::new(&code.name, code.body, manifest, runtimes.wasm);
     if let Some(version) = code.version {
         plugin = plugin.with_version(version);
     }

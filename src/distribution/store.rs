@@ -134,10 +134,15 @@ impl Distribution {
             message,
         };
         let read = path.to_path_buf();
-        let (kind, code) = tokio::task::spawn_blocking(move || kinds::read(&read))
-            .await
-            .map_err(|e| file_error(e.to_string()))?
-            .map_err(|e| DistributionError::Operation(e.to_string()))?;
+        let (kind, code, name) = tokio::task::spawn_blocking(move || {
+            kinds::read(&read).map(|(kind, code)| {
+                let name = (kind.served_name)(&code);
+                (kind, code, name)
+            })
+        })
+        .await
+        .map_err(|e| file_error(e.to_string()))?
+        .map_err(|e| DistributionError::Operation(e.to_string()))?;
         let sha256 = sha256_hex(&code.body);
         let mut record = PluginRecord {
             kind: kind.kind,
@@ -164,7 +169,7 @@ impl Distribution {
         } else {
             record.module = Some(code.body);
         }
-        Ok((code.name, record))
+        Ok((name, record))
     }
 
     /// The code a record carries: its text, or its module bytes (inline or from the object

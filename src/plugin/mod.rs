@@ -66,6 +66,21 @@ pub struct PluginMetadata {
     pub kind: PluginKind,
     /// Free-form capability tags (e.g. `"pricing"`, `"echo"`).
     pub capabilities: Vec<String>,
+    /// Set when the plugin is a tool an LLM can call: its description and argument schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolSpec>,
+}
+
+/// A tool as the function-calling APIs of LLMs describe one: a name (the plugin's), a
+/// description, and a JSON Schema for its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// The tool's (and the plugin's) name.
+    pub name: String,
+    /// What the tool does, for the model choosing it.
+    pub description: String,
+    /// JSON Schema of the arguments (an object schema).
+    pub parameters: serde_json::Value,
 }
 
 impl PluginMetadata {
@@ -79,6 +94,7 @@ impl PluginMetadata {
             description: String::new(),
             kind,
             capabilities: Vec::new(),
+            tool: None,
         }
     }
 

@@ -16,6 +16,7 @@ use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope, AST};
 use super::config::RhaiConfig;
 use super::convert::{from_dynamic, to_dynamic};
 use super::rules::{RuleError, RuleSet, RULES_VARIABLE};
+use super::tool::{self, Tool};
 use crate::plugin::{PluginError, SandboxPool, Value};
 
 /// How many operations pass between two deadline checks (a power of two).
@@ -78,6 +79,8 @@ pub struct Entry {
     pub ast: AST,
     /// What a call runs.
     pub shape: Shape,
+    /// Set for a tool: its spec and argument schema, checked before every call.
+    pub tool: Option<Tool>,
 }
 
 /// What a call to a script runs.
@@ -192,13 +195,14 @@ impl ScriptEngine {
         &self.config
     }
 
-    /// Compiles `source` and finds what a call runs, in this order:
+    /// Compiles `source`, runs its top-level statements once, and finds what a call runs, in
+    /// this order:
+    /// - a tool: the top level defines (or returns) a `tool` map (see [`super::tool`]); its
+    ///   entry is `execute`;
     /// - a function named `execute`;
     /// - the function the top level names in its last statement (the seed form);
     /// - a rule set: the top level defines a `rules` array (see [`super::rules`]);
     /// - the script's only function.
-    ///
-    /// The top-level statements run once, here (not for `execute` scripts).
     pub fn compile(&self, name: &str, source: &str) -> Result<Entry, PluginError> {
         let mut ast = self
             .engine
@@ -228,21 +232,26 @@ impl ScriptEngine {
                 params: one.1.clone(),
             })
         };
-        if let Some(shape) = function("execute") {
-            return Ok(Entry { ast, shape });
-        }
         let mut scope = Scope::new();
         let result = {
             let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
-            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+            self.engine
+                .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
         };
-        let named = match result {
-            Ok(value) if value.is_fnptr() => value.cast::<rhai::FnPtr>().fn_name().to_string(),
-            Ok(value) if value.is_string() => value.to_string(),
-            Ok(_) => String::new(),
+        let (value, named) = match result {
+            Ok(value) if value.is_fnptr() => {
+                let named = value.clone_cast::<rhai::FnPtr>().fn_name().to_string();
+                (value, named)
+            }
+            Ok(value) if value.is_string() => {
+                let named = value.to_string();
+                (value, named)
+            }
+            Ok(value) => (value, String::new()),
             Err(e) => match *e {
+                // A function named as a value (`process_order`, `#{ execute: execute }`).
                 EvalAltResult::ErrorVariableNotFound(ref var, _) if function(var).is_some() => {
-                    var.clone()
+                    (Dynamic::UNIT, var.clone())
                 }
                 _ => {
                     return Err(PluginError::Load(format!(
@@ -252,27 +261,41 @@ impl ScriptEngine {
                 }
             },
         };
-        if let Some(shape) = function(&named) {
-            return Ok(Entry { ast, shape });
-        }
-        if let Some(rules) = scope.get_value::<rhai::Array>(RULES_VARIABLE) {
-            let rules = RuleSet::from_array(name, rules)?;
+        let entry = |shape| Ok(Entry {
+            ast: ast.clone(),
+            shape,
+            tool: None,
+        });
+        if let Some(map) = tool::find(&value, &scope) {
+            let tool = Tool::from_map(name, map)?;
+            let shape = function("execute").ok_or_else(|| {
+                PluginError::Load(format!(
+                    "{name}: tool {}: define `fn execute(args)`, which runs a call",
+                    tool.spec.name
+                ))
+            })?;
             return Ok(Entry {
                 ast,
-                shape: Shape::Rules(rules),
+                shape,
+                tool: Some(tool),
             });
         }
+        if let Some(shape) = function("execute").or_else(|| function(&named)) {
+            return entry(shape);
+        }
+        if let Some(rules) = scope.get_value::<rhai::Array>(RULES_VARIABLE) {
+            return entry(Shape::Rules(RuleSet::from_array(name, rules)?));
+        }
         if let [(only, params)] = functions.as_slice() {
-            let shape = Shape::Function {
+            return entry(Shape::Function {
                 name: only.clone(),
                 params: params.clone(),
-            };
-            return Ok(Entry { ast, shape });
+            });
         }
         Err(PluginError::Load(format!(
             "{name}: no entry point: define `fn execute(input)`, define exactly one function, end \
-             the script with the name of its entry function, or define a `rules` array (a rule \
-             set); this script defines {} functions",
+             the script with the name of its entry function, define a `tool` map (a tool) or a \
+             `rules` array (a rule set); this script defines {} functions",
             functions.len()
         )))
     }
@@ -294,6 +317,9 @@ impl ScriptEngine {
     ) -> Result<Value, PluginError> {
         let _deadline = DeadlineGuard::set(deadline);
         let _state = StateGuard::set(state);
+        if let Some(tool) = &entry.tool {
+            tool.check(&input)?;
+        }
         let result = match &entry.shape {
             Shape::Function { name, params } => {
                 let args = bind(name, params, input)?;

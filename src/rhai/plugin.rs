@@ -59,6 +59,19 @@ impl RhaiPlugin {
         &self.state
     }
 
+    /// Uses an already compiled `entry` (see [`ScriptEngine::compile`]); a tool takes its name,
+    /// description and schema from it.
+    pub fn with_entry(mut self, entry: Entry) -> Self {
+        if let Some(tool) = &entry.tool {
+            self.meta.id = tool.spec.name.clone();
+            self.meta.name = tool.spec.name.clone();
+            self.meta.description = tool.spec.description.clone();
+            self.meta.tool = Some(tool.spec.clone());
+        }
+        self.compiled.store(Some(Arc::new(entry)));
+        self
+    }
+
     /// Sets the description.
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.meta.description = description.into();
@@ -81,6 +94,9 @@ impl AgentPlugin for RhaiPlugin {
     }
 
     async fn load(&self) -> Result<(), PluginError> {
+        if self.compiled.load().is_some() {
+            return Ok(());
+        }
         let engine = self.engine.clone();
         let name = self.meta.id.clone();
         let source = self.source.clone();

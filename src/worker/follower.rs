@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::Shared;
 use crate::distribution::{Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision};
-use crate::kinds::{self, Code, Runtimes};
+use crate::kinds::{self, Code};
 use crate::plugin::{ManagedPlugin, PluginError};
 use crate::subjects;
 use crate::wire;
@@ -266,12 +266,18 @@ impl Follower {
             version: Some(record.version.clone()),
             origin: format!("{name} ({} from the plugins bucket)", record.kind),
         };
-        let runtimes = Runtimes {
-            engine: &self.shared.engine,
-            wasm: &self.shared.wasm,
-            state: self.shared.state_for(name),
-        };
-        let plugin = (kind.build)(code, &runtimes).map_err(fatal)?;
+        let runtimes = self.shared.runtimes(name);
+        let plugin = tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
+            .await
+            .unwrap_or_else(|e| Err(PluginError::Load(format!("build task failed: {e}"))))
+            .map_err(fatal)?;
+        if plugin.metadata().id != name {
+            return Err(fatal(PluginError::Load(format!(
+                "bucket key {name:?} holds a plugin named {:?}; `mofa publish` keys a tool by its \
+                 tool name",
+                plugin.metadata().id
+            ))));
+        }
         let managed = Arc::new(ManagedPlugin::new(plugin));
         managed.activate().await.map_err(fatal)?;
         Ok(managed)

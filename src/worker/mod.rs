@@ -204,6 +204,15 @@ impl Shared {
         true
     }
 
+    /// What building plugin `name` from code uses (see [`kinds::Runtimes`]).
+    pub(crate) fn runtimes(&self, name: &str) -> kinds::Runtimes {
+        kinds::Runtimes {
+            engine: self.engine.clone(),
+            wasm: self.wasm.clone(),
+            state: self.state_for(name),
+        }
+    }
+
     /// The state map a new Rhai revision of `name` starts with: the current one when
     /// `preserve_state` is on, else a fresh one.
     pub(crate) fn state_for(&self, name: &str) -> StateMap {
@@ -288,7 +297,7 @@ impl Worker {
         });
 
         let mut failures = Vec::new();
-        let files = plugin_files(&shared, &mut failures);
+        let files = plugin_files(&shared, &mut failures).await;
         // Where each served name comes from, to name both sides when two claim one name.
         let mut sources: HashMap<String, String> = HashMap::new();
         let candidates = natives
@@ -453,7 +462,7 @@ impl Worker {
 /// [`crate::kinds`]) as a plugin, with its path; files that cannot become plugins are reported in
 /// `failures` and skipped. A missing directory is not an error: the native plugins (and the
 /// bucket's) are still served.
-fn plugin_files(
+async fn plugin_files(
     shared: &Shared,
     failures: &mut Vec<LoadFailure>,
 ) -> Vec<(Arc<dyn AgentPlugin>, PathBuf)> {
@@ -464,14 +473,15 @@ fn plugin_files(
     }
     let mut plugins = Vec::new();
     for path in kinds::code_files(dir) {
-        let plugin = kinds::read(&path).and_then(|(kind, code)| {
-            let runtimes = kinds::Runtimes {
-                engine: &shared.engine,
-                wasm: &shared.wasm,
-                state: shared.state_for(&code.name),
-            };
-            (kind.build)(code, &runtimes)
-        });
+        let plugin = match kinds::read(&path) {
+            Ok((kind, code)) => {
+                let runtimes = shared.runtimes(&code.name);
+                tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
+                    .await
+                    .unwrap_or_else(|e| Err(PluginError::Load(format!("build task failed: {e}"))))
+            }
+            Err(e) => Err(e),
+        };
         match plugin {
             Ok(plugin) => plugins.push((plugin, path)),
             Err(e) => {

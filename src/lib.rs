@@ -29,11 +29,15 @@
 //! Beside the layers, for running it anywhere: [`nats_server`] finds (or installs once) a
 //! nats-server new enough for hot reload, [`pyvenv`] is the cached-venv installer it uses, and
 //! [`dev`] is `mofa worker --dev`'s local server and the runtime file the other verbs read.
+//! On the client side, [`fleet`] asks the workers what they serve and [`mcp`] offers the
+//! fleet's tools to MCP clients.
 
 pub mod config;
 pub mod dev;
 pub mod distribution;
+pub mod fleet;
 pub mod kinds;
+pub mod mcp;
 pub mod native;
 pub mod nats_server;
 pub mod plugin;

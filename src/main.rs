@@ -150,6 +150,36 @@ enum Command {
         #[arg(long, env = "MOFA_NATS_URL")]
         nats: Option<String>,
     },
+    /// List the tools the live fleet serves, as JSON in the function-calling shape of an LLM API.
+    Tools {
+        /// openai: {type, function: {name, description, parameters}}; anthropic: {name,
+        /// description, input_schema}; mcp: {name, description, inputSchema}; json: {name,
+        /// description, parameters}.
+        #[arg(long, value_enum, default_value = "json")]
+        format: mofa_bus::fleet::ToolFormat,
+        /// How long to collect answers from workers.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
+    },
+    /// Serve the fleet's tools to an MCP client (Model Context Protocol over stdio).
+    ///
+    /// An MCP client starts it as a subprocess: command `mofa`, arguments `["mcp"]` (add
+    /// `"--nats", URL` when the server is not the default). tools/list lists every tool live
+    /// workers serve, tools/call sends a request on mofa.exec.<tool>; the client is notified when
+    /// tools appear or go. Logs go to stderr.
+    Mcp {
+        /// How long a tool call may take.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
+    },
     /// Print events as JSON lines: result events of one plugin, or every event.
     Events {
         /// Plugin name; omitted: all plugins and all event kinds (mofa.events.>).
@@ -211,6 +241,8 @@ async fn main() -> ExitCode {
         Command::Remove { plugin, nats } => remove(&dev::resolve_url(nats), &plugin).await,
         Command::History { plugin, nats } => history(&dev::resolve_url(nats), &plugin).await,
         Command::Plugins { wait, json, nats } => plugins(&dev::resolve_url(nats), wait, json).await,
+        Command::Tools { format, wait, nats } => tools(&dev::resolve_url(nats), format, wait).await,
+        Command::Mcp { timeout, nats } => mcp(&dev::resolve_url(nats), timeout).await,
     };
     match result {
         Ok(code) => code,
@@ -469,35 +501,22 @@ async fn plugins(url: &str, wait: Duration, json: bool) -> anyhow::Result<ExitCo
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("cannot connect to NATS at {url}"))?;
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await?;
-    client
-        .publish_with_reply(
-            format!("$SRV.INFO.{}", subjects::SERVICE_NAME),
-            inbox,
-            bytes::Bytes::new(),
-        )
-        .await?;
-    client.flush().await?;
-    let mut rows = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let Ok(info) = serde_json::from_slice::<async_nats::service::Info>(&message.payload) else {
-            continue;
-        };
-        for endpoint in info.endpoints {
-            let meta = |k: &str| endpoint.metadata.get(k).cloned().unwrap_or_default();
-            rows.push(serde_json::json!({
-                "worker": info.id,
-                "plugin": endpoint.name,
+    let rows: Vec<serde_json::Value> = mofa_bus::fleet::endpoints(&client, wait)
+        .await
+        .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?
+        .into_iter()
+        .map(|e| {
+            let meta = |k: &str| e.metadata.get(k).cloned().unwrap_or_default();
+            serde_json::json!({
+                "worker": e.worker,
+                "plugin": e.plugin,
                 "kind": meta("kind"),
                 "revision": meta("revision"),
                 "version": meta("version"),
                 "sha256": meta("sha256"),
-            }));
-        }
-    }
-    rows.sort_by_key(|r| (r["plugin"].to_string(), r["worker"].to_string()));
+            })
+        })
+        .collect();
     if json {
         for row in &rows {
             println!("{row}");
@@ -536,5 +555,47 @@ async fn plugins(url: &str, wait: Duration, json: bool) -> anyhow::Result<ExitCo
         );
         return Ok(ExitCode::from(2));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tools(
+    url: &str,
+    format: mofa_bus::fleet::ToolFormat,
+    wait: Duration,
+) -> anyhow::Result<ExitCode> {
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let endpoints = mofa_bus::fleet::endpoints(&client, wait)
+        .await
+        .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?;
+    let tools = mofa_bus::fleet::tools(&endpoints);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&mofa_bus::fleet::render(&tools, format))?
+    );
+    if endpoints.is_empty() {
+        eprintln!(
+            "no worker answered within {}",
+            humantime::format_duration(wait)
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mcp(url: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let client = async_nats::ConnectOptions::new()
+        .name("mofa mcp")
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let options = mofa_bus::mcp::McpOptions {
+        call_timeout: timeout,
+        ..Default::default()
+    };
+    mofa_bus::mcp::serve_stdio(client, options, mofa_bus::worker::shutdown::signal())
+        .await
+        .map_err(|e| anyhow::anyhow!("MCP server: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -493,6 +493,7 @@ async fn services_api_ping_info_and_stats_answer() {
             "discount_native",
             "discount_wasm",
             "echo",
+            "get_weather",
             "hello_wasi",
             "order_pricing",
             "order_processor",

@@ -235,8 +235,7 @@ impl ScriptEngine {
         let mut scope = Scope::new();
         let result = {
             let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
-            self.engine
-                .eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
+            self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
         };
         let (value, named) = match result {
             Ok(value) if value.is_fnptr() => {
@@ -261,11 +260,13 @@ impl ScriptEngine {
                 }
             },
         };
-        let entry = |shape| Ok(Entry {
-            ast: ast.clone(),
-            shape,
-            tool: None,
-        });
+        let entry = |shape| {
+            Ok(Entry {
+                ast: ast.clone(),
+                shape,
+                tool: None,
+            })
+        };
         if let Some(map) = tool::find(&value, &scope) {
             let tool = Tool::from_map(name, map)?;
             let shape = function("execute").ok_or_else(|| {

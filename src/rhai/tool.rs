@@ -55,10 +55,7 @@ pub fn find(result: &Dynamic, scope: &Scope) -> Option<Dynamic> {
             return Some(result.clone());
         }
     }
-    scope
-        .get(TOOL_VARIABLE)
-        .filter(|v| v.is_map())
-        .cloned()
+    scope.get(TOOL_VARIABLE).filter(|v| v.is_map()).cloned()
 }
 
 impl Tool {
@@ -66,9 +63,9 @@ impl Tool {
     /// `type: "object"` as `parameters`. Every problem is a load error saying which.
     pub fn from_map(script: &str, tool: Dynamic) -> Result<Tool, PluginError> {
         let fail = |what: String| PluginError::Load(format!("{script}: tool: {what}"));
-        let map = tool
-            .try_cast::<Map>()
-            .ok_or_else(|| fail("`tool` must be a map #{ name, description, parameters }".into()))?;
+        let map = tool.try_cast::<Map>().ok_or_else(|| {
+            fail("`tool` must be a map #{ name, description, parameters }".into())
+        })?;
         let text = |key: &str| {
             map.get(key)
                 .and_then(|v| v.clone().into_immutable_string().ok())

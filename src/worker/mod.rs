@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 pub use endpoint::EndpointStats;
-pub use service::SERVICE_VERSION;
+pub use service::{SERVICE_VERSION, TOOL_DESCRIPTION, TOOL_PARAMETERS};
 
 use crate::config::{ConfigError, WorkerConfig};
 use crate::distribution::Revision;

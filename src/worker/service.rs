@@ -17,6 +17,11 @@ use tokio::sync::watch;
 use super::endpoint::Endpoint;
 use crate::subjects::{QUEUE_GROUP, SERVICE_NAME};
 
+/// Endpoint metadata key of a tool's description.
+pub const TOOL_DESCRIPTION: &str = "tool_description";
+/// Endpoint metadata key of a tool's argument schema (JSON text).
+pub const TOOL_PARAMETERS: &str = "tool_parameters";
+
 /// Service version announced on the Services API.
 pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -69,6 +74,14 @@ impl ServiceInfo {
                     if let Some(revision) = &served.revision {
                         metadata.insert("revision".to_string(), revision.number.to_string());
                         metadata.insert("sha256".to_string(), revision.sha256.clone());
+                    }
+                    let meta = served.plugin.metadata();
+                    if !meta.description.is_empty() {
+                        metadata.insert("description".to_string(), meta.description.clone());
+                    }
+                    if let Some(tool) = &meta.tool {
+                        metadata.insert(TOOL_DESCRIPTION.to_string(), tool.description.clone());
+                        metadata.insert(TOOL_PARAMETERS.to_string(), tool.parameters.to_string());
                     }
                     endpoint::Info {
                         name: e.name.clone(),

@@ -1,0 +1,159 @@
+//! What the live fleet serves, asked the way any NATS client would: one `$SRV.INFO.mofa`
+//! request, answered by every worker, collected for a short while.
+//!
+//! `mofa plugins` lists the endpoints; `mofa tools` and `mofa mcp` take the tools among them
+//! and render them in the shapes LLM APIs accept.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use crate::plugin::ToolSpec;
+use crate::subjects::SERVICE_NAME;
+use crate::worker::{TOOL_DESCRIPTION, TOOL_PARAMETERS};
+
+/// One plugin one worker serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The worker's id.
+    pub worker: String,
+    /// The plugin's name.
+    pub plugin: String,
+    /// The endpoint metadata (kind, version, revision, sha256, tool description and schema).
+    pub metadata: HashMap<String, String>,
+}
+
+/// Every endpoint of every worker that answers `$SRV.INFO.mofa` within `wait`, sorted by plugin
+/// and worker.
+pub async fn endpoints(
+    client: &async_nats::Client,
+    wait: Duration,
+) -> Result<Vec<Endpoint>, async_nats::Error> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply(
+            format!("$SRV.INFO.{SERVICE_NAME}"),
+            inbox,
+            bytes::Bytes::new(),
+        )
+        .await?;
+    client.flush().await?;
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
+        let Ok(info) = serde_json::from_slice::<async_nats::service::Info>(&message.payload) else {
+            continue;
+        };
+        found.extend(info.endpoints.into_iter().map(|e| Endpoint {
+            worker: info.id.clone(),
+            plugin: e.name,
+            metadata: e.metadata,
+        }));
+    }
+    found.sort_by(|a, b| (&a.plugin, &a.worker).cmp(&(&b.plugin, &b.worker)));
+    Ok(found)
+}
+
+/// The tools among `endpoints`, one per name (workers serving different revisions of a tool:
+/// the first worker's), sorted by name.
+pub fn tools(endpoints: &[Endpoint]) -> Vec<ToolSpec> {
+    let mut tools = BTreeMap::new();
+    for e in endpoints {
+        let (Some(description), Some(parameters)) = (
+            e.metadata.get(TOOL_DESCRIPTION),
+            e.metadata.get(TOOL_PARAMETERS),
+        ) else {
+            continue;
+        };
+        let Ok(parameters) = serde_json::from_str(parameters) else {
+            continue;
+        };
+        tools.entry(e.plugin.clone()).or_insert_with(|| ToolSpec {
+            name: e.plugin.clone(),
+            description: description.clone(),
+            parameters,
+        });
+    }
+    tools.into_values().collect()
+}
+
+/// The function-calling shapes of the LLM APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ToolFormat {
+    /// OpenAI chat completions: `{type: "function", function: {name, description, parameters}}`.
+    Openai,
+    /// Anthropic messages: `{name, description, input_schema}`.
+    Anthropic,
+    /// Model Context Protocol `tools/list`: `{name, description, inputSchema}`.
+    Mcp,
+    /// This project's own: `{name, description, parameters}`.
+    Json,
+}
+
+/// `tools` as a JSON array in `format`.
+pub fn render(tools: &[ToolSpec], format: ToolFormat) -> serde_json::Value {
+    use serde_json::json;
+    tools
+        .iter()
+        .map(|t| match format {
+            ToolFormat::Openai => json!({
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+            }),
+            ToolFormat::Anthropic => json!({
+                "name": t.name, "description": t.description, "input_schema": t.parameters,
+            }),
+            ToolFormat::Mcp => json!({
+                "name": t.name, "description": t.description, "inputSchema": t.parameters,
+            }),
+            ToolFormat::Json => json!({
+                "name": t.name, "description": t.description, "parameters": t.parameters,
+            }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tools_are_taken_once_per_name_and_rendered_per_api() {
+        let endpoint = |worker: &str, plugin: &str, tool: bool| Endpoint {
+            worker: worker.into(),
+            plugin: plugin.into(),
+            metadata: if tool {
+                HashMap::from([
+                    (TOOL_DESCRIPTION.to_string(), format!("{plugin} tool")),
+                    (
+                        TOOL_PARAMETERS.to_string(),
+                        r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into(),
+                    ),
+                ])
+            } else {
+                HashMap::new()
+            },
+        };
+        let found = tools(&[
+            endpoint("w1", "echo", false),
+            endpoint("w1", "get_weather", true),
+            endpoint("w2", "get_weather", true),
+        ]);
+        assert_eq!(found.len(), 1);
+        let openai = render(&found, ToolFormat::Openai);
+        assert_eq!(openai[0]["function"]["name"], "get_weather");
+        assert_eq!(openai[0]["function"]["parameters"]["type"], "object");
+        let anthropic = render(&found, ToolFormat::Anthropic);
+        assert_eq!(anthropic[0]["input_schema"]["type"], "object");
+        assert_eq!(
+            render(&found, ToolFormat::Mcp)[0]["inputSchema"]["type"],
+            "object"
+        );
+        assert_eq!(
+            render(&found, ToolFormat::Json)[0]["description"],
+            "get_weather tool"
+        );
+    }
+}

@@ -382,7 +382,11 @@ fn main() {
             .block_on(bare_echo(&url));
         return;
     }
-    // `cargo bench` passes --bench; any other argument is a filter we do not use.
+    // `cargo bench` passes --bench; `in-process` runs only the in-process figures.
+    if std::env::args().any(|a| a == "in-process") {
+        in_process();
+        return;
+    }
     let requests: usize = std::env::var("MOFA_BENCH_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -580,3 +580,54 @@ async fn the_bucket_keeps_the_configured_history() {
         Some(script(5))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mofa_watch_follows_the_kinds_subdirectories_and_keys_tools_by_name() {
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[]);
+    for sub in ["rules", "tools"] {
+        std::fs::create_dir_all(dir.path().join(sub)).expect("subdirectory");
+    }
+    std::fs::write(
+        dir.path().join("rules/gate.rhai"),
+        r#"let rules = [ #{ name: "all", priority: "low", condition: |m| true, action: |m| #{} } ];"#,
+    )
+    .expect("rule set");
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(["watch", "--debounce", "100ms", "--nats", &server.url()])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("mofa watch starts");
+    let appears = |key: &'static str| {
+        let dist = dist.clone();
+        async move {
+            let started = Instant::now();
+            while dist.current(key).await.expect("read").is_none() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "{key} never published"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    appears("gate").await;
+    std::fs::write(
+        dir.path().join("tools/weather2.rhai"),
+        r#"let tool = #{ name: "forecast", description: "Forecast", parameters: #{ type: "object" } };
+           fn execute(args) { "rain" }"#,
+    )
+    .expect("tool");
+    appears("forecast").await;
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(
+        dist.current("weather2").await.expect("read").is_none(),
+        "a tool is keyed by its tool name, not its file name"
+    );
+}

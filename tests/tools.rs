@@ -105,6 +105,32 @@ async fn a_tool_serves_under_its_name_and_validates_arguments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_script_returning_its_tool_map_is_a_tool_too() {
+    let server = NatsServer::start();
+    let returned = r#"
+fn execute(args) { args.word.to_upper() }
+#{ name: "shout", description: "Upper-cases a word",
+   parameters: #{ type: "object", properties: #{ word: #{ type: "string" } }, required: ["word"] } }
+"#;
+    let dir = plugins_dir(&[("tools_shout.rhai", returned)]);
+    let worker = worker(config(&server, dir.path())).await;
+    assert!(
+        worker.load_failures().is_empty(),
+        "{:?}",
+        worker.load_failures()
+    );
+    let client = server.client().await;
+    assert_eq!(
+        call(&client, "shout", map(&[("word", Value::from("hey"))]))
+            .await
+            .ok(),
+        Value::from("HEY")
+    );
+    assert_eq!(call(&client, "shout", map(&[])).await.code(), Some(400));
+    worker.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_tools_fail_to_load_saying_what_is_wrong() {
     let server = NatsServer::start();
     let tool = |body: &str| format!("let tool = {body}; fn execute(args) {{ args }}");

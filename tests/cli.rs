@@ -8,14 +8,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn mofa(args: &[&str], url: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mofa"))
-        .args(args)
-        .args(["--nats", url])
-        .output()
-        .expect("mofa runs")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exec_prints_json_and_exits_by_outcome() {
     let server = NatsServer::start();
@@ -209,19 +201,9 @@ async fn dev_worker_starts_a_current_server_beside_an_unfit_one_and_other_verbs_
         .stderr(Stdio::piped())
         .spawn()
         .expect("worker starts");
-    let stderr = worker.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let stderr = Lines::of(worker.stderr.take().expect("stderr"), "the --dev worker");
     let announced = loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(120))
-            .expect("the worker says it started a server");
+        let line = stderr.next_within(std::time::Duration::from_secs(120));
         if line.contains("started nats-server") {
             break line;
         }

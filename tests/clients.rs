@@ -9,11 +9,8 @@
 mod common;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use common::*;
 use mofa_bus::pyvenv::{cache_dir, Venv};
@@ -85,22 +82,11 @@ async fn drive(mut client: Command, language: &str) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap_or_else(|e| panic!("{language} client starts: {e}"));
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || -> serde_json::Value {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("{language} client printed nothing more"));
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("{language} client line {line:?}: {e}"))
-    };
+    let lines = Lines::of(
+        child.stdout.take().expect("stdout"),
+        &format!("the {language} client"),
+    );
+    let next = || lines.next_json();
 
     let ok = next();
     assert_eq!(ok["call"], "discount", "{ok}");

@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
@@ -16,14 +14,6 @@ use mofa_bus::wire::Value;
 
 /// The pinned Python MCP SDK, installed once into the cache.
 const MCP_SDK: &str = "mcp==2.3.0";
-
-fn mofa(args: &[&str], url: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mofa"))
-        .args(args)
-        .args(["--nats", url])
-        .output()
-        .expect("mofa runs")
-}
 
 const ADDER: &str = r#"
 let tool = #{
@@ -259,21 +249,8 @@ async fn an_mcp_client_lists_and_calls_fleet_tools_and_hears_of_new_ones() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the MCP client starts");
-    let stdout = client.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let next = || -> serde_json::Value {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the MCP client printed nothing more");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
-    };
+    let lines = Lines::of(client.stdout.take().expect("stdout"), "the MCP client");
+    let next = || lines.next_json();
     let listed = next();
     let weather = listed["tools"]
         .as_array()

@@ -321,3 +321,55 @@ pub async fn expect_error(
         assert_eq!(header, &message, "header and body carry the same message");
     }
 }
+
+/// Runs `mofa ARGS --nats URL` to completion.
+pub fn mofa(args: &[&str], url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(args)
+        .args(["--nats", url])
+        .output()
+        .expect("mofa runs")
+}
+
+/// The lines a child process writes to one of its streams, read on a thread so a test can wait
+/// for the next one with a timeout.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+    what: String,
+}
+
+impl Lines {
+    /// Starts reading `stream`; `what` names it in failure messages.
+    pub fn of(stream: impl std::io::Read + Send + 'static, what: &str) -> Lines {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines {
+            rx,
+            what: what.to_string(),
+        }
+    }
+
+    /// The next line, waiting up to `timeout`.
+    pub fn next_within(&self, timeout: Duration) -> String {
+        self.rx
+            .recv_timeout(timeout)
+            .unwrap_or_else(|_| panic!("{} printed nothing more within {timeout:?}", self.what))
+    }
+
+    /// The next line as JSON, waiting up to 60 s.
+    pub fn next_json(&self) -> serde_json::Value {
+        let line = self.next_within(Duration::from_secs(60));
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{} printed {line:?}, not JSON: {e}", self.what))
+    }
+}

@@ -34,7 +34,7 @@ fn report() {
 
 /// The docs' moderation rules, with the documented change: closures are called with
 /// `.call(...)` (the docs' `(rule.condition)(message)` is not valid Rhai). Ties in priority run
-/// in file order; `evaluate` is not used by the engine.
+/// in file order; `evaluate` (named last, as an entry would be) is not used by the engine.
 const MODERATION: &str = r#"
 let rules = [
     #{ name: "spam", priority: "high",
@@ -60,6 +60,8 @@ fn evaluate(message) {
     }
     #{ action: "allow" }
 }
+
+evaluate
 "#;
 
 async fn start(

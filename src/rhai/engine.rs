@@ -2,10 +2,14 @@
 //!
 //! Built once from a [`RhaiConfig`]: operation, call-depth, string, array, map and expression
 //! limits set on the engine; `eval` and `import` disabled, no module resolver (so no file
-//! access), `print`/`debug` routed to `tracing`. Scripts get a per-plugin state map through
-//! `state_get(key)`, `state_set(key, value)` and `state_remove(key)`. Rhai has no wall-clock limit of its own, so the
-//! progress callback checks a per-thread deadline every [`DEADLINE_CHECK_EVERY`] operations
-//! and terminates the script once it has passed.
+//! access), `print`/`debug` routed to `tracing`, the standard library registered. Scripts get a
+//! per-plugin state map through `state_get(key)`, `state_set(key, value)` and
+//! `state_remove(key)`. Rhai has no wall-clock limit of its own, so the progress callback
+//! checks a per-thread deadline every [`DEADLINE_CHECK_EVERY`] operations and terminates the
+//! script once it has passed.
+//!
+//! [`ScriptEngine::compile`] decides a script's shape once, at load; [`ScriptEngine::call_until`]
+//! binds a request to it (arguments, tool schema, rule set) on every call.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -200,8 +204,8 @@ impl ScriptEngine {
     /// - a tool: the top level defines (or returns) a `tool` map (see [`super::tool`]); its
     ///   entry is `execute`;
     /// - a function named `execute`;
-    /// - the function the top level names in its last statement (the seed form);
     /// - a rule set: the top level defines a `rules` array (see [`super::rules`]);
+    /// - the function the top level names in its last statement (the seed form);
     /// - the script's only function.
     pub fn compile(&self, name: &str, source: &str) -> Result<Entry, PluginError> {
         let mut ast = self
@@ -281,11 +285,16 @@ impl ScriptEngine {
                 tool: Some(tool),
             });
         }
-        if let Some(shape) = function("execute").or_else(|| function(&named)) {
+        if let Some(shape) = function("execute") {
             return entry(shape);
         }
+        // Before a named entry: the docs' rule files end with `evaluate`, which the engine
+        // replaces.
         if let Some(rules) = scope.get_value::<rhai::Array>(RULES_VARIABLE) {
             return entry(Shape::Rules(RuleSet::from_array(name, rules)?));
+        }
+        if let Some(shape) = function(&named) {
+            return entry(shape);
         }
         if let [(only, params)] = functions.as_slice() {
             return entry(Shape::Function {

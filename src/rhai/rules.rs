@@ -18,7 +18,8 @@
 //! result comes back as `{rule, matched: true, result}`). When no condition holds the reply is
 //! `{rule: (), matched: false}`. A condition that throws, or returns anything but a bool, is an
 //! error reply naming the rule. A function the script also defines (such as the `evaluate` of
-//! older examples) is not called: the engine does the evaluation.
+//! older examples, even when the script ends by naming it) is not called: the engine does the
+//! evaluation. Only `fn execute` takes precedence over `rules`.
 
 use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, Map, AST};
 

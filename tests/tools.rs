@@ -227,8 +227,8 @@ async fn mofa_tools_lists_a_tool_published_after_the_fleet_started() {
     worker.shutdown().await.expect("drains");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_mcp_client_lists_and_calls_fleet_tools_and_hears_of_new_ones() {
+/// The MCP client script, run by the venv's Python with the pinned SDK.
+async fn mcp_client() -> Command {
     let python = tokio::task::spawn_blocking(|| {
         let venv = Venv::new(&format!("py-{}", MCP_SDK.replace("==", "")), &[MCP_SDK]);
         match venv.ensure() {
@@ -238,12 +238,53 @@ async fn an_mcp_client_lists_and_calls_fleet_tools_and_hears_of_new_ones() {
     })
     .await
     .expect("venv");
+    let mut command = Command::new(python);
+    command
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mcp_client.py"));
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mcp_call_past_the_servers_timeout_is_a_tool_error() {
+    let server = NatsServer::start();
+    let slow = r#"
+let tool = #{ name: "slow", description: "Never finishes in time", parameters: #{ type: "object" } };
+fn execute(args) { loop { } }
+"#;
+    let dir = plugins_dir(&[("slow.rhai", slow)]);
+    let mut cfg = config(&server, dir.path());
+    cfg.rhai.timeout_ms = 6_000;
+    cfg.rhai.max_operations = 0;
+    let worker = worker(cfg).await;
+    let out = mcp_client()
+        .await
+        .args([env!("CARGO_BIN_EXE_mofa"), &server.url(), "slow"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("the MCP client runs");
+    assert!(out.status.success(), "{out:?}");
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(line["is_error"], true, "{line}");
+    assert!(
+        line["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("did not answer within 1s")),
+        "{line}"
+    );
+    let seconds = line["seconds"].as_f64().expect("seconds");
+    assert!(
+        seconds < 4.0,
+        "answered after {seconds} s, the script's own deadline is 6 s"
+    );
+    worker.shutdown().await.expect("drains");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mcp_client_lists_and_calls_fleet_tools_and_hears_of_new_ones() {
     let server = NatsServer::start();
     let worker = worker(config(&server, &repo_plugins())).await;
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mcp_client.py");
-    let mut client = Command::new(python)
-        .arg(script)
+    let mut client = mcp_client()
+        .await
         .args([env!("CARGO_BIN_EXE_mofa"), &server.url()])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,10 +1,11 @@
 """An MCP client written with the official Python SDK (`mcp`), driving `mofa mcp` over stdio.
 
-    python mcp_client.py MOFA_BINARY NATS_URL
+    python mcp_client.py MOFA_BINARY NATS_URL [slow]
 
 Prints one JSON object per line: the tool list, a good call, a call with bad arguments, a
 call to a tool nobody serves; then {"waiting": ...} and, once the server announces that the
-tool list changed, the new list.
+tool list changed, the new list. With `slow`: one call to the tool `slow` through a server
+whose call timeout is 1 s, and its outcome.
 """
 
 import asyncio
@@ -21,6 +22,18 @@ def emit(**fields):
 
 def text_of(result):
     return "".join(getattr(block, "text", "") for block in result.content)
+
+
+async def slow(binary, url):
+    params = StdioServerParameters(command=binary, args=["mcp", "--nats", url, "--timeout", "1s"])
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            result = await session.call_tool("slow", {})
+            emit(call="slow", is_error=bool(result.is_error), text=text_of(result),
+                 seconds=loop.time() - started)
 
 
 async def main(binary, url):
@@ -53,4 +66,7 @@ async def main(binary, url):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    if sys.argv[3:] == ["slow"]:
+        asyncio.run(slow(sys.argv[1], sys.argv[2]))
+    else:
+        asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -7,6 +7,7 @@
 //! parking. A job whose caller has already given up (deadline passed while queued) is skipped.
 //! Nested calls (a sandboxed plugin calling another one) run inline on the calling pool thread.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -29,8 +30,25 @@ thread_local! {
 #[derive(Debug)]
 pub struct SandboxPool {
     jobs: Sender<Job>,
+    rx: Receiver<Job>,
     threads: usize,
+    stand_ins: Arc<StandIns>,
 }
+
+/// Pool threads blocked waiting for another plugin's answer, and the threads started to stand
+/// in for them. A script waiting on the bus holds its pool thread; if every thread waited, the
+/// requests that would answer them (on this worker: the other half of two plugins calling each
+/// other across workers, or the next level of a deep chain) would sit in the queue until every
+/// deadline passed. So while a thread waits, a stand-in takes jobs in its place, and leaves once
+/// fewer threads wait than stand-ins run.
+#[derive(Debug, Default)]
+struct StandIns {
+    waiting: AtomicUsize,
+    running: AtomicUsize,
+}
+
+/// Most stand-ins at once, per configured thread: one per level of a call chain.
+const STAND_INS_PER_THREAD: usize = super::MAX_CALL_DEPTH as usize;
 
 /// How long an idle pool thread keeps looking for work before it sleeps. Under load the next
 /// job usually arrives within this window, which saves a sleep and a wake-up (two context
@@ -76,7 +94,69 @@ impl SandboxPool {
                 tracing::error!(error = %e, "cannot start sandbox thread");
             }
         }
-        Arc::new(Self { jobs, threads })
+        Arc::new(Self {
+            jobs,
+            rx,
+            threads,
+            stand_ins: Arc::default(),
+        })
+    }
+
+    /// Drives `call` (a plugin's call to another plugin) to completion on this thread, like
+    /// [`block_on`]; on a pool thread, once the call has to wait, a stand-in thread takes jobs
+    /// until it answers (see [`StandIns`]).
+    pub(crate) fn wait_for_call<F: std::future::Future>(&self, call: F) -> F::Output {
+        if !ON_POOL_THREAD.with(|on| on.get()) {
+            return block_on(call);
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut call = std::pin::pin!(call);
+        let mut counted = false;
+        let output = loop {
+            if let std::task::Poll::Ready(output) = call.as_mut().poll(&mut cx) {
+                break output;
+            }
+            if !counted {
+                counted = true;
+                self.stand_in();
+            }
+            thread::park();
+        };
+        if counted {
+            self.stand_ins.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
+        output
+    }
+
+    /// Counts this thread as waiting and starts a stand-in if fewer run than threads wait.
+    fn stand_in(&self) {
+        let waiting = self.stand_ins.waiting.fetch_add(1, Ordering::AcqRel) + 1;
+        let most = self.threads * STAND_INS_PER_THREAD;
+        let running = &self.stand_ins.running;
+        let mut now = running.load(Ordering::Acquire);
+        while now < waiting && now < most {
+            match running.compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let (rx, stand_ins) = (self.rx.clone(), self.stand_ins.clone());
+                    let spawned = thread::Builder::new()
+                        .name("mofa-sandbox-stand-in".into())
+                        .stack_size(8 << 20)
+                        .spawn(move || stand_in_loop(&rx, &stand_ins));
+                    if let Err(e) = spawned {
+                        running.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(error = %e, "cannot start a stand-in sandbox thread");
+                    }
+                    return;
+                }
+                Err(current) => now = current,
+            }
+        }
+    }
+
+    /// Stand-in threads running now.
+    pub fn stand_ins(&self) -> usize {
+        self.stand_ins.running.load(Ordering::Acquire)
     }
 
     /// Twice the available cores, at least four.
@@ -145,6 +225,32 @@ impl SandboxPool {
             .map_err(|_| PluginError::Failed("sandbox pool is shut down".to_string()))?;
         rx.await
             .map_err(|_| PluginError::Failed("sandboxed call was dropped".to_string()))?
+    }
+}
+
+/// A stand-in's life: take jobs while more threads wait than stand-ins run.
+fn stand_in_loop(rx: &Receiver<Job>, stand_ins: &StandIns) {
+    ON_POOL_THREAD.with(|on| on.set(true));
+    loop {
+        let running = stand_ins.running.load(Ordering::Acquire);
+        if running > stand_ins.waiting.load(Ordering::Acquire) {
+            if stand_ins
+                .running
+                .compare_exchange(running, running - 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
+            continue;
+        }
+        match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+            Ok(job) => job(),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                stand_ins.running.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
     }
 }
 

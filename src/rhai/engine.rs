@@ -12,7 +12,7 @@
 //! binds a request to it (arguments, tool schema, rule set) on every call.
 
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use rhai::{CallFnOptions, Dynamic, Engine, EvalAltResult, Scope, AST};
@@ -21,7 +21,7 @@ use super::config::RhaiConfig;
 use super::convert::{from_dynamic, to_dynamic};
 use super::rules::{RuleError, RuleSet, RULES_VARIABLE};
 use super::tool::{self, Tool};
-use crate::plugin::{PluginError, SandboxPool, Value};
+use crate::plugin::{CallContext, PluginCaller, PluginError, SandboxPool, Value, MAX_CALL_DEPTH};
 
 /// How many operations pass between two deadline checks (a power of two).
 pub const DEADLINE_CHECK_EVERY: u64 = 256;
@@ -34,21 +34,34 @@ thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// State map of the plugin whose call runs on this thread, if any.
     static STATE: RefCell<Option<StateMap>> = const { RefCell::new(None) };
+    /// How many plugin-to-plugin calls deep the call running on this thread is.
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Makes `state` the running call's state map until dropped.
-struct StateGuard;
+/// Makes a call's deadline, state map and depth this thread's until dropped, then puts back
+/// what was there before, even if the call unwinds: a script's `call_plugin` may run another
+/// script on the same thread, and the caller carries on under its own deadline and state.
+struct CallGuard {
+    deadline: Option<Instant>,
+    state: Option<StateMap>,
+    depth: u32,
+}
 
-impl StateGuard {
-    fn set(state: Option<StateMap>) -> Self {
-        STATE.with(|s| *s.borrow_mut() = state);
-        StateGuard
+impl CallGuard {
+    fn set(deadline: Instant, state: Option<StateMap>, depth: u32) -> Self {
+        CallGuard {
+            deadline: DEADLINE.with(|d| d.replace(Some(deadline))),
+            state: STATE.with(|s| s.replace(state)),
+            depth: DEPTH.with(|d| d.replace(depth)),
+        }
     }
 }
 
-impl Drop for StateGuard {
+impl Drop for CallGuard {
     fn drop(&mut self) {
-        STATE.with(|s| *s.borrow_mut() = None);
+        DEADLINE.with(|d| d.set(self.deadline));
+        STATE.with(|s| *s.borrow_mut() = self.state.take());
+        DEPTH.with(|d| d.set(self.depth));
     }
 }
 
@@ -59,20 +72,77 @@ fn with_state<T>(f: impl FnOnce(&mut rhai::Map) -> T) -> Result<T, Box<EvalAltRe
     })
 }
 
-/// Sets this thread's deadline for the duration of a call and clears it afterwards, even if the
-/// call unwinds.
-struct DeadlineGuard;
-
-impl DeadlineGuard {
-    fn set(deadline: Instant) -> Self {
-        DEADLINE.with(|d| d.set(Some(deadline)));
-        DeadlineGuard
-    }
+/// How scripts reach other plugins: the worker's caller and the runtime its calls need.
+struct Caller {
+    caller: Arc<dyn PluginCaller>,
+    runtime: tokio::runtime::Handle,
 }
 
-impl Drop for DeadlineGuard {
-    fn drop(&mut self) {
-        DEADLINE.with(|d| d.set(None));
+/// An error a script can catch: `#{code, message}`, as a callee's error arrives.
+fn catchable(code: u16, message: String) -> Box<EvalAltResult> {
+    let mut map = rhai::Map::new();
+    map.insert("code".into(), Dynamic::from_int(i64::from(code)));
+    map.insert("message".into(), message.into());
+    EvalAltResult::ErrorRuntime(map.into(), rhai::Position::NONE).into()
+}
+
+/// `call_plugin(name, input)`: runs plugin `name` (on this worker if it serves it, otherwise
+/// over the bus) one call deeper, under the caller's remaining deadline. A callee's error is a
+/// catchable `#{code, message}`.
+fn call_plugin(
+    caller: &OnceLock<Caller>,
+    pool: &SandboxPool,
+    timeout: std::time::Duration,
+    name: &str,
+    input: Dynamic,
+) -> Result<Dynamic, Box<EvalAltResult>> {
+    let Some(c) = caller.get() else {
+        return Err(catchable(
+            503,
+            format!(
+                "call_plugin({name}): this engine has no plugin caller (it runs outside a worker)"
+            ),
+        ));
+    };
+    let depth = DEPTH.with(|d| d.get()) + 1;
+    if depth > MAX_CALL_DEPTH {
+        return Err(catchable(
+            413,
+            format!(
+                "call_plugin({name}): call depth limit of {MAX_CALL_DEPTH} reached (plugins calling each other in a loop?)"
+            ),
+        ));
+    }
+    let deadline = DEADLINE
+        .with(|d| d.get())
+        .unwrap_or_else(|| Instant::now() + timeout);
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(catchable(
+            408,
+            format!("call_plugin({name}): the caller's deadline has passed"),
+        ));
+    }
+    let input = from_dynamic(input)
+        .map_err(|e| catchable(400, format!("call_plugin({name}): input: {e}")))?;
+    let _runtime = c.runtime.enter();
+    let call = c.caller.call(
+        name,
+        input,
+        CallContext {
+            depth,
+            deadline: Some(deadline),
+            admitted: None,
+        },
+    );
+    match pool.wait_for_call(tokio::time::timeout(remaining, call)) {
+        Ok(Ok(value)) => to_dynamic(value)
+            .map_err(|e| catchable(500, format!("call_plugin({name}): output: {e}"))),
+        Ok(Err(e)) => Err(catchable(e.code().as_u16(), e.to_string())),
+        Err(_) => Err(catchable(
+            408,
+            format!("call_plugin({name}): no answer before the caller's deadline"),
+        )),
     }
 }
 
@@ -117,6 +187,7 @@ pub struct ScriptEngine {
     engine: Engine,
     config: RhaiConfig,
     pool: Arc<SandboxPool>,
+    caller: Arc<OnceLock<Caller>>,
 }
 
 impl std::fmt::Debug for ScriptEngine {
@@ -182,11 +253,26 @@ impl ScriptEngine {
                 with_state(|m| m.remove(key).unwrap_or(Dynamic::UNIT))
             });
         super::stdlib::register(&mut engine, &config);
+        let caller: Arc<OnceLock<Caller>> = Arc::default();
+        let (reach, waits, timeout) = (caller.clone(), pool.clone(), config.timeout());
+        engine.register_fn(
+            "call_plugin",
+            move |name: &str, input: Dynamic| -> Result<Dynamic, Box<EvalAltResult>> {
+                call_plugin(&reach, &waits, timeout, name, input)
+            },
+        );
         Self {
             engine,
             config,
             pool,
+            caller,
         }
+    }
+
+    /// Sets how scripts' `call_plugin` reaches other plugins, and the runtime its calls run
+    /// on. Set once.
+    pub fn set_caller(&self, caller: Arc<dyn PluginCaller>, runtime: tokio::runtime::Handle) {
+        let _ = self.caller.set(Caller { caller, runtime });
     }
 
     /// The pool calls run on.
@@ -238,7 +324,7 @@ impl ScriptEngine {
         };
         let mut scope = Scope::new();
         let result = {
-            let _deadline = DeadlineGuard::set(Instant::now() + self.config.timeout());
+            let _call = CallGuard::set(Instant::now() + self.config.timeout(), None, 0);
             self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast)
         };
         let (value, named) = match result {
@@ -313,20 +399,26 @@ impl ScriptEngine {
     /// Runs the entry function on `input` with this engine's limits, the deadline starting now.
     /// Blocking: call it from a sandbox thread.
     pub fn call(&self, entry: &Entry, input: Value) -> Result<Value, PluginError> {
-        self.call_until(entry, input, Instant::now() + self.config.timeout(), None)
+        self.call_until(
+            entry,
+            input,
+            Instant::now() + self.config.timeout(),
+            None,
+            0,
+        )
     }
 
-    /// Runs the entry function on `input` with `state` as its state map, terminating it at
-    /// `deadline`. Blocking.
+    /// Runs the entry function on `input` with `state` as its state map, `depth` plugin calls
+    /// deep, terminating it at `deadline`. Blocking.
     pub fn call_until(
         &self,
         entry: &Entry,
         input: Value,
         deadline: Instant,
         state: Option<StateMap>,
+        depth: u32,
     ) -> Result<Value, PluginError> {
-        let _deadline = DeadlineGuard::set(deadline);
-        let _state = StateGuard::set(state);
+        let _call = CallGuard::set(deadline, state, depth);
         if let Some(tool) = &entry.tool {
             tool.check(&input)?;
         }
@@ -440,7 +532,8 @@ pub fn classify(error: EvalAltResult, config: &RhaiConfig) -> PluginError {
     }
 }
 
-/// The error a script raised with `throw`.
+/// The error a script raised with `throw`: `#{code, message}` keeps its code (400, 408, 413,
+/// 503; anything else is 500), so an uncaught error from `call_plugin` keeps the callee's code.
 fn thrown(value: &Dynamic) -> PluginError {
     if let Some(map) = value.read_lock::<rhai::Map>() {
         let code = map.get("code").and_then(|c| c.as_int().ok());
@@ -448,9 +541,9 @@ fn thrown(value: &Dynamic) -> PluginError {
             .get("message")
             .map(|m| m.to_string())
             .unwrap_or_else(|| value.to_string());
-        return match code {
-            Some(400) => PluginError::BadInput(message),
-            _ => PluginError::Failed(message),
+        return match code.and_then(|c| u16::try_from(c).ok()) {
+            Some(code) => PluginError::from_code(code, message),
+            None => PluginError::Failed(message),
         };
     }
     PluginError::Failed(value.to_string())

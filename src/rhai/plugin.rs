@@ -130,7 +130,7 @@ impl AgentPlugin for RhaiPlugin {
             .pool()
             .run_until(
                 deadline,
-                move || engine.call_until(&entry, input, deadline, Some(state)),
+                move || engine.call_until(&entry, input, deadline, Some(state), context.depth),
                 || {
                     PluginError::Timeout(format!(
                         "script exceeded its deadline of {} ms",

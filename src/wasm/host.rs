@@ -9,7 +9,7 @@ use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Manifest};
-use crate::plugin::{block_on, CallContext, PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
+use crate::plugin::{CallContext, PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
 use crate::wire;
 
 /// The memory cap, installed with `Store::limiter`. Records a refusal so the error reply can
@@ -53,6 +53,7 @@ pub(crate) struct HostContext {
     pub(crate) config: Vec<(String, Value)>,
     pub(crate) caller: Option<Arc<dyn PluginCaller>>,
     pub(crate) runtime: Option<tokio::runtime::Handle>,
+    pub(crate) pool: Arc<crate::plugin::SandboxPool>,
 }
 
 /// Per-call store data.
@@ -181,11 +182,14 @@ fn call_plugin(data: &StoreData, name: &str, input: Value) -> Result<Value, Plug
             admitted: None,
         },
     );
-    block_on(tokio::time::timeout(remaining, call)).unwrap_or_else(|_| {
-        Err(PluginError::Timeout(format!(
-            "call_plugin({name}): no answer before the caller's deadline"
-        )))
-    })
+    data.host
+        .pool
+        .wait_for_call(tokio::time::timeout(remaining, call))
+        .unwrap_or_else(|_| {
+            Err(PluginError::Timeout(format!(
+                "call_plugin({name}): no answer before the caller's deadline"
+            )))
+        })
 }
 
 /// The guest's exported memory.

@@ -193,6 +193,7 @@ impl WasmRuntime {
                 config,
                 caller: self.caller.get().cloned(),
                 runtime: self.runtime.clone(),
+                pool: self.pool.clone(),
             }),
         })
     }

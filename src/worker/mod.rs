@@ -276,11 +276,13 @@ impl Worker {
         let pool = SandboxPool::new(config.sandbox_threads);
         let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool.clone()));
         let wasm = WasmRuntime::new(config.wasm.clone(), pool)?;
-        wasm.set_caller(caller::new(
+        let calls = caller::new(
             &manager,
             client.clone(),
             Duration::from_millis(config.wasm.timeout_ms),
-        ));
+        );
+        wasm.set_caller(calls.clone());
+        engine.set_caller(calls, tokio::runtime::Handle::current());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         let shared = Arc::new(Shared {

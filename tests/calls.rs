@@ -209,3 +209,55 @@ async fn calls_cross_workers_over_the_bus_and_the_depth_limit_stops_loops_betwee
     front.shutdown().await.expect("drains");
     back.shutdown().await.expect("drains");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_scripts_calling_each_other_across_workers_does_not_starve_the_pools() {
+    // a (first worker) calls b (second worker), which calls c (first worker): every a holds a
+    // pool thread on the first worker while the c it needs waits for one. Two threads each.
+    let server = NatsServer::start();
+    let tune = |c: &mut WorkerConfig| {
+        c.sandbox_threads = 2;
+        c.max_concurrency = 1000;
+        c.rhai.timeout_ms = 10_000;
+    };
+    let (first, _a) = start_with(
+        &server,
+        &[
+            ("a.rhai", r#"fn execute(x) { call_plugin("b", x) }"#),
+            ("c.rhai", "fn execute(x) { x + 1 }"),
+        ],
+        tune,
+    )
+    .await;
+    let (second, _b) = start_with(
+        &server,
+        &[("b.rhai", r#"fn execute(x) { call_plugin("c", x) }"#)],
+        tune,
+    )
+    .await;
+    let client = server.client().await;
+    let burst = 500;
+    let calls: Vec<_> = (0..burst)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                call_raw(
+                    &client,
+                    "a",
+                    mofa_bus::wire::encode(&Value::from(i)),
+                    Duration::from_secs(15),
+                )
+                .await
+            })
+        })
+        .collect();
+    for (i, handle) in calls.into_iter().enumerate() {
+        let reply = handle
+            .await
+            .expect("task")
+            .expect("every request is answered");
+        assert_eq!(reply.ok(), Value::from(i as i64 + 1));
+    }
+    first.shutdown().await.expect("drains");
+    second.shutdown().await.expect("drains");
+}

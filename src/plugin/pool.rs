@@ -30,7 +30,10 @@ thread_local! {
 #[derive(Debug)]
 pub struct SandboxPool {
     jobs: Sender<Job>,
-    rx: Receiver<Job>,
+    /// Requests made by plugins (a call depth above 0): taken before new requests, because
+    /// the plugins waiting for them hold pool threads.
+    nested: Sender<Job>,
+    nested_rx: Receiver<Job>,
     threads: usize,
     stand_ins: Arc<StandIns>,
 }
@@ -39,8 +42,9 @@ pub struct SandboxPool {
 /// in for them. A script waiting on the bus holds its pool thread; if every thread waited, the
 /// requests that would answer them (on this worker: the other half of two plugins calling each
 /// other across workers, or the next level of a deep chain) would sit in the queue until every
-/// deadline passed. So while a thread waits, a stand-in takes jobs in its place, and leaves once
-/// fewer threads wait than stand-ins run.
+/// deadline passed. So while a thread waits, a stand-in takes nested requests (never new ones,
+/// which would only wait in turn) in its place, and leaves once fewer threads wait than
+/// stand-ins run.
 #[derive(Debug, Default)]
 struct StandIns {
     waiting: AtomicUsize,
@@ -55,17 +59,25 @@ const STAND_INS_PER_THREAD: usize = super::MAX_CALL_DEPTH as usize;
 /// switches) per request.
 const IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// The next job; `None` when the pool is dropped.
-fn next_job(rx: &Receiver<Job>) -> Option<Job> {
+/// The next job, nested calls first; `None` when the pool is dropped.
+fn next_job(nested: &Receiver<Job>, fresh: &Receiver<Job>) -> Option<Job> {
     let started = std::time::Instant::now();
     loop {
-        match rx.try_recv() {
+        if let Ok(job) = nested.try_recv() {
+            return Some(job);
+        }
+        match fresh.try_recv() {
             Ok(job) => return Some(job),
             Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
             Err(crossbeam_channel::TryRecvError::Empty) if started.elapsed() < IDLE_SPIN => {
                 thread::yield_now();
             }
-            Err(crossbeam_channel::TryRecvError::Empty) => return rx.recv().ok(),
+            Err(crossbeam_channel::TryRecvError::Empty) => {
+                return crossbeam_channel::select! {
+                    recv(nested) -> job => job.ok(),
+                    recv(fresh) -> job => job.ok(),
+                };
+            }
         }
     }
 }
@@ -79,14 +91,15 @@ impl SandboxPool {
             threads
         };
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
+        let (nested, nested_rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads {
-            let rx: Receiver<Job> = rx.clone();
+            let (rx, nested_rx) = (rx.clone(), nested_rx.clone());
             let spawned = thread::Builder::new()
                 .name(format!("mofa-sandbox-{i}"))
                 .stack_size(8 << 20)
                 .spawn(move || {
                     ON_POOL_THREAD.with(|on| on.set(true));
-                    while let Some(job) = next_job(&rx) {
+                    while let Some(job) = next_job(&nested_rx, &rx) {
                         job();
                     }
                 });
@@ -96,7 +109,8 @@ impl SandboxPool {
         }
         Arc::new(Self {
             jobs,
-            rx,
+            nested,
+            nested_rx,
             threads,
             stand_ins: Arc::default(),
         })
@@ -138,7 +152,7 @@ impl SandboxPool {
         while now < waiting && now < most {
             match running.compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let (rx, stand_ins) = (self.rx.clone(), self.stand_ins.clone());
+                    let (rx, stand_ins) = (self.nested_rx.clone(), self.stand_ins.clone());
                     let spawned = thread::Builder::new()
                         .name("mofa-sandbox-stand-in".into())
                         .stack_size(8 << 20)
@@ -175,6 +189,14 @@ impl SandboxPool {
     /// Runs `job` on a pool thread, without waiting for it.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> Result<(), PluginError> {
         self.jobs
+            .send(Box::new(job))
+            .map_err(|_| PluginError::Failed("sandbox pool is shut down".to_string()))
+    }
+
+    /// Runs `job`, a request made by another plugin, on a pool thread before any new request
+    /// (see [`StandIns`]), without waiting for it.
+    pub fn spawn_nested(&self, job: impl FnOnce() + Send + 'static) -> Result<(), PluginError> {
+        self.nested
             .send(Box::new(job))
             .map_err(|_| PluginError::Failed("sandbox pool is shut down".to_string()))
     }
@@ -228,7 +250,7 @@ impl SandboxPool {
     }
 }
 
-/// A stand-in's life: take jobs while more threads wait than stand-ins run.
+/// A stand-in's life: take nested requests while more threads wait than stand-ins run.
 fn stand_in_loop(rx: &Receiver<Job>, stand_ins: &StandIns) {
     ON_POOL_THREAD.with(|on| on.set(true));
     loop {

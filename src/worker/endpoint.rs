@@ -175,16 +175,26 @@ impl Endpoint {
 
     fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
         let endpoint = self.clone();
+        // The deadline counts from here: time spent queued for a sandbox thread is part of it.
+        let context = call_context(&message, Instant::now());
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) if crate::kinds::is_sandboxed(self.served().plugin.kind()) => {
                 // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
                 // there (execute, reply, event) instead of hopping back to an async thread.
-                let request = tracker.track_future(endpoint.clone().handle(message, permit));
+                let request =
+                    tracker.track_future(endpoint.clone().handle(message, permit, context));
                 let runtime = self.runtime.clone();
-                let queued = self.pool.spawn(move || {
+                let job = move || {
                     let _context = runtime.enter();
                     block_on(request);
-                });
+                };
+                // A request from another plugin goes first: that plugin holds a thread while it
+                // waits (see `SandboxPool::wait_for_call`).
+                let queued = if context.depth > 0 {
+                    self.pool.spawn_nested(job)
+                } else {
+                    self.pool.spawn(job)
+                };
                 if let Err(e) = queued {
                     tracing::error!(plugin = %endpoint.name, error = %e, "request dropped");
                 }
@@ -192,7 +202,7 @@ impl Endpoint {
             Ok(permit) => {
                 // Most native plugins finish without ever waiting: poll the request once here and
                 // only pay for a task when it has to wait (I/O, backpressure).
-                let mut request = Box::pin(endpoint.handle(message, permit));
+                let mut request = Box::pin(endpoint.handle(message, permit, context));
                 let mut cx = Context::from_waker(Waker::noop());
                 if request.as_mut().poll(&mut cx).is_pending() {
                     tracker.spawn(request);
@@ -215,16 +225,16 @@ impl Endpoint {
         }
     }
 
-    async fn handle(self: Arc<Self>, message: Message, permit: OwnedSemaphorePermit) {
+    async fn handle(
+        self: Arc<Self>,
+        message: Message,
+        permit: OwnedSemaphorePermit,
+        context: CallContext,
+    ) {
         let started = Instant::now();
         let served = self.served();
         let result = match wire::decode(&message.payload) {
-            Ok(input) => {
-                served
-                    .plugin
-                    .execute_in(input, call_context(&message, started))
-                    .await
-            }
+            Ok(input) => served.plugin.execute_in(input, context).await,
             Err(e) => Err(PluginError::BadInput(e.to_string())),
         };
         drop(permit);

@@ -237,7 +237,23 @@ fn in_process() {
     scripts_in_process(&engine, &input);
 }
 
-/// Entry binding by name against `fn execute(input)`, and rule-set evaluation, in-process.
+/// A plugin caller whose callee answers at once with its input: isolates `call_plugin`'s own
+/// cost (value conversion, depth and deadline, waiting on the call's future).
+struct InstantEcho;
+
+impl mofa_bus::plugin::PluginCaller for InstantEcho {
+    fn call(
+        &self,
+        _plugin: &str,
+        input: Value,
+        _context: mofa_bus::plugin::CallContext,
+    ) -> futures::future::BoxFuture<'static, Result<Value, mofa_bus::plugin::PluginError>> {
+        Box::pin(async move { Ok(input) })
+    }
+}
+
+/// Entry binding by name against `fn execute(input)`, rule-set evaluation and `call_plugin`,
+/// in-process.
 fn scripts_in_process(engine: &ScriptEngine, input: &Value) {
     let per_call = |entry: &mofa_bus::rhai::Entry, input: &Value, n: u32| {
         for _ in 0..n / 10 {
@@ -285,6 +301,34 @@ fn scripts_in_process(engine: &ScriptEngine, input: &Value) {
     let first_match = per_call(&rules, &message("well damn"), n);
     let no_match = per_call(&rules, &message("see you at noon"), n);
 
+    // call_plugin's own cost: a script passing its input to a callee that answers at once,
+    // against the same script returning its input.
+    let calls = ScriptEngine::new(RhaiConfig::default());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    calls.set_caller(Arc::new(InstantEcho), runtime.handle().clone());
+    let direct = calls
+        .compile("direct", "fn execute(x) { x }")
+        .expect("compiles");
+    let nested = calls
+        .compile("nested", r#"fn execute(x) { call_plugin("echo", x) }"#)
+        .expect("compiles");
+    let per_call_on = |entry: &mofa_bus::rhai::Entry| {
+        let m = 100_000u32;
+        for _ in 0..m / 10 {
+            calls.call(entry, input.clone()).expect("runs");
+        }
+        let t = Instant::now();
+        for _ in 0..m {
+            std::hint::black_box(calls.call(entry, input.clone()).expect("runs"));
+        }
+        t.elapsed() / m
+    };
+    let direct = per_call_on(&direct);
+    let nested = per_call_on(&nested);
+
     println!();
     println!("scripts in-process, per call (input clone included):");
     println!("  two parameters bound by name                          {by_name:>10.2?}");
@@ -293,6 +337,10 @@ fn scripts_in_process(engine: &ScriptEngine, input: &Value) {
         (by_name.as_nanos() as f64 - whole.as_nanos() as f64) / 1000.0
     );
     println!("  content_moderation, first rule matches               {first_match:>10.2?}   target <= 2 µs");
+    println!(
+        "  call_plugin to a callee answering at once             {nested:>10.2?}   overhead {:>+.2} µs over the direct script (target <= 1 µs)",
+        (nested.as_nanos() as f64 - direct.as_nanos() as f64) / 1000.0
+    );
     println!(
         "  content_moderation, no rule matches ({count} conditions)   {no_match:>10.2?}   {:>8.2?} per rule",
         no_match / count

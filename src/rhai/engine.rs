@@ -12,6 +12,7 @@
 //! binds a request to it (arguments, tool schema, rule set) on every call.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -135,7 +136,17 @@ fn call_plugin(
             admitted: None,
         },
     );
-    match pool.wait_for_call(tokio::time::timeout(remaining, call)) {
+    // A local callee usually answers within the first poll: only a call that has to wait
+    // pays for a timer and a waker.
+    let mut call = std::pin::pin!(call);
+    let first = call
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    let answer = match first {
+        std::task::Poll::Ready(answer) => Ok(answer),
+        std::task::Poll::Pending => pool.wait_for_call(tokio::time::timeout(remaining, call)),
+    };
+    match answer {
         Ok(Ok(value)) => to_dynamic(value)
             .map_err(|e| catchable(500, format!("call_plugin({name}): output: {e}"))),
         Ok(Err(e)) => Err(catchable(e.code().as_u16(), e.to_string())),

@@ -2,7 +2,7 @@
 //! lacks them (the pinned nats-server, the Python client the tests drive).
 //!
 //! A venv is created once per machine under the cache directory and reused by every later
-//! process. Several processes may ask for the same venv at the same moment (cargo runs test
+//! process; [`cached`] is that mechanism for any folder a helper is installed into. Several processes may ask for the same venv at the same moment (cargo runs test
 //! binaries side by side), so creation happens under an exclusive file lock, and a venv only
 //! counts once its `.complete` marker is written: one left half-made by a killed process is
 //! rebuilt, never used.
@@ -105,13 +105,9 @@ impl Venv {
         self.dir().join("bin").join(program)
     }
 
-    fn marker(&self) -> PathBuf {
-        self.dir().join(".complete")
-    }
-
     /// Whether the venv is complete.
     pub fn is_ready(&self) -> bool {
-        self.marker().is_file()
+        self.dir().join(COMPLETE).is_file()
     }
 
     /// Makes the venv if it is not complete yet, and returns its folder. Blocks while another
@@ -122,53 +118,41 @@ impl Venv {
 
     /// [`Venv::ensure`], also saying whether this call made the venv.
     fn make(&self) -> Result<(PathBuf, bool), VenvError> {
-        if self.is_ready() {
-            return Ok((self.dir(), false));
-        }
-        let io_err = |source| VenvError::Io {
-            dir: self.cache.clone(),
-            source,
-        };
-        fs::create_dir_all(&self.cache).map_err(io_err)?;
-        let lock = File::create(self.cache.join(format!("{}.lock", self.name))).map_err(io_err)?;
-        lock.lock().map_err(io_err)?;
-        // Another process may have finished it while this one waited for the lock.
-        if self.is_ready() {
-            return Ok((self.dir(), false));
-        }
-        let dir = self.dir();
-        if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io_err)?;
-        }
         let what = self.requirements.join(" ");
-        eprintln!(
-            "mofa-bus: installing {what} from PyPI into {} (once per machine)",
-            dir.display()
-        );
-        let made = Command::new(&self.python)
-            .args(["-m", "venv"])
-            .arg(&dir)
-            .output();
-        let made = match made {
-            Ok(out) => out,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(VenvError::NoPython {
+        let made = cached(&self.cache, &self.name, |dir| {
+            eprintln!(
+                "mofa-bus: installing {what} from PyPI into {} (once per machine)",
+                dir.display()
+            );
+            let io_err = |source| VenvError::Io {
+                dir: dir.to_path_buf(),
+                source,
+            };
+            let made = match Command::new(&self.python)
+                .args(["-m", "venv"])
+                .arg(dir)
+                .output()
+            {
+                Ok(out) => out,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(VenvError::NoPython {
+                        python: self.python.clone(),
+                        what: what.clone(),
+                        dir: dir.to_path_buf(),
+                    })
+                }
+                Err(source) => return Err(io_err(source)),
+            };
+            if !made.status.success() {
+                return Err(VenvError::Venv {
                     python: self.python.clone(),
-                    what,
-                    dir,
-                })
+                    dir: dir.to_path_buf(),
+                    stderr: tail(&made.stderr),
+                });
             }
-            Err(source) => return Err(io_err(source)),
-        };
-        if !made.status.success() {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(VenvError::Venv {
-                python: self.python.clone(),
-                dir,
-                stderr: tail(&made.stderr),
-            });
-        }
-        if !self.requirements.is_empty() {
+            if self.requirements.is_empty() {
+                return Ok(());
+            }
             let installed = Command::new(self.bin("python"))
                 .args([
                     "-m",
@@ -181,18 +165,59 @@ impl Venv {
                 .output()
                 .map_err(io_err)?;
             if !installed.status.success() {
-                let _ = fs::remove_dir_all(&dir);
                 return Err(VenvError::Pip {
-                    what,
-                    dir,
+                    what: what.clone(),
+                    dir: dir.to_path_buf(),
                     stderr: tail(&installed.stderr),
                 });
             }
-        }
-        fs::write(self.marker(), what).map_err(io_err)?;
-        Ok((dir, true))
+            Ok(())
+        })?;
+        Ok(made)
     }
 }
+
+/// The folder `cache/name`, made by `make` unless a complete one is there: once per machine,
+/// under an exclusive lock on `cache/name.lock`, and counted complete only once `make`
+/// succeeded (a folder left half-made, by a failure or a killed process, is made again).
+/// Returns the folder and whether this call made it.
+pub fn cached<E: From<VenvError>>(
+    cache: &Path,
+    name: &str,
+    make: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(PathBuf, bool), E> {
+    let dir = cache.join(name);
+    let marker = dir.join(COMPLETE);
+    if marker.is_file() {
+        return Ok((dir, false));
+    }
+    let io_err = |source| {
+        E::from(VenvError::Io {
+            dir: cache.to_path_buf(),
+            source,
+        })
+    };
+    fs::create_dir_all(cache).map_err(io_err)?;
+    let lock = File::create(cache.join(format!("{name}.lock"))).map_err(io_err)?;
+    lock.lock().map_err(io_err)?;
+    // Another process may have finished it while this one waited for the lock.
+    if marker.is_file() {
+        return Ok((dir, false));
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io_err)?;
+    }
+    fs::create_dir_all(&dir).map_err(io_err)?;
+    if let Err(e) = make(&dir) {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    fs::write(&marker, "").map_err(io_err)?;
+    Ok((dir, true))
+}
+
+/// The file that marks a cached folder complete.
+const COMPLETE: &str = ".complete";
 
 /// The last lines of a tool's stderr, for an error message.
 fn tail(stderr: &[u8]) -> String {

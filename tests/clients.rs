@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
-use mofa_bus::pyvenv::{cache_dir, Venv};
+use mofa_bus::pyvenv::{cache_dir, cached, Venv, VenvError};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -40,20 +39,14 @@ fn python() -> PathBuf {
 fn js_client() -> PathBuf {
     let source = examples().join("js");
     let lock_text = std::fs::read(source.join("package-lock.json")).expect("package-lock.json");
-    let digest = sha2_hex(&lock_text);
-    let dir = cache_dir().join(format!("js-client-{}", &digest[..12]));
-    std::fs::create_dir_all(cache_dir()).expect("cache dir");
-    let lock = File::create(cache_dir().join("js-client.lock")).expect("lock file");
-    lock.lock().expect("lock");
-    if !dir.join("node_modules/.complete").exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("client dir");
+    let name = format!("js-client-{}", &sha2_hex(&lock_text)[..12]);
+    let made = cached(&cache_dir(), &name, |dir| {
         for file in ["package.json", "package-lock.json"] {
             std::fs::copy(source.join(file), dir.join(file)).expect("copied");
         }
         let installed = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
+            .current_dir(dir)
             .status()
             .unwrap_or_else(|e| {
                 panic!(
@@ -61,8 +54,9 @@ fn js_client() -> PathBuf {
                 )
             });
         assert!(installed.success(), "npm ci in {} failed", dir.display());
-        std::fs::write(dir.join("node_modules/.complete"), "").expect("marker");
-    }
+        Ok::<(), VenvError>(())
+    });
+    let (dir, _) = made.unwrap_or_else(|e| panic!("JS client packages: {e}"));
     std::fs::copy(source.join("client.mjs"), dir.join("client.mjs")).expect("client copied");
     dir
 }

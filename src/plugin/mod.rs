@@ -8,11 +8,13 @@
 
 mod error;
 mod manager;
+mod nested;
 mod pool;
 mod state;
 
 pub use error::PluginError;
 pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
+pub(crate) use nested::call_nested;
 pub(crate) use pool::block_on;
 pub use pool::SandboxPool;
 pub use state::{Lifecycle, PluginState};

@@ -123,20 +123,11 @@ impl SandboxPool {
         if !ON_POOL_THREAD.with(|on| on.get()) {
             return block_on(call);
         }
-        let waker = std::task::Waker::from(Arc::new(Unpark(thread::current())));
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut call = std::pin::pin!(call);
         let mut counted = false;
-        let output = loop {
-            if let std::task::Poll::Ready(output) = call.as_mut().poll(&mut cx) {
-                break output;
-            }
-            if !counted {
-                counted = true;
-                self.stand_in();
-            }
-            thread::park();
-        };
+        let output = drive(call, || {
+            counted = true;
+            self.stand_in();
+        });
         if counted {
             self.stand_ins.waiting.fetch_sub(1, Ordering::AcqRel);
         }
@@ -290,12 +281,21 @@ impl std::task::Wake for Unpark {
 /// `Handle::block_on` it may nest: a sandboxed plugin calling another runs the nested call on
 /// the same thread.
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    drive(future, || {})
+}
+
+/// [`block_on`], calling `first_wait` once, the first time `future` has to wait.
+fn drive<F: std::future::Future>(future: F, first_wait: impl FnOnce()) -> F::Output {
     let waker = std::task::Waker::from(Arc::new(Unpark(thread::current())));
     let mut cx = std::task::Context::from_waker(&waker);
     let mut future = std::pin::pin!(future);
+    let mut first_wait = Some(first_wait);
     loop {
         if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return output;
+        }
+        if let Some(first_wait) = first_wait.take() {
+            first_wait();
         }
         thread::park();
     }

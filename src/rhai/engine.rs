@@ -12,7 +12,6 @@
 //! binds a request to it (arguments, tool schema, rule set) on every call.
 
 use std::cell::{Cell, RefCell};
-use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
@@ -22,7 +21,7 @@ use super::config::RhaiConfig;
 use super::convert::{from_dynamic, to_dynamic};
 use super::rules::{RuleError, RuleSet, RULES_VARIABLE};
 use super::tool::{self, Tool};
-use crate::plugin::{CallContext, PluginCaller, PluginError, SandboxPool, Value, MAX_CALL_DEPTH};
+use crate::plugin::{call_nested, PluginCaller, PluginError, SandboxPool, Value};
 
 /// How many operations pass between two deadline checks (a power of two).
 pub const DEADLINE_CHECK_EVERY: u64 = 256;
@@ -105,55 +104,26 @@ fn call_plugin(
             ),
         ));
     };
-    let depth = DEPTH.with(|d| d.get()) + 1;
-    if depth > MAX_CALL_DEPTH {
-        return Err(catchable(
-            413,
-            format!(
-                "call_plugin({name}): call depth limit of {MAX_CALL_DEPTH} reached (plugins calling each other in a loop?)"
-            ),
-        ));
-    }
     let deadline = DEADLINE
         .with(|d| d.get())
         .unwrap_or_else(|| Instant::now() + timeout);
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return Err(catchable(
-            408,
-            format!("call_plugin({name}): the caller's deadline has passed"),
-        ));
-    }
-    let input = from_dynamic(input)
-        .map_err(|e| catchable(400, format!("call_plugin({name}): input: {e}")))?;
-    let _runtime = c.runtime.enter();
-    let call = c.caller.call(
+    let input = || {
+        from_dynamic(input)
+            .map_err(|e| PluginError::BadInput(format!("call_plugin({name}): input: {e}")))
+    };
+    let depth = DEPTH.with(|d| d.get());
+    match call_nested(
+        pool,
+        c.caller.as_ref(),
+        &c.runtime,
         name,
         input,
-        CallContext {
-            depth,
-            deadline: Some(deadline),
-            admitted: None,
-        },
-    );
-    // A local callee usually answers within the first poll: only a call that has to wait
-    // pays for a timer and a waker.
-    let mut call = std::pin::pin!(call);
-    let first = call
-        .as_mut()
-        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-    let answer = match first {
-        std::task::Poll::Ready(answer) => Ok(answer),
-        std::task::Poll::Pending => pool.wait_for_call(tokio::time::timeout(remaining, call)),
-    };
-    match answer {
-        Ok(Ok(value)) => to_dynamic(value)
+        depth,
+        deadline,
+    ) {
+        Ok(value) => to_dynamic(value)
             .map_err(|e| catchable(500, format!("call_plugin({name}): output: {e}"))),
-        Ok(Err(e)) => Err(catchable(e.code().as_u16(), e.to_string())),
-        Err(_) => Err(catchable(
-            408,
-            format!("call_plugin({name}): no answer before the caller's deadline"),
-        )),
+        Err(e) => Err(catchable(e.code().as_u16(), e.to_string())),
     }
 }
 
@@ -361,14 +331,7 @@ impl ScriptEngine {
                 }
             },
         };
-        let entry = |shape| {
-            Ok(Entry {
-                ast: ast.clone(),
-                shape,
-                tool: None,
-            })
-        };
-        if let Some(map) = tool::find(&value, &scope) {
+        let (shape, tool) = if let Some(map) = tool::find(&value, &scope) {
             let tool = Tool::from_map(name, map)?;
             let shape = function("execute").ok_or_else(|| {
                 PluginError::Load(format!(
@@ -376,35 +339,30 @@ impl ScriptEngine {
                     tool.spec.name
                 ))
             })?;
-            return Ok(Entry {
-                ast,
-                shape,
-                tool: Some(tool),
-            });
-        }
-        if let Some(shape) = function("execute") {
-            return entry(shape);
-        }
-        // Before a named entry: the docs' rule files end with `evaluate`, which the engine
-        // replaces.
-        if let Some(rules) = scope.get_value::<rhai::Array>(RULES_VARIABLE) {
-            return entry(Shape::Rules(RuleSet::from_array(name, rules)?));
-        }
-        if let Some(shape) = function(&named) {
-            return entry(shape);
-        }
-        if let [(only, params)] = functions.as_slice() {
-            return entry(Shape::Function {
+            (shape, Some(tool))
+        } else if let Some(shape) = function("execute") {
+            (shape, None)
+        } else if let Some(rules) = scope.get_value::<rhai::Array>(RULES_VARIABLE) {
+            // Before a named entry: the docs' rule files end with `evaluate`, which the
+            // engine replaces.
+            (Shape::Rules(RuleSet::from_array(name, rules)?), None)
+        } else if let Some(shape) = function(&named) {
+            (shape, None)
+        } else if let [(only, params)] = functions.as_slice() {
+            let shape = Shape::Function {
                 name: only.clone(),
                 params: params.clone(),
-            });
-        }
-        Err(PluginError::Load(format!(
-            "{name}: no entry point: define `fn execute(input)`, define exactly one function, end \
-             the script with the name of its entry function, define a `tool` map (a tool) or a \
-             `rules` array (a rule set); this script defines {} functions",
-            functions.len()
-        )))
+            };
+            (shape, None)
+        } else {
+            return Err(PluginError::Load(format!(
+                "{name}: no entry point: define `fn execute(input)`, define exactly one function, \
+                 end the script with the name of its entry function, define a `tool` map (a \
+                 tool) or a `rules` array (a rule set); this script defines {} functions",
+                functions.len()
+            )));
+        };
+        Ok(Entry { ast, shape, tool })
     }
 
     /// Runs the entry function on `input` with this engine's limits, the deadline starting now.

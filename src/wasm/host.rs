@@ -9,7 +9,7 @@ use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Manifest};
-use crate::plugin::{CallContext, PluginCaller, PluginError, Value, MAX_CALL_DEPTH};
+use crate::plugin::{call_nested, PluginCaller, PluginError, Value};
 use crate::wire;
 
 /// The memory cap, installed with `Store::limiter`. Records a refusal so the error reply can
@@ -155,41 +155,20 @@ pub(crate) fn linker(
 
 /// Runs a nested call with the caller's remaining time and one more level of depth.
 fn call_plugin(data: &StoreData, name: &str, input: Value) -> Result<Value, PluginError> {
-    let depth = data.depth + 1;
-    if depth > MAX_CALL_DEPTH {
-        return Err(PluginError::LimitExceeded(format!(
-            "call_plugin({name}): call depth limit of {MAX_CALL_DEPTH} reached (plugins calling each other in a loop?)"
-        )));
-    }
-    let remaining = data.deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return Err(PluginError::Timeout(format!(
-            "call_plugin({name}): the caller's deadline has passed"
-        )));
-    }
     let (Some(caller), Some(runtime)) = (&data.host.caller, &data.host.runtime) else {
         return Err(PluginError::Unavailable(format!(
             "call_plugin({name}): no plugin caller is configured in this runtime"
         )));
     };
-    let _context = runtime.enter();
-    let call = caller.call(
+    call_nested(
+        &data.host.pool,
+        caller.as_ref(),
+        runtime,
         name,
-        input,
-        CallContext {
-            depth,
-            deadline: Some(data.deadline),
-            admitted: None,
-        },
-    );
-    data.host
-        .pool
-        .wait_for_call(tokio::time::timeout(remaining, call))
-        .unwrap_or_else(|_| {
-            Err(PluginError::Timeout(format!(
-                "call_plugin({name}): no answer before the caller's deadline"
-            )))
-        })
+        || Ok(input),
+        data.depth,
+        data.deadline,
+    )
 }
 
 /// The guest's exported memory.

@@ -2,7 +2,6 @@
 //! and a request helper that understands error replies.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -20,6 +19,7 @@ pub struct NatsServer {
     child: Child,
     port: u16,
     _store: tempfile::TempDir,
+    jetstream: bool,
 }
 
 /// The nats-server the tests run: `$NATS_SERVER_BIN`, else the newest 2.10+ installed, else the
@@ -34,33 +34,44 @@ fn nats_server_binary() -> PathBuf {
         .clone()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Starts nats-server on `port` (with JetStream in `store`, unless `store` is `None`); `None`
-/// if it does not come up.
-fn spawn_server(port: u16, store: Option<&Path>) -> Option<Child> {
+/// Starts nats-server with its ports file in `dir`, on `port` (or, `None`, a port the server
+/// picks itself, so parallel tests never race for one), with JetStream in `dir` when asked;
+/// returns it with its port once it accepts connections, `None` if it does not come up.
+fn spawn_server(port: Option<u16>, dir: &Path, jetstream: bool) -> Option<(Child, u16)> {
     let mut command = Command::new(nats_server_binary());
-    command.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-    if let Some(store) = store {
-        command.args(["-js", "-sd"]).arg(store);
+    command
+        .args(["-a", "127.0.0.1", "-p"])
+        .arg(port.map_or_else(|| "-1".to_string(), |p| p.to_string()))
+        .arg("--ports_file_dir")
+        .arg(dir);
+    if jetstream {
+        command.args(["-js", "-sd"]).arg(dir);
     }
     let mut child = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("nats-server starts");
+    let ports_file = dir.join(format!("nats-server_{}.ports", child.id()));
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         if let Ok(Some(_)) = child.try_wait() {
-            return None; // the port was taken meanwhile
+            return None; // e.g. the port of a restart was taken meanwhile
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(child);
+        // The server writes its ports file once it listens.
+        let listening = std::fs::read_to_string(&ports_file)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .and_then(|ports| {
+                ports["nats"][0]
+                    .as_str()
+                    .and_then(|url| url.rsplit(':').next())
+                    .and_then(|p| p.parse::<u16>().ok())
+            });
+        if let Some(listening) = listening {
+            if std::net::TcpStream::connect(("127.0.0.1", listening)).is_ok() {
+                return Some((child, listening));
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -82,13 +93,13 @@ impl NatsServer {
 
     fn start_with(jetstream: bool) -> NatsServer {
         for _ in 0..5 {
-            let port = free_port();
             let store = tempfile::tempdir().expect("temp dir");
-            if let Some(child) = spawn_server(port, jetstream.then(|| store.path())) {
+            if let Some((child, port)) = spawn_server(None, store.path(), jetstream) {
                 return NatsServer {
                     child,
                     port,
                     _store: store,
+                    jetstream,
                 };
             }
         }
@@ -100,8 +111,9 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::thread::sleep(down_for);
-        self.child =
-            spawn_server(self.port, Some(self._store.path())).expect("nats-server restarts");
+        let (child, _) = spawn_server(Some(self.port), self._store.path(), self.jetstream)
+            .expect("nats-server restarts");
+        self.child = child;
     }
 
     pub fn url(&self) -> String {

@@ -422,6 +422,134 @@ async fn reload_latency(server: &NatsServer, client: &Client) {
     );
 }
 
+/// `sales` with `rows` rows (half of them after 2024-01-01), as a script both SQLite and
+/// PostgreSQL run.
+fn sales_script(rows: usize) -> String {
+    let start = chrono::NaiveDate::from_ymd_opt(2023, 1, 1).expect("a date");
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let date = start + chrono::Days::new((i * 730 / rows) as u64);
+            format!(
+                "({i}, '{date}', 'r{}', 'p{}', {}.{:02})",
+                i % 4,
+                i % 3,
+                10 + i % 900,
+                i % 100
+            )
+        })
+        .collect();
+    format!(
+        "DROP TABLE IF EXISTS sales;\n\
+         CREATE TABLE sales (id INTEGER PRIMARY KEY, date DATE NOT NULL, region TEXT NOT NULL, \
+         product TEXT NOT NULL, amount NUMERIC(10, 2) NOT NULL);\n\
+         INSERT INTO sales (id, date, region, product, amount) VALUES\n{};\n",
+        values.join(",\n")
+    )
+}
+
+/// The docs' `analyze_sales` script over the bus, on SQLite and on PostgreSQL, with 1,000 rows
+/// in `sales` (about 500 of them read per request), beside the `database` plugin answering
+/// the same query directly.
+async fn analyze_sales(server: &NatsServer, client: &Client, requests: usize) {
+    use mofa_bus::native::database::Database;
+    use mofa_bus::native::DatabaseConfig;
+    use sqlx::Connection;
+    let admin = std::env::var("MOFA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pg_name = format!("mofa_bench_{}", nuid::next().as_str().to_ascii_lowercase());
+    let pg_url = format!(
+        "{}/{pg_name}",
+        admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base)
+    );
+    let mut admin_conn = match sqlx::PgConnection::connect(&admin).await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            println!("analyze_sales on PostgreSQL skipped: no PostgreSQL at {admin}: {e}");
+            None
+        }
+    };
+    if let Some(conn) = admin_conn.as_mut() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {pg_name}")))
+            .execute(conn)
+            .await
+            .expect("bench database created");
+    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let plugins = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        common::repo_plugins().join("data_analyzer.rhai"),
+        plugins.path().join("data_analyzer.rhai"),
+    )
+    .expect("script copied");
+    let script = sales_script(1000);
+    let mut backends = vec![("SQLite", String::new())];
+    if admin_conn.is_some() {
+        backends.push(("PostgreSQL", pg_url.clone()));
+    }
+    let query = wire::encode(&Value::from(
+        "SELECT * FROM sales WHERE date > '2024-01-01'",
+    ));
+    let mut lines = Vec::new();
+    for (label, url) in backends {
+        let config = DatabaseConfig {
+            url: url.clone(),
+            allow_writes: true,
+            ..DatabaseConfig::default()
+        };
+        Database::open(&config, data.path())
+            .expect("database")
+            .run_script(script.clone())
+            .await
+            .expect("sales loaded");
+        let file = data.path().join(format!("{label}.toml"));
+        std::fs::write(
+            &file,
+            format!("data_dir = {:?}\n[database]\nurl = {url:?}\n", data.path()),
+        )
+        .expect("config");
+        let worker = WorkerProcess::spawn(server, plugins.path(), Some(&file));
+        common::wait_for_plugin(client, "database", Value::from("SELECT 1")).await;
+        for (plugin, body) in [("data_analyzer", Bytes::new()), ("database", query.clone())] {
+            let target = Target {
+                label: Box::leak(format!("{plugin} on {label}").into_boxed_str()),
+                subject: format!("mofa.exec.{plugin}"),
+                body,
+                pid: worker.child.id(),
+            };
+            lines.push((target.label, measure(client, &target, requests).await));
+        }
+        drop(worker);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(mut conn) = admin_conn {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+    println!();
+    println!("analyze_sales over the bus: 1,000 rows in sales, ~500 read and summed per request ({requests} requests per throughput run):");
+    println!(
+        "  {:<32} {:>9} {:>9} | {:>10} {:>10} {:>10} | {:>10}",
+        "target", "p50", "p99", "1 in flight", "64", "256", "CPU/req"
+    );
+    for (label, f) in &lines {
+        println!(
+            "  {:<32} {:>9.1?} {:>9.1?} | {:>8.0}/s {:>8.0}/s {:>8.0}/s | {:>10.1?}",
+            label,
+            f.p50,
+            f.p99,
+            f.throughput[0].1,
+            f.throughput[1].1,
+            f.throughput[2].1,
+            f.cpu_per_request
+        );
+    }
+}
+
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("bare-echo") {
         let url = std::env::var("MOFA_BENCH_URL").expect("MOFA_BENCH_URL");
@@ -439,6 +567,18 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
+
+    // `analyze-sales` runs only the database section.
+    if std::env::args().any(|a| a == "analyze-sales") {
+        let server = NatsServer::start();
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(async {
+                let client = async_nats::connect(server.url()).await.expect("connects");
+                analyze_sales(&server, &client, (requests / 10).max(200)).await;
+            });
+        return;
+    }
 
     in_process();
 
@@ -531,5 +671,6 @@ fn main() {
         let _ = bare.wait();
 
         reload_latency(&server, &client).await;
+        analyze_sales(&server, &client, (requests / 10).max(200)).await;
     });
 }

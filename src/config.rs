@@ -17,12 +17,17 @@
 //! [wasm]
 //! max_memory_mb = 64
 //! fuel = 100000000
+//!
+//! [database]
+//! url = ""                     # empty: SQLite file mofa.db in data_dir
+//! allow_writes = false
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::native::DatabaseConfig;
 use crate::rhai::RhaiConfig;
 use crate::wasm::WasmConfig;
 
@@ -45,6 +50,9 @@ pub struct WorkerConfig {
     pub sandbox_threads: usize,
     /// How long a drain waits for in-flight requests before giving up, in milliseconds.
     pub drain_timeout_ms: u64,
+    /// Where the worker keeps files (the embedded database). Empty: `$XDG_DATA_HOME/mofa-bus`,
+    /// else `~/.local/share/mofa-bus`; `MOFA_DATA_DIR` or `--data-dir` override it.
+    pub data_dir: PathBuf,
     /// Result events.
     pub events: EventsConfig,
     /// Rhai sandbox limits.
@@ -53,6 +61,8 @@ pub struct WorkerConfig {
     pub wasm: WasmConfig,
     /// Hot reload over the bus.
     pub reload: ReloadConfig,
+    /// The `database` plugin.
+    pub database: DatabaseConfig,
 }
 
 /// Distribution of plugins over JetStream and hot reload.
@@ -119,10 +129,12 @@ impl Default for WorkerConfig {
             max_concurrency: 512,
             sandbox_threads: 0,
             drain_timeout_ms: 30_000,
+            data_dir: PathBuf::new(),
             events: EventsConfig::default(),
             rhai: RhaiConfig::default(),
             wasm: WasmConfig::default(),
             reload: ReloadConfig::default(),
+            database: DatabaseConfig::default(),
         }
     }
 }
@@ -176,6 +188,21 @@ impl WorkerConfig {
             .is_some_and(|table| table.contains_key(key))
     }
 
+    /// The data directory: `data_dir` when set, else `$XDG_DATA_HOME/mofa-bus`, else
+    /// `~/.local/share/mofa-bus` (`./mofa-data` with no home directory).
+    pub fn data_dir(&self) -> PathBuf {
+        if !self.data_dir.as_os_str().is_empty() {
+            return self.data_dir.clone();
+        }
+        let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty());
+        let home = std::env::var_os("HOME").filter(|v| !v.is_empty());
+        match (xdg, home) {
+            (Some(xdg), _) => PathBuf::from(xdg).join("mofa-bus"),
+            (None, Some(home)) => PathBuf::from(home).join(".local/share/mofa-bus"),
+            (None, None) => PathBuf::from("mofa-data"),
+        }
+    }
+
     /// Parses TOML text; missing keys keep their defaults.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -214,6 +241,7 @@ impl WorkerConfig {
                 "rhai.timeout_ms must be at least 1".into(),
             ));
         }
+        self.database.validate().map_err(ConfigError::Invalid)?;
         if let Some(id) = &self.worker_id {
             crate::subjects::validate_name(id)
                 .map_err(|e| ConfigError::Invalid(format!("worker id: {e}")))?;

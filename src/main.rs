@@ -5,6 +5,7 @@
 //! - `mofa events [PLUGIN]` prints events as JSON lines.
 //! - `mofa publish`, `watch`, `rollback`, `remove`, `history` manage plugins on the bus;
 //!   `mofa plugins` lists what every live worker serves.
+//! - `mofa sql FILE` runs a SQL file on the database the `database` plugin uses.
 
 /// mimalloc instead of the system allocator: the request path allocates and frees across
 /// threads (a request decoded on one thread, answered on another), where glibc's allocator
@@ -62,6 +63,22 @@ enum Command {
         /// without --nats.
         #[arg(long)]
         dev: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Run a SQL file (a schema, sample data) on the database the `database` plugin uses,
+    /// with writes allowed: the embedded SQLite file in the data directory unless
+    /// `--database-url`, `MOFA_DATABASE_URL` or the config file's `[database] url` names one.
+    ///
+    /// Example: mofa sql plugins/examples/sales.sql
+    Sql {
+        /// The SQL file: any number of statements separated by `;`.
+        file: PathBuf,
+        /// The worker's TOML configuration file, for its `data_dir` and `[database]` section.
+        #[arg(long, env = "MOFA_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Send one request and print the reply as JSON.
     ///
@@ -191,6 +208,38 @@ enum Command {
     },
 }
 
+/// Where the `database` plugin's database is, when not from the config file.
+#[derive(clap::Args, Debug)]
+struct DatabaseArgs {
+    /// Directory for the worker's files (the embedded SQLite database) [default: the config's
+    /// data_dir, else $XDG_DATA_HOME/mofa-bus or ~/.local/share/mofa-bus]
+    #[arg(long, env = "MOFA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database of the `database` plugin: postgres://USER@HOST/DB or sqlite:///PATH
+    /// [default: the config's [database] url, else mofa.db in the data directory]
+    #[arg(long, env = "MOFA_DATABASE_URL")]
+    database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    /// The config file's settings (or the defaults) with these flags (and their environment
+    /// variables) over them.
+    fn over(self, file: Option<&std::path::Path>) -> anyhow::Result<WorkerConfig> {
+        let mut config = match file {
+            Some(path) => WorkerConfig::from_file(path)?,
+            None => WorkerConfig::default(),
+        };
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if let Some(url) = self.database_url {
+            config.database.url = url;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -215,7 +264,13 @@ async fn main() -> ExitCode {
             name,
             config,
             dev,
-        } => worker(nats, plugins, name, config, dev).await,
+            database,
+        } => worker(nats, plugins, name, config, dev, database).await,
+        Command::Sql {
+            file,
+            config,
+            database,
+        } => sql(&file, config, database).await,
         Command::Exec {
             plugin,
             input,
@@ -259,11 +314,9 @@ async fn worker(
     name: Option<String>,
     config_file: Option<PathBuf>,
     dev: bool,
+    database: DatabaseArgs,
 ) -> anyhow::Result<ExitCode> {
-    let mut config = match &config_file {
-        Some(path) => WorkerConfig::from_file(path)?,
-        None => WorkerConfig::default(),
-    };
+    let mut config = database.over(config_file.as_deref())?;
     let file_sets_url = config_file
         .as_deref()
         .is_some_and(|path| WorkerConfig::file_sets(path, "nats_url"));
@@ -290,6 +343,25 @@ async fn worker(
     }
     mofa_bus::worker::shutdown::signal().await;
     worker.shutdown().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mofa sql FILE`: runs the file's statements on the configured database, writes allowed.
+async fn sql(
+    file: &std::path::Path,
+    config_file: Option<PathBuf>,
+    database: DatabaseArgs,
+) -> anyhow::Result<ExitCode> {
+    let mut config = database.over(config_file.as_deref())?;
+    config.database.allow_writes = true;
+    let script =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let db = mofa_bus::native::database::Database::open(&config.database, &config.data_dir())
+        .map_err(anyhow::Error::msg)?;
+    db.run_script(script)
+        .await
+        .with_context(|| format!("{} on {}", file.display(), db.name()))?;
+    eprintln!("ran {} on {}", file.display(), db.name());
     Ok(ExitCode::SUCCESS)
 }
 

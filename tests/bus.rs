@@ -487,6 +487,8 @@ async fn services_api_ping_info_and_stats_answer() {
         [
             "calculate_discount",
             "content_moderation",
+            "data_analyzer",
+            "database",
             "discount",
             "discount_as",
             "discount_c",

@@ -248,7 +248,8 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Starts a worker serving the built-in native plugins and the plugins directory.
     pub async fn start(config: WorkerConfig) -> Result<Worker, WorkerError> {
-        Self::start_with(config, crate::native::builtin()).await
+        let natives = crate::native::builtin(&config.database, &config.data_dir());
+        Self::start_with(config, natives).await
     }
 
     /// Starts a worker serving `natives` (instead of the built-in ones) and the plugins

@@ -3,7 +3,9 @@
 //! ```toml
 //! nats_url = "nats://127.0.0.1:4222"
 //! plugins_dir = "plugins"
-//! max_concurrency = 512        # per plugin; beyond it requests get 503 at once
+//! max_concurrency = 512        # per plugin; beyond it requests wait in the plugin's queue
+//! max_queue = 50000            # per plugin; beyond it requests get 503 at once
+//! queue_wait_ms = 10000        # a request that cannot start within this (or half its plugin's timeout) gets 503
 //! sandbox_threads = 0          # threads for Rhai/WASM calls; 0 = 2 x cores, at least 4
 //!
 //! [events]
@@ -44,8 +46,16 @@ pub struct WorkerConfig {
     pub plugins_dir: PathBuf,
     /// Worker id; also the Services API instance id. Generated when absent.
     pub worker_id: Option<String>,
-    /// Requests one plugin may run at once on this worker; further requests are answered 503.
+    /// Requests one plugin may run at once on this worker; further requests wait in its queue.
     pub max_concurrency: usize,
+    /// Requests one plugin may hold waiting for a free slot on this worker; beyond it, 503 at
+    /// once. 0: no queue (503 whenever `max_concurrency` requests are in flight).
+    pub max_queue: usize,
+    /// Longest a request waits in the queue (or for a sandbox thread) before it starts, in
+    /// milliseconds; one that cannot start in time is answered 503. A request to a plugin with
+    /// its own deadline (Rhai and WASM `timeout_ms`, `database.timeout_ms`, counted from
+    /// admission) must also start within half of it, so it has the other half to run.
+    pub queue_wait_ms: u64,
     /// Threads running sandboxed (Rhai, WASM) calls; 0 = twice the cores, at least 4.
     pub sandbox_threads: usize,
     /// How long a drain waits for in-flight requests before giving up, in milliseconds.
@@ -127,6 +137,8 @@ impl Default for WorkerConfig {
             plugins_dir: PathBuf::from("plugins"),
             worker_id: None,
             max_concurrency: 512,
+            max_queue: 50_000,
+            queue_wait_ms: 10_000,
             sandbox_threads: 0,
             drain_timeout_ms: 30_000,
             data_dir: PathBuf::new(),
@@ -218,6 +230,11 @@ impl WorkerConfig {
         if self.max_concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "max_concurrency must be at least 1".into(),
+            ));
+        }
+        if self.queue_wait_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "queue_wait_ms must be at least 1".into(),
             ));
         }
         if self.wasm.timeout_ms == 0 || self.wasm.max_memory_mb == 0 {

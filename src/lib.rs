@@ -6,7 +6,8 @@
 //!
 //! The layers, each depending only on the ones below it:
 //! - [`worker`]: the NATS side: one subscription per plugin, admission (a per-plugin concurrency
-//!   permit; when none is free the request is answered 503 at once), replies, result events, the
+//!   permit; when none is free the request waits in the plugin's bounded queue, and a full queue
+//!   or a wait that runs out is answered 503), replies, result events, the
 //!   NATS Services API (`$SRV.PING/INFO/STATS`), hot reload from the plugins bucket, and drain on
 //!   SIGTERM.
 //! - [`distribution`]: the publishing side of hot reload over JetStream: plugin records,
@@ -16,8 +17,8 @@
 //!   how each is built and where it runs.
 //! - [`plugin`]: the plugin model: the [`plugin::AgentPlugin`] trait, metadata, the lifecycle
 //!   state machine, the [`plugin::PluginManager`] and the sandbox thread pool.
-//! - [`native`], [`rhai`] and [`wasm`]: the plugin kinds: Rust compiled in, sandboxed Rhai
-//!   scripts, and WebAssembly modules in wasmtime.
+//! - [`native`], [`rhai`] and [`wasm`]: the plugin kinds: Rust compiled in (among them
+//!   `database`, SQL over sqlx), sandboxed Rhai scripts, and WebAssembly modules in wasmtime.
 //! - [`wire`] and [`subjects`]: the wire format and subject names, the public contract
 //!   described in `subjects.md`.
 //!

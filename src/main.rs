@@ -249,8 +249,21 @@ fn init_logging(default: &str) {
         .init();
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(run());
+    // A task still blocked (a stdin read of `mofa mcp`) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     // The worker logs its progress; client commands print only their results and warnings.
     init_logging(match cli.command {
@@ -342,8 +355,14 @@ async fn worker(
         );
     }
     mofa_bus::worker::shutdown::signal().await;
-    worker.shutdown().await?;
-    Ok(ExitCode::SUCCESS)
+    match worker.shutdown().await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ mofa_bus::worker::WorkerError::DrainIncomplete { .. }) => {
+            eprintln!("warning: {e}");
+            Ok(ExitCode::from(3))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `mofa sql FILE`: runs the file's statements on the configured database, writes allowed.
@@ -465,7 +484,16 @@ async fn events(url: &str, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot connect to NATS at {url}"))?;
     let mut sub = client.subscribe(subject).await?;
     let mut stdout = std::io::stdout();
-    while let Some(message) = sub.next().await {
+    let stop = mofa_bus::worker::shutdown::signal();
+    tokio::pin!(stop);
+    loop {
+        let message = tokio::select! {
+            _ = &mut stop => break,
+            message = sub.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
         match wire::decode(&message.payload) {
             Ok(event) => {
                 use std::io::Write;
@@ -508,7 +536,7 @@ async fn watch(url: &str, dir: &std::path::Path, debounce: Duration) -> anyhow::
         dir.display(),
         humantime::format_duration(debounce)
     );
-    mofa_bus::distribution::watch::run(
+    let watching = mofa_bus::distribution::watch::run(
         distribution,
         dir,
         debounce,
@@ -525,8 +553,11 @@ async fn watch(url: &str, dir: &std::path::Path, debounce: Duration) -> anyhow::
                 Err(e) => eprintln!("error: {}: {e}", path.display()),
             }
         },
-    )
-    .await?;
+    );
+    tokio::select! {
+        watched = watching => watched?,
+        _ = mofa_bus::worker::shutdown::signal() => {}
+    }
     Ok(ExitCode::SUCCESS)
 }
 

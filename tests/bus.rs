@@ -209,7 +209,7 @@ async fn concurrent_rhai_requests_all_get_their_own_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn saturated_plugin_answers_503_at_once_instead_of_queueing() {
+async fn with_no_queue_a_saturated_plugin_answers_503_at_once() {
     let server = NatsServer::start();
     let plugin = Arc::new(Overlap {
         meta: PluginMetadata::new("overlap", PluginKind::Native),
@@ -219,6 +219,7 @@ async fn saturated_plugin_answers_503_at_once_instead_of_queueing() {
     let dir = plugins_dir(&[]);
     let mut cfg = config(&server, dir.path());
     cfg.max_concurrency = 2;
+    cfg.max_queue = 0;
     let worker = worker_with(cfg, vec![plugin.clone()]).await;
     let client = server.client().await;
     let calls: Vec<_> = (0..10)
@@ -611,8 +612,17 @@ async fn drain_gives_up_after_drain_timeout() {
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
-    worker.shutdown().await.expect("shuts down");
+    let stopped = worker.shutdown().await;
     let took = started.elapsed();
+    match stopped {
+        Err(mofa_bus::worker::WorkerError::DrainIncomplete {
+            unanswered, stage, ..
+        }) => {
+            assert_eq!(unanswered, 1, "the sleeping request");
+            assert_eq!(stage, "answering the requests in flight");
+        }
+        other => panic!("expected an incomplete drain, got {other:?}"),
+    }
     assert!(
         took >= Duration::from_millis(250),
         "did not wait for the request ({took:?})"

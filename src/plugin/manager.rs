@@ -58,6 +58,11 @@ impl ManagedPlugin {
         self.plugin.metadata()
     }
 
+    /// The plugin's limit for one call, if it keeps one (see [`AgentPlugin::timeout`]).
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.plugin.timeout()
+    }
+
     /// The current lifecycle state.
     pub fn state(&self) -> PluginState {
         self.state.get()

@@ -217,6 +217,13 @@ pub trait AgentPlugin: Send + Sync + 'static {
         self.execute(input).await
     }
 
+    /// The wall-clock limit of one call, counted from admission, if the plugin keeps one. The
+    /// worker refuses (503) a request that could not start before it, instead of starting it
+    /// with no time left.
+    fn timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Report health.
     fn health(&self) -> Health {
         Health::Healthy

@@ -116,6 +116,10 @@ impl AgentPlugin for RhaiPlugin {
         self.execute_in(input, CallContext::default()).await
     }
 
+    fn timeout(&self) -> Option<std::time::Duration> {
+        Some(self.engine.config().timeout())
+    }
+
     async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
         let entry = self
             .compiled

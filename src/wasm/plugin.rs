@@ -107,6 +107,13 @@ impl AgentPlugin for WasmPlugin {
         self.execute_in(input, CallContext::default()).await
     }
 
+    fn timeout(&self) -> Option<std::time::Duration> {
+        self.loaded
+            .load()
+            .as_ref()
+            .map(|loaded| loaded.limits.timeout)
+    }
+
     async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
         let loaded = self
             .loaded

@@ -1,13 +1,15 @@
 //! One plugin served on the bus: subscription, admission, execution, reply, result event.
 //!
 //! The subscription is read by one task that admits: it takes a concurrency permit and starts
-//! the request (finishing it on the spot if it never has to wait, spawning it otherwise), or,
-//! when the plugin is saturated, answers 503 at once. Nothing queues
-//! without bound. The permit is released before the reply is published, so a client keeping
-//! exactly `max_concurrency` requests in flight is never refused.
+//! the request (finishing it on the spot if it never has to wait, spawning it otherwise). When
+//! `max_concurrency` requests are in flight, a request waits in the plugin's queue, in arrival
+//! order, for at most `queue_wait_ms`; when `max_queue` requests already wait, or its wait runs
+//! out, it is answered 503. Nothing queues without bound, and every admitted request gets a
+//! reply. The permit is released before the reply is published, so a client keeping exactly
+//! `max_concurrency` requests in flight never waits.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -31,6 +33,10 @@ pub struct EndpointStats {
     errors: AtomicU64,
     processing_ns: AtomicU64,
     last_error: Mutex<Option<(u16, String)>>,
+    /// Requests waiting in the queue now.
+    queued: AtomicUsize,
+    /// Requests answered 503 because the queue was full or their wait ran out.
+    refused: AtomicU64,
 }
 
 impl EndpointStats {
@@ -58,6 +64,16 @@ impl EndpointStats {
     /// Total processing time.
     pub fn processing_time(&self) -> Duration {
         Duration::from_nanos(self.processing_ns.load(Ordering::Relaxed))
+    }
+
+    /// Requests waiting for a free slot now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Requests refused (503) because the queue was full or they could not start in time.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The last error as (code, message).
@@ -98,6 +114,8 @@ pub(crate) struct Endpoint {
     client: Client,
     permits: Arc<Semaphore>,
     limit: usize,
+    max_queue: usize,
+    queue_wait: Duration,
     pool: Arc<SandboxPool>,
     runtime: tokio::runtime::Handle,
     event_subject: Subject,
@@ -124,6 +142,8 @@ impl Endpoint {
             client,
             permits: Arc::new(Semaphore::new(config.max_concurrency)),
             limit: config.max_concurrency,
+            max_queue: config.max_queue,
+            queue_wait: Duration::from_millis(config.queue_wait_ms),
             pool,
             runtime: tokio::runtime::Handle::current(),
             worker_id,
@@ -153,14 +173,18 @@ impl Endpoint {
         tracker: TaskTracker,
     ) {
         loop {
-            tokio::select! {
+            let next = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                _ = removed.wait_for(|stop| *stop) => break,
+                _ = shutdown.wait_for(|stop| *stop) => None,
+                _ = removed.wait_for(|stop| *stop) => None,
                 message = requests.next() => match message {
-                    Some(message) => self.admit(message, &tracker),
+                    Some(message) => Some(message),
                     None => return,
                 },
+            };
+            match next {
+                Some(message) => self.admit(message, &tracker).await,
+                None => break,
             }
         }
         if let Err(e) = requests.drain().await {
@@ -168,61 +192,117 @@ impl Endpoint {
             return;
         }
         while let Some(message) = requests.next().await {
-            self.admit(message, &tracker);
+            self.admit(message, &tracker).await;
         }
         tracing::debug!(plugin = %self.name, "endpoint drained");
     }
 
-    fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
-        let endpoint = self.clone();
-        // The deadline counts from here: time spent queued for a sandbox thread is part of it.
+    /// Starts `message`, queues it, or (queue full) refuses it here: a refusal costs one
+    /// publish and no task, so a flood of them takes no memory beyond the message itself.
+    async fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
+        // The deadline counts from here: time spent queued for a slot or a sandbox thread is
+        // part of it.
         let context = call_context(&message, Instant::now());
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) if crate::kinds::is_sandboxed(self.served().plugin.kind()) => {
-                // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
-                // there (execute, reply, event) instead of hopping back to an async thread.
-                let request =
-                    tracker.track_future(endpoint.clone().handle(message, permit, context));
-                let runtime = self.runtime.clone();
-                let job = move || {
-                    let _context = runtime.enter();
-                    block_on(request);
-                };
-                // A request from another plugin goes first: that plugin holds a thread while it
-                // waits (see `SandboxPool::wait_for_call`).
-                let queued = if context.depth > 0 {
-                    self.pool.spawn_nested(job)
-                } else {
-                    self.pool.spawn(job)
-                };
-                if let Err(e) = queued {
-                    tracing::error!(plugin = %endpoint.name, error = %e, "request dropped");
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            self.start(message, permit, context, tracker);
+            return;
+        }
+        if self.stats.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            let error = PluginError::Unavailable(format!(
+                "plugin {} is saturated: {} requests in flight and {} waiting on this worker (max_concurrency, max_queue); retry, or add workers",
+                self.name, self.limit, self.max_queue
+            ));
+            self.refuse(&message, error).await;
+            return;
+        }
+        let endpoint = self.clone();
+        let waiting = tracker.clone();
+        tracker.spawn(async move {
+            let start_by = endpoint.start_by(&endpoint.served(), &context);
+            let permit =
+                tokio::time::timeout_at(start_by.into(), endpoint.permits.clone().acquire_owned())
+                    .await;
+            endpoint.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            match permit {
+                Ok(Ok(permit)) => endpoint.start(message, permit, context, &waiting),
+                _ => {
+                    let error = endpoint.not_started();
+                    endpoint.refuse(&message, error).await;
                 }
             }
-            Ok(permit) => {
-                // Most native plugins finish without ever waiting: poll the request once here and
-                // only pay for a task when it has to wait (I/O, backpressure).
-                let mut request = Box::pin(endpoint.handle(message, permit, context));
-                let mut cx = Context::from_waker(Waker::noop());
-                if request.as_mut().poll(&mut cx).is_pending() {
-                    tracker.spawn(request);
-                }
+        });
+    }
+
+    /// Runs an admitted request that holds its permit.
+    fn start(
+        self: &Arc<Self>,
+        message: Message,
+        permit: OwnedSemaphorePermit,
+        context: CallContext,
+        tracker: &TaskTracker,
+    ) {
+        let endpoint = self.clone();
+        if crate::kinds::is_sandboxed(self.served().plugin.kind()) {
+            // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
+            // there (execute, reply, event) instead of hopping back to an async thread.
+            let request = tracker.track_future(endpoint.clone().handle(message, permit, context));
+            let runtime = self.runtime.clone();
+            let job = move || {
+                let _context = runtime.enter();
+                block_on(request);
+            };
+            // A request from another plugin goes first: that plugin holds a thread while it
+            // waits (see `SandboxPool::wait_for_call`).
+            let queued = if context.depth > 0 {
+                self.pool.spawn_nested(job)
+            } else {
+                self.pool.spawn(job)
+            };
+            if let Err(e) = queued {
+                tracing::error!(plugin = %endpoint.name, error = %e, "request dropped");
             }
-            Err(_) => {
-                tracker.spawn(async move {
-                    let error = PluginError::Unavailable(format!(
-                        "plugin {} is saturated: {} requests already in flight on this worker",
-                        endpoint.name, endpoint.limit
-                    ));
-                    let served = endpoint.served();
-                    endpoint.reply_error(&message, &error, &served).await;
-                    let message = error.to_string();
-                    endpoint
-                        .stats
-                        .record(Duration::ZERO, Some((error.code(), &message)));
-                });
+        } else {
+            // Most native plugins finish without ever waiting: poll the request once here and
+            // only pay for a task when it has to wait (I/O, backpressure).
+            let mut request = Box::pin(endpoint.handle(message, permit, context));
+            let mut cx = Context::from_waker(Waker::noop());
+            if request.as_mut().poll(&mut cx).is_pending() {
+                tracker.spawn(request);
             }
         }
+    }
+
+    /// When a request must have started: `queue_wait_ms` after admission, or, for a plugin with
+    /// its own deadline, halfway to it if that comes first, so a request that starts has at
+    /// least half its time to run (instead of starting only to time out).
+    fn start_by(&self, served: &Served, context: &CallContext) -> Instant {
+        let admitted = context.admitted.unwrap_or_else(Instant::now);
+        let wait = served.plugin.timeout().map_or(self.queue_wait, |timeout| {
+            (timeout / 2).min(self.queue_wait)
+        });
+        admitted + wait
+    }
+
+    /// The 503 for a request that could not start in time.
+    fn not_started(&self) -> PluginError {
+        PluginError::Unavailable(format!(
+            "plugin {} could not start in time (queue_wait_ms = {} ms, or half the plugin's timeout_ms): {} requests in flight and {} waiting on this worker; retry, or add workers",
+            self.name,
+            self.queue_wait.as_millis(),
+            self.limit - self.permits.available_permits(),
+            self.stats.queued()
+        ))
+    }
+
+    /// Answers a request that never ran with 503 `error`.
+    async fn refuse(&self, message: &Message, error: PluginError) {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        let served = self.served();
+        self.reply_error(message, &error, &served).await;
+        let text = error.to_string();
+        self.stats
+            .record(Duration::ZERO, Some((error.code(), &text)));
     }
 
     async fn handle(
@@ -233,6 +313,14 @@ impl Endpoint {
     ) {
         let started = Instant::now();
         let served = self.served();
+        // A request that waited for a sandbox thread until its deadline is refused like one
+        // that waited for a slot, rather than started with no time left.
+        if context.admitted.is_some() && started >= self.start_by(&served, &context) {
+            drop(permit);
+            let error = self.not_started();
+            self.refuse(&message, error).await;
+            return;
+        }
         let result = match wire::decode(&message.payload) {
             Ok(input) => served.plugin.execute_in(input, context).await,
             Err(e) => Err(PluginError::BadInput(e.to_string())),

@@ -38,6 +38,10 @@ use crate::subjects::{self, QUEUE_GROUP};
 use crate::wasm::WasmRuntime;
 use endpoint::{Endpoint, Served};
 
+/// Messages one subscription may buffer before the client drops them (async-nats's default is
+/// 65,536): a burst larger than that would otherwise be lost before admission sees it.
+const SUBSCRIPTION_CAPACITY: usize = 1 << 18;
+
 /// Why a worker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -66,6 +70,18 @@ pub enum WorkerError {
     /// Flushing replies and events at shutdown failed.
     #[error("flush at shutdown failed: {0}")]
     Flush(String),
+    /// The drain did not finish within `drain_timeout_ms`; the worker stopped anyway.
+    #[error("drain incomplete after drain_timeout_ms = {timeout_ms} ms: {unanswered} request(s) still running were not answered; {stage} did not finish (NATS connection: {connection})")]
+    DrainIncomplete {
+        /// `drain_timeout_ms`.
+        timeout_ms: u128,
+        /// Requests still running when the time was up.
+        unanswered: usize,
+        /// The first step that did not finish in time.
+        stage: &'static str,
+        /// The connection's state then.
+        connection: String,
+    },
 }
 
 /// A plugin file that was found but not served, and why.
@@ -266,6 +282,21 @@ impl Worker {
             .into();
         let client = async_nats::ConnectOptions::new()
             .name(format!("mofa-worker {id}"))
+            // Room for a burst between the socket and the admission loop (which moves requests
+            // on into the plugins' bounded queues at once); the channel grows only when used.
+            .subscription_capacity(SUBSCRIPTION_CAPACITY)
+            .event_callback(|event| async move {
+                match event {
+                    // Messages dropped before admission: their callers will time out.
+                    async_nats::Event::SlowConsumer(sid) => tracing::error!(
+                        subscription = sid,
+                        "slow consumer: NATS messages were dropped before admission"
+                    ),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    other => tracing::debug!(event = %other, "NATS connection event"),
+                }
+            })
             .connect(config.nats_url.as_str())
             .await
             .map_err(|source| WorkerError::Connect {
@@ -420,9 +451,12 @@ impl Worker {
             .and_then(|(_, revision)| revision.map(|r| r.number))
     }
 
-    /// Drains and stops: stop taking requests, answer every in-flight one, flush, close.
+    /// Drains and stops: stop taking requests, answer every in-flight one, flush, close, all
+    /// within `drain_timeout_ms` whatever the state of the connection. Past it, the worker stops
+    /// anyway and says what was left ([`WorkerError::DrainIncomplete`]).
     pub async fn shutdown(self) -> Result<(), WorkerError> {
         let shared = self.shared;
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         tracing::info!(worker = %shared.id, "draining");
         let _ = self.shutdown.send(true);
         if let Some(follower) = self.follower {
@@ -433,29 +467,59 @@ impl Worker {
             std::mem::take(&mut *shared.endpoints.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_values()
                 .collect();
+        let mut late = None;
+        // Each endpoint unsubscribes and answers what the server had already routed to it.
         for slot in slots {
-            let _ = slot.task.await;
+            let abort = slot.task.abort_handle();
+            if tokio::time::timeout_at(deadline, slot.task).await.is_err() {
+                abort.abort();
+                late.get_or_insert("unsubscribing the endpoints");
+            }
         }
-        let _ = self.service.await;
-        shared.tracker.close();
-        if tokio::time::timeout(self.drain_timeout, shared.tracker.wait())
+        let service = self.service.abort_handle();
+        if tokio::time::timeout_at(deadline, self.service)
             .await
             .is_err()
         {
-            tracing::warn!(
-                in_flight = shared.tracker.len(),
-                "drain timeout passed with requests still running"
-            );
+            service.abort();
         }
-        for plugin in shared.manager.plugins() {
-            let _ = plugin.transition(Lifecycle::Stop).await;
-            let _ = plugin.transition(Lifecycle::Unload).await;
-        }
-        let flushed = shared
-            .client
-            .flush()
+        shared.tracker.close();
+        if tokio::time::timeout_at(deadline, shared.tracker.wait())
             .await
-            .map_err(|e| WorkerError::Flush(e.to_string()));
+            .is_err()
+        {
+            late.get_or_insert("answering the requests in flight");
+        }
+        let unanswered = shared.tracker.len();
+        let stop_plugins = async {
+            for plugin in shared.manager.plugins() {
+                let _ = plugin.transition(Lifecycle::Stop).await;
+                let _ = plugin.transition(Lifecycle::Unload).await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, stop_plugins)
+            .await
+            .is_err()
+        {
+            late.get_or_insert("stopping the plugins");
+        }
+        let flushed = match tokio::time::timeout_at(deadline, shared.client.flush()).await {
+            Ok(flushed) => flushed.map_err(|e| WorkerError::Flush(e.to_string())),
+            Err(_) => {
+                late.get_or_insert("flushing replies and events to NATS");
+                Ok(())
+            }
+        };
+        if let Some(stage) = late {
+            let error = WorkerError::DrainIncomplete {
+                timeout_ms: self.drain_timeout.as_millis(),
+                unanswered,
+                stage,
+                connection: format!("{:?}", shared.client.connection_state()).to_lowercase(),
+            };
+            tracing::warn!(worker = %shared.id, "{error}");
+            return Err(error);
+        }
         tracing::info!(worker = %shared.id, "stopped");
         flushed
     }

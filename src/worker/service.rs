@@ -119,7 +119,10 @@ impl ServiceInfo {
                             code: usize::from(code),
                             status,
                         }),
-                        data: None,
+                        data: Some(serde_json::json!({
+                            "queued": e.stats.queued(),
+                            "refused": e.stats.refused(),
+                        })),
                         queue_group: QUEUE_GROUP.to_string(),
                     }
                 })

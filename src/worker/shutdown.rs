@@ -1,7 +1,19 @@
-//! Waiting for the signal to stop: SIGTERM or SIGINT (Ctrl-C).
+//! Waiting for the signal to stop: SIGTERM or SIGINT (Ctrl-C). The first one starts an orderly
+//! stop; a second one ends the process at once (exit status 130), whatever is still running.
 
-/// Resolves when the process receives SIGTERM or SIGINT.
+/// Resolves when the process receives SIGTERM or SIGINT; from then on, another one exits the
+/// process at once.
 pub async fn signal() {
+    received().await;
+    tokio::spawn(async {
+        received().await;
+        tracing::warn!("second signal: exiting at once");
+        eprintln!("second signal: exiting at once");
+        std::process::exit(130);
+    });
+}
+
+async fn received() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -13,7 +25,7 @@ pub async fn signal() {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the worker");
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the process");
                 let _ = tokio::signal::ctrl_c().await;
             }
         }

@@ -378,6 +378,11 @@ impl Lines {
             .unwrap_or_else(|_| panic!("{} printed nothing more within {timeout:?}", self.what))
     }
 
+    /// The next line, if one comes within `timeout`.
+    pub fn try_next_within(&self, timeout: Duration) -> Option<String> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
     /// The next line as JSON, waiting up to 60 s.
     pub fn next_json(&self) -> serde_json::Value {
         let line = self.next_within(Duration::from_secs(60));

@@ -329,6 +329,10 @@ impl AgentPlugin for DatabasePlugin {
         self.database().map(|_| ())
     }
 
+    fn timeout(&self) -> Option<Duration> {
+        self.database.as_ref().ok().map(|db| db.timeout)
+    }
+
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
         self.execute_in(input, CallContext::default()).await
     }

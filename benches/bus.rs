@@ -550,6 +550,90 @@ async fn analyze_sales(server: &NatsServer, client: &Client, requests: usize) {
     }
 }
 
+/// Bursts of 1k, 10k and 50k requests sent at once to the Rhai `discount` plugin, on a worker
+/// that refuses what it cannot start at once (`max_queue = 0`, the behaviour before the queue)
+/// and on one with the default queue: ok replies per second of the burst and p99 of the ok
+/// replies' latency.
+async fn bursts(server: &NatsServer, client: &Client) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        common::repo_plugins().join("discount.rhai"),
+        dir.path().join("discount.rhai"),
+    )
+    .expect("script copied");
+    let no_queue = dir.path().join("no-queue.toml");
+    std::fs::write(&no_queue, "max_queue = 0\n").expect("config");
+    let body = wire::encode(&Value::Map(vec![
+        (Value::from("price"), Value::from(100)),
+        (Value::from("customer_tier"), Value::from("gold")),
+    ]));
+    println!();
+    println!("bursts to the Rhai discount plugin, all requests sent at once (goodput: ok replies per second until the last reply):");
+    println!(
+        "  {:<26} {:>7} {:>8} {:>8} {:>8} {:>12} {:>10}",
+        "worker", "burst", "ok", "503", "none", "goodput", "p99 ok"
+    );
+    for (label, config) in [
+        ("no queue (max_queue = 0)", Some(no_queue.as_path())),
+        ("queue (defaults)", None),
+    ] {
+        let worker = WorkerProcess::spawn(server, dir.path(), config);
+        common::wait_for_plugin(client, "discount", wire::decode(&body).expect("body")).await;
+        for n in [1_000usize, 10_000, 50_000] {
+            let started = Instant::now();
+            let replies = futures::future::join_all((0..n).map(|_| {
+                let body = body.clone();
+                async move {
+                    let sent = Instant::now();
+                    let reply = client
+                        .send_request(
+                            "mofa.exec.discount",
+                            async_nats::Request::new()
+                                .payload(body)
+                                .timeout(Some(Duration::from_secs(30))),
+                        )
+                        .await;
+                    (reply, sent.elapsed())
+                }
+            }))
+            .await;
+            let elapsed = started.elapsed();
+            let (mut ok, mut refused, mut none) = (Vec::new(), 0, 0);
+            for (reply, took) in replies {
+                match reply {
+                    Ok(m)
+                        if m.headers
+                            .as_ref()
+                            .is_none_or(|h| h.get(wire::HEADER_ERROR_CODE).is_none()) =>
+                    {
+                        ok.push(took)
+                    }
+                    Ok(_) => refused += 1,
+                    Err(_) => none += 1,
+                }
+            }
+            ok.sort();
+            let p99 = ok
+                .get(ok.len().saturating_sub(1) * 99 / 100)
+                .copied()
+                .unwrap_or_default();
+            println!(
+                "  {:<26} {:>7} {:>8} {:>8} {:>8} {:>10.0}/s {:>10.1?}",
+                label,
+                n,
+                ok.len(),
+                refused,
+                none,
+                ok.len() as f64 / elapsed.as_secs_f64(),
+                p99
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        drop(worker);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("bare-echo") {
         let url = std::env::var("MOFA_BENCH_URL").expect("MOFA_BENCH_URL");
@@ -568,14 +652,21 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
 
-    // `analyze-sales` runs only the database section.
-    if std::env::args().any(|a| a == "analyze-sales") {
+    // `analyze-sales` and `bursts` run only that section.
+    let only_sales = std::env::args().any(|a| a == "analyze-sales");
+    let only_bursts = std::env::args().any(|a| a == "bursts");
+    if only_sales || only_bursts {
         let server = NatsServer::start();
         tokio::runtime::Runtime::new()
             .expect("runtime")
             .block_on(async {
                 let client = async_nats::connect(server.url()).await.expect("connects");
-                analyze_sales(&server, &client, (requests / 10).max(200)).await;
+                if only_sales {
+                    analyze_sales(&server, &client, (requests / 10).max(200)).await;
+                }
+                if only_bursts {
+                    bursts(&server, &client).await;
+                }
             });
         return;
     }
@@ -672,5 +763,6 @@ fn main() {
 
         reload_latency(&server, &client).await;
         analyze_sales(&server, &client, (requests / 10).max(200)).await;
+        bursts(&server, &client).await;
     });
 }

@@ -15,8 +15,8 @@ mod state;
 pub use error::PluginError;
 pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
 pub(crate) use nested::call_nested;
-pub(crate) use pool::block_on;
 pub use pool::SandboxPool;
+pub(crate) use pool::{block_on, panic_message};
 pub use state::{Lifecycle, PluginState};
 
 use async_trait::async_trait;

@@ -100,7 +100,7 @@ impl SandboxPool {
                 .spawn(move || {
                     ON_POOL_THREAD.with(|on| on.set(true));
                     while let Some(job) = next_job(&nested_rx, &rx) {
-                        job();
+                        run_job(job);
                     }
                 });
             if let Err(e) = spawned {
@@ -228,8 +228,11 @@ impl SandboxPool {
                 return; // the caller gave up while the job was queued
             }
             let result =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
-                    Err(PluginError::Failed("sandboxed call panicked".to_string()))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+                    Err(PluginError::Failed(format!(
+                        "sandboxed call panicked: {}",
+                        panic_message(&*panic)
+                    )))
                 });
             let _ = tx.send(result);
         });
@@ -239,6 +242,24 @@ impl SandboxPool {
         rx.await
             .map_err(|_| PluginError::Failed("sandboxed call was dropped".to_string()))?
     }
+}
+
+/// Runs one job; a job that panics is logged and the thread lives on, so the pool keeps its
+/// strength. (Jobs answer their own callers: a request's job catches its plugin's panic and
+/// replies 500 before this point.)
+fn run_job(job: Job) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+        tracing::error!(panic = %panic_message(&*panic), "a sandbox job panicked; the thread goes on");
+    }
+}
+
+/// The message of a caught panic, when it has one.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
 }
 
 /// A stand-in's life: take nested requests while more threads wait than stand-ins run.
@@ -257,7 +278,7 @@ fn stand_in_loop(rx: &Receiver<Job>, stand_ins: &StandIns) {
             continue;
         }
         match rx.recv_timeout(std::time::Duration::from_millis(20)) {
-            Ok(job) => job(),
+            Ok(job) => run_job(job),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 stand_ins.running.fetch_sub(1, Ordering::AcqRel);

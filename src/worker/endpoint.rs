@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::distribution::Revision;
-use crate::plugin::{block_on, CallContext, ManagedPlugin, PluginError, SandboxPool};
+use crate::plugin::{
+    block_on, panic_message, CallContext, ManagedPlugin, PluginError, SandboxPool,
+};
 use crate::subjects;
 use crate::wire::{self, ErrorCode, ResultEvent, Value};
 
@@ -116,6 +119,8 @@ pub(crate) struct Endpoint {
     limit: usize,
     max_queue: usize,
     queue_wait: Duration,
+    /// The connected server's `max_payload`: the largest reply it will carry.
+    max_payload: usize,
     pool: Arc<SandboxPool>,
     runtime: tokio::runtime::Handle,
     event_subject: Subject,
@@ -133,6 +138,10 @@ impl Endpoint {
         pool: Arc<SandboxPool>,
     ) -> Self {
         let name = served.plugin.id().to_string();
+        let max_payload = match client.server_info().max_payload {
+            0 => usize::MAX,
+            max => max,
+        };
         Self {
             subject: subjects::exec(&name),
             event_subject: Subject::from(subjects::result_event(&name)),
@@ -144,6 +153,7 @@ impl Endpoint {
             limit: config.max_concurrency,
             max_queue: config.max_queue,
             queue_wait: Duration::from_millis(config.queue_wait_ms),
+            max_payload,
             pool,
             runtime: tokio::runtime::Handle::current(),
             worker_id,
@@ -322,15 +332,43 @@ impl Endpoint {
             return;
         }
         let result = match wire::decode(&message.payload) {
-            Ok(input) => served.plugin.execute_in(input, context).await,
+            // A plugin that panics answers 500; the thread (or the admission loop, for a
+            // native plugin run inline) goes on.
+            Ok(input) => AssertUnwindSafe(served.plugin.execute_in(input, context))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(PluginError::Failed(format!(
+                        "plugin {} panicked: {}",
+                        self.name,
+                        panic_message(&*panic)
+                    )))
+                }),
             Err(e) => Err(PluginError::BadInput(e.to_string())),
         };
         drop(permit);
         let elapsed = started.elapsed();
-        match &result {
+        // Encoded once: its size decides between the reply and a 413.
+        let (result, body) = match result {
             Ok(output) => {
+                let body = wire::encode(&output);
+                if body.len() + REPLY_HEADROOM > self.max_payload {
+                    let error = PluginError::LimitExceeded(format!(
+                        "plugin {}'s output is {} bytes, over the NATS server's max_payload of {} bytes; return less (or raise max_payload on the server)",
+                        self.name,
+                        body.len(),
+                        self.max_payload
+                    ));
+                    (Err(error), None)
+                } else {
+                    (Ok(output), Some(body))
+                }
+            }
+            Err(error) => (Err(error), None),
+        };
+        match (&result, body) {
+            (Ok(_), Some(body)) => {
                 if let Some(reply) = &message.reply {
-                    let body = wire::encode(output);
                     let sent = match &served.revision_header {
                         None => self.client.publish(reply.clone(), body).await,
                         Some(revision) => {
@@ -347,7 +385,8 @@ impl Endpoint {
                 }
                 self.stats.record(elapsed, None);
             }
-            Err(error) => {
+            (Ok(_), None) => {}
+            (Err(error), _) => {
                 self.reply_error(&message, error, &served).await;
                 let text = error.to_string();
                 self.stats.record(elapsed, Some((error.code(), &text)));
@@ -363,7 +402,7 @@ impl Endpoint {
             return;
         };
         let code = error.code();
-        let text = error.to_string();
+        let text = bounded(error.to_string());
         let mut headers = HeaderMap::new();
         if let Some(revision) = &served.revision_header {
             headers.insert(wire::HEADER_REVISION, revision.as_str());
@@ -395,7 +434,12 @@ impl Endpoint {
             .unwrap_or_else(|| nuid::next().as_str().to_string());
         let (ok, code, error_message, output) = match result {
             Ok(output) => (true, None, None, self.include_output.then_some(output)),
-            Err(e) => (false, Some(e.code().as_u16()), Some(e.to_string()), None),
+            Err(e) => (
+                false,
+                Some(e.code().as_u16()),
+                Some(bounded(e.to_string())),
+                None,
+            ),
         };
         let event = ResultEvent {
             event: "result".into(),
@@ -411,7 +455,18 @@ impl Endpoint {
             timestamp_ms: wire::unix_ms(),
             output,
         };
-        match wire::encode_named(&event) {
+        let encoded = wire::encode_named(&event).and_then(|body| {
+            if body.len() + REPLY_HEADROOM <= self.max_payload {
+                return Ok(body);
+            }
+            // Too large for the server: the event goes out without the output.
+            let event = ResultEvent {
+                output: None,
+                ..event
+            };
+            wire::encode_named(&event)
+        });
+        match encoded {
             Ok(body) => {
                 if let Err(e) = self.client.publish(self.event_subject.clone(), body).await {
                     tracing::warn!(plugin = %self.name, error = %e, "result event not sent");
@@ -440,6 +495,25 @@ fn call_context(message: &Message, admitted: Instant) -> CallContext {
 }
 
 /// Header values cannot hold line breaks; keep the message on one line.
+/// Reply headroom for the headers and framing beside a reply's body.
+const REPLY_HEADROOM: usize = 512;
+
+/// Longest error message a reply or event carries (in the header and again in the body), so an
+/// error reply always fits the server's `max_payload`.
+const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// `text` cut to [`MAX_ERROR_MESSAGE`] bytes (on a character boundary), saying how much was cut.
+fn bounded(text: String) -> String {
+    if text.len() <= MAX_ERROR_MESSAGE {
+        return text;
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &text[..end], text.len() - end)
+}
+
 fn header_safe(text: &str) -> String {
     text.chars()
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })

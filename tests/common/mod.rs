@@ -39,6 +39,11 @@ fn nats_server_binary() -> PathBuf {
 /// returns it with its port once it accepts connections, `None` if it does not come up.
 fn spawn_server(port: Option<u16>, dir: &Path, jetstream: bool) -> Option<(Child, u16)> {
     let mut command = Command::new(nats_server_binary());
+    // Extra server settings a test put beside the store (see `NatsServer::start_with_conf`).
+    let conf = dir.join("server.conf");
+    if conf.exists() {
+        command.arg("-c").arg(conf);
+    }
     command
         .args(["-a", "127.0.0.1", "-p"])
         .arg(port.map_or_else(|| "-1".to_string(), |p| p.to_string()))
@@ -91,9 +96,22 @@ impl NatsServer {
         NatsServer::start_with(false)
     }
 
+    /// Starts a server with JetStream and the settings `conf` (nats-server config syntax, e.g.
+    /// `max_payload: 65536`).
+    pub fn start_with_conf(conf: &str) -> NatsServer {
+        NatsServer::start_inner(true, Some(conf))
+    }
+
     fn start_with(jetstream: bool) -> NatsServer {
+        NatsServer::start_inner(jetstream, None)
+    }
+
+    fn start_inner(jetstream: bool, conf: Option<&str>) -> NatsServer {
         for _ in 0..5 {
             let store = tempfile::tempdir().expect("temp dir");
+            if let Some(conf) = conf {
+                std::fs::write(store.path().join("server.conf"), conf).expect("server config");
+            }
             if let Some((child, port)) = spawn_server(None, store.path(), jetstream) {
                 return NatsServer {
                     child,

@@ -22,7 +22,7 @@ use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use mofa_bus::config::{ReloadConfig, WorkerConfig};
 use mofa_bus::dev;
-use mofa_bus::distribution::{Distribution, INLINE_LIMIT};
+use mofa_bus::distribution::{Distribution, Stored, INLINE_LIMIT};
 use mofa_bus::{subjects, wire};
 
 /// mofa-bus: serve native, Rhai and WASM plugins on NATS subjects `mofa.exec.<plugin>`.
@@ -581,20 +581,21 @@ async fn history(url: &str, plugin: &str) -> anyhow::Result<ExitCode> {
     if history.is_empty() {
         anyhow::bail!("{plugin} was never published");
     }
-    for (revision, record) in history {
-        match record {
-            Some(r) => println!(
+    for (revision, stored) in history {
+        match stored {
+            Stored::Record(r) => println!(
                 "{revision}\t{}\t{}\t{}\t{}\t{}{}",
                 r.kind.as_str(),
                 r.version,
-                &r.sha256[..r.sha256.len().min(12)],
+                r.sha256.chars().take(12).collect::<String>(),
                 r.publisher,
                 r.published_ms,
                 r.rollback_of
                     .map(|rev| format!("\trollback of {rev}"))
                     .unwrap_or_default()
             ),
-            None => println!("{revision}\tdeleted"),
+            Stored::Deleted => println!("{revision}\tdeleted"),
+            Stored::Unreadable(e) => println!("{revision}\tunreadable\t{e}"),
         }
     }
     Ok(ExitCode::SUCCESS)

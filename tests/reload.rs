@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures::StreamExt;
 use mofa_bus::config::{ReloadConfig, WorkerConfig};
-use mofa_bus::distribution::{Distribution, ReloadEvent, ReloadStatus, INLINE_LIMIT};
+use mofa_bus::distribution::{Distribution, PluginRecord, ReloadEvent, ReloadStatus, INLINE_LIMIT};
 use mofa_bus::wire::Value;
 use mofa_bus::worker::Worker;
 
@@ -409,7 +409,7 @@ async fn mofa_watch_publishes_each_burst_of_writes_once_with_the_last_write() {
     let history = dist.history("edited").await.expect("history");
     let sources: Vec<String> = history
         .iter()
-        .filter_map(|(_, r)| r.as_ref().and_then(|r| r.source.clone()))
+        .filter_map(|(_, r)| r.record().and_then(|r| r.source.clone()))
         .collect();
     assert_eq!(
         sources,
@@ -575,7 +575,7 @@ async fn the_bucket_keeps_the_configured_history() {
     assert_eq!(
         history
             .last()
-            .and_then(|(_, r)| r.as_ref())
+            .and_then(|(_, r)| r.record())
             .and_then(|r| r.source.clone()),
         Some(script(5))
     );
@@ -630,4 +630,206 @@ async fn mofa_watch_follows_the_kinds_subdirectories_and_keys_tools_by_name() {
         dist.current("weather2").await.expect("read").is_none(),
         "a tool is keyed by its tool name, not its file name"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_plugin_lets_the_requests_it_took_finish() {
+    let server = NatsServer::start();
+    let empty = tempfile::tempdir().expect("temp dir");
+    let sources = tempfile::tempdir().expect("temp dir");
+    let mut cfg = config(&server, empty.path());
+    cfg.max_concurrency = 2;
+    cfg.rhai.max_operations = 0;
+    cfg.rhai.timeout_ms = 10_000;
+    let worker = worker(cfg).await;
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    let revision = publish_script(
+        &dist,
+        sources.path(),
+        "slowish",
+        "fn execute(x) { let t = timestamp(); while t.elapsed < 0.1 { } x }",
+    )
+    .await;
+    converge(std::slice::from_ref(&worker), "slowish", revision).await;
+    // Two run, eight wait in the queue; then the plugin is deleted from the bucket.
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                call_raw(
+                    &client,
+                    "slowish",
+                    mofa_bus::wire::encode(&Value::from(i)),
+                    Duration::from_secs(20),
+                )
+                .await
+            })
+        })
+        .collect();
+    // Wait until the worker holds them all: two running, eight in the queue.
+    let started = Instant::now();
+    loop {
+        let reply = client
+            .request("$SRV.STATS.mofa", bytes::Bytes::new())
+            .await
+            .expect("stats");
+        let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+        let queued = stats["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == "slowish"))
+            .map(|e| e["data"]["queued"].clone());
+        if queued == Some(serde_json::json!(8)) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "queued: {queued:?}"
+        );
+    }
+    dist.remove("slowish").await.expect("removed");
+    for (i, call) in calls.into_iter().enumerate() {
+        let reply = call.await.expect("joins").expect("a reply");
+        assert_eq!(reply, Reply::Ok(Value::from(i)), "request {i}");
+    }
+}
+
+/// A client of `server` and the plugins bucket on it.
+async fn bucket(server: &NatsServer) -> (async_nats::Client, Distribution) {
+    let client = server.client().await;
+    let dist = Distribution::open(client.clone(), &ReloadConfig::default())
+        .await
+        .expect("buckets");
+    (client, dist)
+}
+
+/// The record `mofa publish` would write for script `source`.
+async fn record_of(dist: &Distribution, dir: &Path, name: &str, source: &str) -> PluginRecord {
+    publish_script(dist, dir, name, source).await;
+    dist.current(name)
+        .await
+        .expect("read")
+        .expect("published")
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rhai_records_are_checked_against_their_sha256() {
+    let server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let sources = plugins_dir(&[]);
+    let w = worker(config(&server, empty.path())).await;
+    let (client, dist) = bucket(&server).await;
+    let mut events = client
+        .subscribe("mofa.events.reload.checked")
+        .await
+        .expect("subscribe");
+    let good = publish_script(&dist, sources.path(), "checked", &script(1)).await;
+    converge(std::slice::from_ref(&w), "checked", good).await;
+    let other = record_of(&dist, sources.path(), "scratch", &script(2)).await;
+    for sha256 in [other.sha256.clone(), "not-a-sha".to_string()] {
+        let mut forged = other.clone();
+        forged.source = Some(script(3));
+        forged.sha256 = sha256.clone();
+        let revision = dist.put("checked", &forged).await.expect("put");
+        let failed = loop {
+            let event = next_reload(&mut events).await;
+            if event.revision == revision && event.status == ReloadStatus::Failed {
+                break event;
+            }
+        };
+        let error = failed.error.unwrap_or_default();
+        assert!(error.contains("does not match the record's"), "{error}");
+        assert_eq!(
+            w.serving_revision("checked"),
+            Some(good),
+            "v1 keeps serving"
+        );
+        assert_eq!(version_of(&client, "checked").await.0, Value::from(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_worker_skips_unreadable_revisions_to_the_newest_good_one() {
+    let server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let sources = plugins_dir(&[]);
+    let (client, dist) = bucket(&server).await;
+    let kv = async_nats::jetstream::new(client.clone())
+        .get_key_value("mofa_plugins")
+        .await
+        .expect("bucket");
+    kv.put(
+        "late",
+        bytes::Bytes::from_static(b"\xc1 random bytes, not a record"),
+    )
+    .await
+    .expect("garbage written");
+    let good = publish_script(&dist, sources.path(), "late", &script(7)).await;
+    kv.put("late", bytes::Bytes::from_static(b"\x93 more garbage"))
+        .await
+        .expect("garbage written");
+    publish_script(&dist, sources.path(), "late", "fn execute(x) { ").await;
+    // A key that is not a plugin name is reported on the reload events too.
+    let mut events = client
+        .subscribe("mofa.events.reload.>")
+        .await
+        .expect("subscribe");
+    kv.put("not.a.plugin", bytes::Bytes::from_static(b"x"))
+        .await
+        .expect("written");
+
+    let w = worker(config(&server, empty.path())).await;
+    converge(std::slice::from_ref(&w), "late", good).await;
+    assert_eq!(version_of(&client, "late").await.0, Value::from(7));
+    let reported = loop {
+        let event = next_reload(&mut events).await;
+        if event.plugin == "not.a.plugin" {
+            break event;
+        }
+    };
+    assert_eq!(reported.status, ReloadStatus::Failed);
+    assert!(reported
+        .error
+        .unwrap_or_default()
+        .contains("is not a plugin name"),);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_starting_worker_answers_the_services_api_only_once_it_serves_the_bucket() {
+    let server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let sources = plugins_dir(&[]);
+    let (client, dist) = bucket(&server).await;
+    let names = ["synced_a", "synced_b", "synced_c", "synced_d"];
+    for (i, name) in names.iter().enumerate() {
+        publish_script(&dist, sources.path(), name, &script(i as u32)).await;
+    }
+    let starting = tokio::spawn(worker(config(&server, empty.path())));
+    let started = Instant::now();
+    let info = loop {
+        let asked = client.request("$SRV.INFO.mofa", bytes::Bytes::new()).await;
+        if let Ok(reply) = asked {
+            break serde_json::from_slice::<serde_json::Value>(&reply.payload).expect("JSON");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no INFO answer"
+        );
+    };
+    let served: Vec<&str> = info["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for name in names {
+        assert!(
+            served.contains(&name),
+            "the first INFO lists {name}: {served:?}"
+        );
+    }
+    let _worker = starting.await.expect("joins");
 }

@@ -526,18 +526,7 @@ async fn module_cache_is_keyed_by_content_so_v1_v2_v1_runs_v1() {
         )
     };
     for (n, expected_cached) in [(1u8, 1usize), (2, 2), (1, 2)] {
-        let plugin = WasmPlugin::new(
-            "versioned",
-            version(n).into_bytes(),
-            Manifest::default(),
-            runtime.clone(),
-        );
-        plugin.load().await.expect("loads");
-        assert_eq!(
-            plugin.execute(Value::Nil).await,
-            Ok(Value::from(n)),
-            "serving v{n}"
-        );
+        serve_version(&runtime, n).await;
         assert_eq!(runtime.cached_modules(), expected_cached);
     }
     let a = WasmPlugin::new(
@@ -557,6 +546,44 @@ async fn module_cache_is_keyed_by_content_so_v1_v2_v1_runs_v1() {
     assert_eq!(a.sha256(), b.sha256());
     assert_eq!(runtime.cached_modules(), 2, "identical bytes compile once");
     let _ = Arc::clone(&runtime);
+}
+
+/// Loads a module answering `n` as plugin `versioned` and checks it serves `n`.
+async fn serve_version(runtime: &Arc<WasmRuntime>, n: u8) {
+    let bytes = module(
+        &format!("(i32.store8 (i32.const 200) (i32.const {n})) (i64.const 0x000000C800000001)"),
+        "",
+    );
+    let plugin = WasmPlugin::new(
+        "versioned",
+        bytes.into_bytes(),
+        Manifest::default(),
+        runtime.clone(),
+    );
+    plugin.load().await.expect("loads");
+    assert_eq!(
+        plugin.execute(Value::Nil).await,
+        Ok(Value::from(n)),
+        "serving v{n}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_module_cache_is_bounded_and_a_rollback_still_runs_the_old_revision() {
+    // No room beyond the newest module: every other one is forgotten.
+    let config = WasmConfig {
+        module_cache_mb: 0,
+        ..WasmConfig::default()
+    };
+    let runtime = WasmRuntime::new(config, SandboxPool::new(2)).expect("runtime");
+    for n in [1u8, 2, 3, 4, 1] {
+        serve_version(&runtime, n).await;
+        assert_eq!(
+            runtime.cached_modules(),
+            1,
+            "the cache holds only the newest"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -15,4 +15,4 @@ pub mod watch;
 
 pub use events::{ReloadEvent, ReloadStatus};
 pub use record::{PluginRecord, Revision, INLINE_LIMIT};
-pub use store::{Distribution, DistributionError};
+pub use store::{Distribution, DistributionError, Stored};

@@ -40,6 +40,27 @@ fn op(context: &str) -> impl Fn(String) -> DistributionError + '_ {
     move |e| DistributionError::Operation(format!("{context}: {e}"))
 }
 
+/// One stored revision of a plugin's key.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    /// A plugin record.
+    Record(PluginRecord),
+    /// The key was deleted here.
+    Deleted,
+    /// The value is not a plugin record (written by something else than `mofa publish`).
+    Unreadable(String),
+}
+
+impl Stored {
+    /// The record, if this revision holds a readable one.
+    pub fn record(&self) -> Option<&PluginRecord> {
+        match self {
+            Stored::Record(record) => Some(record),
+            Stored::Deleted | Stored::Unreadable(_) => None,
+        }
+    }
+}
+
 /// Handle on the plugins bucket and the module object store.
 #[derive(Clone)]
 pub struct Distribution {
@@ -176,7 +197,16 @@ impl Distribution {
     /// store), checked against the record's SHA-256.
     pub async fn code(&self, record: &PluginRecord) -> Result<Vec<u8>, DistributionError> {
         match &record.source {
-            Some(source) => Ok(source.clone().into_bytes()),
+            Some(source) => {
+                let actual = sha256_hex(source.as_bytes());
+                if actual != record.sha256 {
+                    return Err(DistributionError::Operation(format!(
+                        "source SHA-256 {actual} does not match the record's {:?}",
+                        record.sha256
+                    )));
+                }
+                Ok(source.clone().into_bytes())
+            }
             None => self.module(record).await,
         }
     }
@@ -223,10 +253,7 @@ impl Distribution {
     }
 
     /// Every stored revision of `name`, oldest first: `(revision, record)`, `None` for deletes.
-    pub async fn history(
-        &self,
-        name: &str,
-    ) -> Result<Vec<(u64, Option<PluginRecord>)>, DistributionError> {
+    pub async fn history(&self, name: &str) -> Result<Vec<(u64, Stored)>, DistributionError> {
         let mut history = self
             .kv
             .history(name)
@@ -235,11 +262,14 @@ impl Distribution {
         let mut out = Vec::new();
         while let Some(entry) = history.next().await {
             let entry = entry.map_err(|e| DistributionError::Operation(e.to_string()))?;
-            let record = match entry.operation {
-                kv::Operation::Put => Some(PluginRecord::decode(&entry.value).map_err(op(name))?),
-                _ => None,
+            let stored = match entry.operation {
+                kv::Operation::Put => match PluginRecord::decode(&entry.value) {
+                    Ok(record) => Stored::Record(record),
+                    Err(e) => Stored::Unreadable(e),
+                },
+                _ => Stored::Deleted,
             };
-            out.push((entry.revision, record));
+            out.push((entry.revision, stored));
         }
         Ok(out)
     }
@@ -254,7 +284,10 @@ impl Distribution {
         let history = self.history(name).await?;
         let puts: Vec<(u64, PluginRecord)> = history
             .into_iter()
-            .filter_map(|(rev, record)| record.map(|r| (rev, r)))
+            .filter_map(|(rev, stored)| match stored {
+                Stored::Record(record) => Some((rev, record)),
+                Stored::Deleted | Stored::Unreadable(_) => None,
+            })
             .collect();
         let target = match to {
             Some(rev) => puts

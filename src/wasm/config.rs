@@ -76,6 +76,9 @@ pub struct WasmConfig {
     /// Instances that may exist at once across all modules (pool size); 0 = 16 per sandbox
     /// thread. When all are in use a request gets 503.
     pub max_instances: u32,
+    /// Compiled code kept for modules no longer (or not yet again) served, in MiB: the least
+    /// recently used are forgotten beyond it (a rollback to one of them compiles it again).
+    pub module_cache_mb: u64,
 }
 
 impl Default for WasmConfig {
@@ -87,6 +90,7 @@ impl Default for WasmConfig {
             max_output_bytes: 8 << 20,
             max_stack_kb: 512,
             max_instances: 0,
+            module_cache_mb: 256,
         }
     }
 }

@@ -44,12 +44,66 @@ pub(crate) struct Loaded {
     pub(crate) initialize: bool,
 }
 
+/// Compiled modules by the SHA-256 of their bytes, bounded by the size of their compiled code:
+/// beyond `capacity` bytes the least recently used are dropped (a module a plugin still
+/// serves stays alive through that plugin). Hand-written because it is a few lines over a
+/// `HashMap` and sizes entries by wasmtime's compiled image, which an LRU crate cannot know.
+struct ModuleCache {
+    modules: HashMap<[u8; 32], (Module, usize, u64)>,
+    bytes: usize,
+    capacity: usize,
+    clock: u64,
+}
+
+impl ModuleCache {
+    fn new(capacity: u64) -> Self {
+        Self {
+            modules: HashMap::new(),
+            bytes: 0,
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
+            clock: 0,
+        }
+    }
+
+    fn get(&mut self, sha: &[u8; 32]) -> Option<Module> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.modules.get_mut(sha).map(|(module, _, used)| {
+            *used = clock;
+            module.clone()
+        })
+    }
+
+    /// Adds `module`, then forgets the least recently used others until the cache fits.
+    fn insert(&mut self, sha: [u8; 32], module: Module) {
+        self.clock += 1;
+        let range = module.image_range();
+        let size = (range.end as usize).saturating_sub(range.start as usize);
+        if let Some((_, old, _)) = self.modules.insert(sha, (module, size, self.clock)) {
+            self.bytes -= old;
+        }
+        self.bytes += size;
+        while self.bytes > self.capacity && self.modules.len() > 1 {
+            let oldest = self
+                .modules
+                .iter()
+                .filter(|(key, _)| **key != sha)
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(key, _)| *key);
+            match oldest.and_then(|key| self.modules.remove(&key)) {
+                Some((_, size, _)) => self.bytes -= size,
+                None => break,
+            }
+        }
+    }
+}
+
 /// The engine, module cache, epoch ticker and sandbox pool.
 pub struct WasmRuntime {
     engine: Engine,
     config: WasmConfig,
     pool: Arc<SandboxPool>,
-    cache: Mutex<HashMap<[u8; 32], Module>>,
+    cache: Mutex<ModuleCache>,
     caller: OnceLock<Arc<dyn PluginCaller>>,
     runtime: Option<tokio::runtime::Handle>,
     ticker_stop: Arc<AtomicBool>,
@@ -72,6 +126,7 @@ impl Drop for WasmRuntime {
 impl WasmRuntime {
     /// Builds the engine and starts the epoch ticker. Calls run on `pool`.
     pub fn new(config: WasmConfig, pool: Arc<SandboxPool>) -> Result<Arc<Self>, PluginError> {
+        let cache = ModuleCache::new(config.module_cache_mb.saturating_mul(1 << 20));
         let instances = if config.max_instances == 0 {
             (pool.threads() * 16) as u32
         } else {
@@ -114,7 +169,7 @@ impl WasmRuntime {
             engine,
             config,
             pool,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(cache),
             caller: OnceLock::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             ticker_stop,
@@ -136,16 +191,16 @@ impl WasmRuntime {
         &self.pool
     }
 
-    /// Number of distinct modules compiled so far.
+    /// Number of compiled modules in the cache.
     pub fn cached_modules(&self) -> usize {
-        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+        self.cache.lock().map(|c| c.modules.len()).unwrap_or(0)
     }
 
     /// The compiled module for `bytes` (binary or WAT), compiling it only if these exact bytes
-    /// were never seen. Returns it with its SHA-256.
+    /// are not in the cache. Returns it with its SHA-256.
     pub fn module(&self, name: &str, bytes: &[u8]) -> Result<(Module, [u8; 32]), PluginError> {
         let sha: [u8; 32] = Sha256::digest(bytes).into();
-        if let Some(module) = self.cache.lock().ok().and_then(|c| c.get(&sha).cloned()) {
+        if let Some(module) = self.cache.lock().ok().and_then(|mut c| c.get(&sha)) {
             return Ok((module, sha));
         }
         let module = Module::new(&self.engine, bytes)

@@ -162,6 +162,16 @@ impl Endpoint {
         }
     }
 
+    /// Waits up to `limit` until no request of this endpoint runs or waits; whether it got
+    /// there. Call it once the subscription is drained: taking every permit queues behind the
+    /// requests already waiting (the semaphore is FIFO), so they run first.
+    pub(crate) async fn idle_within(&self, limit: Duration) -> bool {
+        let all = u32::try_from(self.limit).unwrap_or(u32::MAX);
+        tokio::time::timeout(limit, self.permits.acquire_many(all))
+            .await
+            .is_ok_and(|permits| permits.is_ok())
+    }
+
     /// What this endpoint serves now.
     pub(crate) fn served(&self) -> Arc<Served> {
         self.served.load_full()

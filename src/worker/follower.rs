@@ -17,7 +17,9 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::Shared;
-use crate::distribution::{Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision};
+use crate::distribution::{
+    Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision, Stored,
+};
 use crate::kinds::{self, Code};
 use crate::plugin::{ManagedPlugin, PluginError};
 use crate::subjects;
@@ -84,6 +86,24 @@ struct Follower {
     distribution: Distribution,
 }
 
+/// `key` as one subject token: a bucket key that is not a plugin name may hold `.` (or other
+/// characters a plugin name may not), which would change the event's subject.
+fn subject_token(key: &str) -> std::borrow::Cow<'_, str> {
+    if subjects::validate_name(key).is_ok() {
+        return key.into();
+    }
+    key.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// A failed load, and whether trying again could help.
 struct LoadError {
     error: PluginError,
@@ -93,8 +113,14 @@ struct LoadError {
 impl Follower {
     async fn apply(&self, entry: Entry) {
         let name = entry.key.clone();
-        if subjects::validate_name(&name).is_err() {
-            tracing::warn!(key = %name, "ignoring a bucket key that is not a plugin name");
+        if let Err(e) = subjects::validate_name(&name) {
+            tracing::warn!(key = %name, error = %e, "ignoring a bucket key that is not a plugin name");
+            self.event(&name, ReloadStatus::Failed, entry.revision, |ev| {
+                ev.error = Some(format!(
+                    "bucket key {name:?} is not a plugin name ({e}); nothing is served for it"
+                ))
+            })
+            .await;
             return;
         }
         match entry.operation {
@@ -213,8 +239,15 @@ impl Follower {
                 return None;
             }
         };
-        for (number, record) in history.into_iter().rev().filter(|(n, _)| *n < rejected) {
-            let record = record?; // a delete: nothing older counts
+        for (number, stored) in history.into_iter().rev().filter(|(n, _)| *n < rejected) {
+            let record = match stored {
+                Stored::Record(record) => record,
+                Stored::Deleted => return None, // nothing older counts
+                Stored::Unreadable(e) => {
+                    tracing::warn!(plugin = %name, revision = number, error = %e, "skipping a stored revision that is not a plugin record");
+                    continue;
+                }
+            };
             if let Ok(plugin) = self.load(name, &record).await {
                 let revision = Revision {
                     number,
@@ -309,7 +342,7 @@ impl Follower {
                 if let Err(e) = self
                     .shared
                     .client
-                    .publish(subjects::reload_event(plugin), body)
+                    .publish(subjects::reload_event(&subject_token(plugin)), body)
                     .await
                 {
                     tracing::warn!(plugin, error = %e, "reload event not sent");

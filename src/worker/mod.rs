@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Client;
+use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
@@ -41,6 +42,28 @@ use endpoint::{Endpoint, Served};
 /// Messages one subscription may buffer before the client drops them (async-nats's default is
 /// 65,536): a burst larger than that would otherwise be lost before admission sees it.
 const SUBSCRIPTION_CAPACITY: usize = 1 << 18;
+
+/// Returns once the server has processed everything this connection sent before: a message to
+/// a fresh inbox of our own comes back only after the server handled the commands ahead of it
+/// (a subscription made, say). `Client::flush` only empties the local buffer, so another
+/// connection could still publish before the server knows the subscription.
+async fn round_trip(client: &Client) -> Result<(), String> {
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err("the connection closed".into()),
+        Err(_) => Err("no answer from the server within 10 s".into()),
+    }
+}
 
 /// Why a worker could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -170,8 +193,8 @@ impl Shared {
                 source,
             })?;
         // The server knows the subscription before anyone hears that the plugin serves.
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(plugin = %name, error = %e, "flush after subscribing failed");
+        if let Err(e) = round_trip(&self.client).await {
+            tracing::warn!(plugin = %name, error = %e, "no round trip to the server after subscribing");
         }
         let (stop, removed) = watch::channel(false);
         let task = tokio::spawn(endpoint.clone().serve(
@@ -195,8 +218,8 @@ impl Shared {
         Ok(())
     }
 
-    /// Stops serving `name`: its subscription drains (requests already routed here are
-    /// answered), then the plugin is stopped and unloaded. Returns whether it was served.
+    /// Stops serving `name`: its subscription drains, the requests it took (running or
+    /// queued) finish, then the plugin is stopped and unloaded. Returns whether it was served.
     pub(crate) async fn remove(&self, name: &str) -> bool {
         let slot = self
             .endpoints
@@ -208,6 +231,11 @@ impl Shared {
         };
         let _ = slot.stop.send(true);
         let _ = slot.task.await;
+        // Every request it took, running or queued, finishes on the plugin before it stops.
+        let drain = Duration::from_millis(self.config.drain_timeout_ms);
+        if !slot.endpoint.idle_within(drain).await {
+            tracing::warn!(plugin = %name, "requests still running after drain_timeout_ms; stopping it anyway");
+        }
         if let Some(plugin) = self.manager.take(name) {
             let _ = plugin.transition(Lifecycle::Stop).await;
             let _ = plugin.transition(Lifecycle::Unload).await;
@@ -394,25 +422,22 @@ impl Worker {
                 }
             }),
         });
-        let service = tokio::spawn({
-            let client = client.clone();
-            let rx = shutdown_rx.clone();
-            async move {
-                if let Err(e) = service::serve(client, info, rx).await {
-                    tracing::error!(error = %e, "services API not available");
-                }
-            }
-        });
+        // The bucket's revisions first: a worker answers the Services API (and says it is
+        // ready) only once it serves what the bucket says.
         let follower = if shared.config.reload.enabled {
             follower::start(shared.clone()).await
         } else {
             None
         };
+        let service = match service::subscribe(client.clone(), info, shutdown_rx.clone()).await {
+            Ok(answering) => tokio::spawn(answering),
+            Err(e) => {
+                tracing::error!(error = %e, "services API not available");
+                tokio::spawn(async {})
+            }
+        };
         // Make sure every subscription is registered with the server before reporting ready.
-        client
-            .flush()
-            .await
-            .map_err(|e| WorkerError::Flush(e.to_string()))?;
+        round_trip(&client).await.map_err(WorkerError::Flush)?;
         tracing::info!(worker = %id, url = %shared.config.nats_url, "worker ready");
         Ok(Worker {
             shared,

@@ -131,12 +131,14 @@ impl ServiceInfo {
     }
 }
 
-/// Answers PING, INFO and STATS (all, by name, by id) until shutdown.
-pub(crate) async fn serve(
+/// Subscribes to PING, INFO and STATS (all, by name, by id); the returned future answers them
+/// until shutdown. Subscribing first lets the worker flush and say it is ready only when the
+/// Services API answers.
+pub(crate) async fn subscribe(
     client: Client,
     info: Arc<ServiceInfo>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), async_nats::SubscribeError> {
+) -> Result<impl std::future::Future<Output = ()>, async_nats::SubscribeError> {
     let started = async_nats::datetime::now();
     let mut subscriptions = Vec::new();
     for verb in ["PING", "INFO", "STATS"] {
@@ -150,30 +152,32 @@ pub(crate) async fn serve(
         }
     }
     let mut requests = stream::select_all(subscriptions);
-    loop {
-        let (verb, message) = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
-            next = requests.next() => match next {
-                Some(next) => next,
-                None => return Ok(()),
-            },
-        };
-        let Some(reply) = message.reply else {
-            continue;
-        };
-        let body = match verb {
-            "PING" => serde_json::to_vec(&info.ping()),
-            "INFO" => serde_json::to_vec(&info.info()),
-            _ => serde_json::to_vec(&info.stats(started)),
-        };
-        match body {
-            Ok(body) => {
-                if let Err(e) = client.publish(reply, body.into()).await {
-                    tracing::warn!(error = %e, verb, "services API reply not sent");
+    Ok(async move {
+        loop {
+            let (verb, message) = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                next = requests.next() => match next {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
+            let Some(reply) = message.reply else {
+                continue;
+            };
+            let body = match verb {
+                "PING" => serde_json::to_vec(&info.ping()),
+                "INFO" => serde_json::to_vec(&info.info()),
+                _ => serde_json::to_vec(&info.stats(started)),
+            };
+            match body {
+                Ok(body) => {
+                    if let Err(e) = client.publish(reply, body.into()).await {
+                        tracing::warn!(error = %e, verb, "services API reply not sent");
+                    }
                 }
+                Err(e) => tracing::warn!(error = %e, verb, "services API reply not encoded"),
             }
-            Err(e) => tracing::warn!(error = %e, verb, "services API reply not encoded"),
         }
-    }
+    })
 }

@@ -95,6 +95,9 @@ pub struct ReloadConfig {
     /// A reloaded Rhai script keeps the state map (`state_get`/`state_set`) of the revision it
     /// replaces.
     pub preserve_state: bool,
+    /// nkey public keys (`U…`) whose signed revisions this worker loads; when set, unsigned,
+    /// untrusted and tampered revisions are rejected. Empty: every revision is accepted.
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for ReloadConfig {
@@ -107,6 +110,7 @@ impl Default for ReloadConfig {
             max_attempts: 3,
             retry_backoff_ms: 200,
             preserve_state: false,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -259,6 +263,8 @@ impl WorkerConfig {
             ));
         }
         self.database.validate().map_err(ConfigError::Invalid)?;
+        crate::distribution::signature::check_public_keys(&self.reload.trusted_keys)
+            .map_err(ConfigError::Invalid)?;
         if let Some(id) = &self.worker_id {
             crate::subjects::validate_name(id)
                 .map_err(|e| ConfigError::Invalid(format!("worker id: {e}")))?;

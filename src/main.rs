@@ -107,10 +107,21 @@ enum Command {
         /// SHA-256).
         #[arg(long)]
         version: Option<String>,
+        /// Sign the revisions with this nkey seed (`SU…`), or the seed in this file (see
+        /// `mofa keygen`); workers with `reload.trusted_keys` load only signed revisions.
+        #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
+        sign: Option<String>,
         /// NATS server URL [default: a live `mofa worker --dev` server, else
         /// nats://127.0.0.1:4222]
         #[arg(long, env = "MOFA_NATS_URL")]
         nats: Option<String>,
+    },
+    /// Make an nkey pair for signing revisions: the seed (secret) goes to FILE, or to stdout
+    /// without --out; the public key, for workers' `reload.trusted_keys`, to stdout.
+    Keygen {
+        /// File to write the seed to (created with mode 600).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Watch a directory and publish each changed script or module once its writes settle.
     Watch {
@@ -119,6 +130,9 @@ enum Command {
         /// Quiet time after the last write before a file is published (trailing debounce).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
+        /// Sign every revision (see `mofa publish --sign`).
+        #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
+        sign: Option<String>,
         /// NATS server URL [default: a live `mofa worker --dev` server, else
         /// nats://127.0.0.1:4222]
         #[arg(long, env = "MOFA_NATS_URL")]
@@ -296,13 +310,24 @@ async fn run() -> ExitCode {
         Command::Publish {
             files,
             version,
+            sign,
             nats,
-        } => publish(&dev::resolve_url(nats), &files, version.as_deref()).await,
+        } => {
+            publish(
+                &dev::resolve_url(nats),
+                &files,
+                version.as_deref(),
+                sign.as_deref(),
+            )
+            .await
+        }
+        Command::Keygen { out } => keygen(out.as_deref()),
         Command::Watch {
             dir,
             debounce,
+            sign,
             nats,
-        } => watch(&dev::resolve_url(nats), &dir, debounce).await,
+        } => watch(&dev::resolve_url(nats), &dir, debounce, sign.as_deref()).await,
         Command::Rollback { plugin, to, nats } => {
             rollback(&dev::resolve_url(nats), &plugin, to).await
         }
@@ -518,8 +543,51 @@ async fn distribution(url: &str) -> anyhow::Result<Distribution> {
     Ok(Distribution::open(client, &ReloadConfig::default()).await?)
 }
 
-async fn publish(url: &str, files: &[PathBuf], version: Option<&str>) -> anyhow::Result<ExitCode> {
-    let distribution = distribution(url).await?;
+/// The bucket, signing what it puts when `sign` names a key.
+async fn signing_distribution(url: &str, sign: Option<&str>) -> anyhow::Result<Distribution> {
+    let key = sign
+        .map(mofa_bus::distribution::signature::signing_key)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut distribution = distribution(url).await?;
+    if let Some(key) = key {
+        distribution.sign_with(key);
+    }
+    Ok(distribution)
+}
+
+/// `mofa keygen`: a new nkey pair for signing revisions.
+fn keygen(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let key = nkeys::KeyPair::new_user();
+    let seed = key
+        .seed()
+        .map_err(|e| anyhow::anyhow!("cannot encode the seed: {e}"))?;
+    match out {
+        Some(path) => {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(file, "{seed}")?;
+            eprintln!("seed written to {} (keep it secret)", path.display());
+        }
+        None => println!("seed: {seed}"),
+    }
+    println!("public key: {}", key.public_key());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish(
+    url: &str,
+    files: &[PathBuf],
+    version: Option<&str>,
+    sign: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let distribution = signing_distribution(url, sign).await?;
     for file in files {
         let (plugin, revision) = distribution
             .publish_file(file, version, INLINE_LIMIT)
@@ -529,8 +597,13 @@ async fn publish(url: &str, files: &[PathBuf], version: Option<&str>) -> anyhow:
     Ok(ExitCode::SUCCESS)
 }
 
-async fn watch(url: &str, dir: &std::path::Path, debounce: Duration) -> anyhow::Result<ExitCode> {
-    let distribution = distribution(url).await?;
+async fn watch(
+    url: &str,
+    dir: &std::path::Path,
+    debounce: Duration,
+    sign: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let distribution = signing_distribution(url, sign).await?;
     eprintln!(
         "watching {} (debounce {})",
         dir.display(),

@@ -522,6 +522,8 @@ async fn a_module_that_cannot_be_fetched_is_retried_max_attempts_times() {
             publisher: "test".into(),
             published_ms: 0,
             rollback_of: None,
+            signer: None,
+            signature: None,
         };
         dist.put("ghost", &record).await.expect("put");
         let failed = loop {
@@ -832,4 +834,86 @@ async fn a_starting_worker_answers_the_services_api_only_once_it_serves_the_buck
         );
     }
     let _worker = starting.await.expect("joins");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_trusted_keys_only_signed_untampered_revisions_load() {
+    let server = NatsServer::start();
+    let empty = plugins_dir(&[]);
+    let sources = plugins_dir(&[]);
+    // A publisher's key pair, made with the CLI.
+    let seed_file = sources.path().join("publisher.nk");
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(["keygen", "--out"])
+        .arg(&seed_file)
+        .output()
+        .expect("mofa keygen");
+    assert!(keygen.status.success());
+    let public = String::from_utf8_lossy(&keygen.stdout)
+        .trim()
+        .strip_prefix("public key: ")
+        .expect("the public key is printed")
+        .to_string();
+    let mut cfg = config(&server, empty.path());
+    cfg.reload.trusted_keys = vec![public];
+    let w = worker(cfg).await;
+    let (client, dist) = bucket(&server).await;
+    let mut events = client
+        .subscribe("mofa.events.reload.signed")
+        .await
+        .expect("subscribe");
+
+    // Signed by the trusted key: served.
+    let file = sources.path().join("signed.rhai");
+    std::fs::write(&file, script(1)).expect("written");
+    let published = mofa(
+        &[
+            "publish",
+            file.to_str().expect("utf-8"),
+            "--sign",
+            seed_file.to_str().expect("utf-8"),
+        ],
+        &server.url(),
+    );
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    let (good, record) = dist
+        .current("signed")
+        .await
+        .expect("read")
+        .expect("published");
+    converge(std::slice::from_ref(&w), "signed", good).await;
+    assert_eq!(version_of(&client, "signed").await.0, Value::from(1));
+
+    // Unsigned, signed by a stranger, and tampered: each rejected, v1 keeps serving.
+    let unsigned = record_of(&dist, sources.path(), "scratch", &script(2)).await;
+    let mut stranger = unsigned.clone();
+    mofa_bus::distribution::signature::sign("signed", &mut stranger, &nkeys::KeyPair::new_user())
+        .expect("signed");
+    let mut tampered = record.clone();
+    tampered.source = unsigned.source.clone();
+    tampered.sha256 = unsigned.sha256.clone();
+    for (forged, reason) in [
+        (unsigned, "unsigned"),
+        (stranger, "not in reload.trusted_keys"),
+        (tampered, "does not match the record"),
+    ] {
+        let revision = dist.put("signed", &forged).await.expect("put");
+        let failed = loop {
+            let event = next_reload(&mut events).await;
+            if event.revision == revision && event.status == ReloadStatus::Failed {
+                break event;
+            }
+        };
+        let error = failed.error.unwrap_or_default();
+        assert!(error.contains(reason), "{reason}: {error}");
+        assert_eq!(w.serving_revision("signed"), Some(good));
+        assert_eq!(version_of(&client, "signed").await.0, Value::from(1));
+    }
+    // A rollback republishes the signed revision with its signature: it loads.
+    let (back, _) = dist.rollback("signed", Some(good)).await.expect("rollback");
+    converge(std::slice::from_ref(&w), "signed", back).await;
 }

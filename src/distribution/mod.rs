@@ -10,6 +10,7 @@
 
 mod events;
 mod record;
+pub mod signature;
 mod store;
 pub mod watch;
 

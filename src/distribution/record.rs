@@ -36,6 +36,12 @@ pub struct PluginRecord {
     /// Set when this revision republishes an earlier one (`mofa rollback`): that revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// The nkey public key that signed the record (see [`super::signature`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The signature, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl PluginRecord {

@@ -44,7 +44,7 @@ fn op(context: &str) -> impl Fn(String) -> DistributionError + '_ {
 #[derive(Debug, Clone)]
 pub enum Stored {
     /// A plugin record.
-    Record(PluginRecord),
+    Record(Box<PluginRecord>),
     /// The key was deleted here.
     Deleted,
     /// The value is not a plugin record (written by something else than `mofa publish`).
@@ -55,7 +55,7 @@ impl Stored {
     /// The record, if this revision holds a readable one.
     pub fn record(&self) -> Option<&PluginRecord> {
         match self {
-            Stored::Record(record) => Some(record),
+            Stored::Record(record) => Some(record.as_ref()),
             Stored::Deleted | Stored::Unreadable(_) => None,
         }
     }
@@ -67,6 +67,8 @@ pub struct Distribution {
     kv: kv::Store,
     objects: object_store::ObjectStore,
     object_bucket: String,
+    /// Signs every record this handle puts (`mofa publish --sign`).
+    signer: Option<std::sync::Arc<nkeys::KeyPair>>,
 }
 
 impl std::fmt::Debug for Distribution {
@@ -133,7 +135,13 @@ impl Distribution {
             kv,
             objects,
             object_bucket: config.object_bucket.clone(),
+            signer: None,
         })
+    }
+
+    /// Signs every record put from now on with `key`.
+    pub fn sign_with(&mut self, key: nkeys::KeyPair) {
+        self.signer = Some(std::sync::Arc::new(key));
     }
 
     /// The plugins bucket.
@@ -176,6 +184,8 @@ impl Distribution {
             publisher: publisher(),
             published_ms: wire::unix_ms(),
             rollback_of: None,
+            signer: None,
+            signature: None,
         };
         if kind.text {
             record.source = Some(
@@ -223,10 +233,19 @@ impl Distribution {
         Ok((name, revision))
     }
 
-    /// Puts a record under `name`; returns the new revision.
+    /// Puts a record under `name` (signed, when this handle signs); returns the new revision.
+    /// A record put unsigned keeps the signature it carries (a rollback).
     pub async fn put(&self, name: &str, record: &PluginRecord) -> Result<u64, DistributionError> {
         subjects::validate_name(name).map_err(|e| DistributionError::Operation(e.to_string()))?;
-        let bytes = record.encode().map_err(op("encode"))?;
+        let bytes = match &self.signer {
+            Some(key) => {
+                let mut signed = record.clone();
+                super::signature::sign(name, &mut signed, key).map_err(op(name))?;
+                signed.encode()
+            }
+            None => record.encode(),
+        }
+        .map_err(op("encode"))?;
         self.kv
             .put(name, bytes.into())
             .await
@@ -264,7 +283,7 @@ impl Distribution {
             let entry = entry.map_err(|e| DistributionError::Operation(e.to_string()))?;
             let stored = match entry.operation {
                 kv::Operation::Put => match PluginRecord::decode(&entry.value) {
-                    Ok(record) => Stored::Record(record),
+                    Ok(record) => Stored::Record(Box::new(record)),
                     Err(e) => Stored::Unreadable(e),
                 },
                 _ => Stored::Deleted,
@@ -285,7 +304,7 @@ impl Distribution {
         let puts: Vec<(u64, PluginRecord)> = history
             .into_iter()
             .filter_map(|(rev, stored)| match stored {
-                Stored::Record(record) => Some((rev, record)),
+                Stored::Record(record) => Some((rev, *record)),
                 Stored::Deleted | Stored::Unreadable(_) => None,
             })
             .collect();

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::Shared;
 use crate::distribution::{
-    Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision, Stored,
+    signature, Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision, Stored,
 };
 use crate::kinds::{self, Code};
 use crate::plugin::{ManagedPlugin, PluginError};
@@ -50,6 +50,12 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
         Ok(mut keys) => keys.next().await.is_some(),
         Err(_) => true,
     };
+    if shared.config.reload.trusted_keys.is_empty() {
+        tracing::warn!(
+            bucket = %shared.config.reload.bucket,
+            "hot reload accepts unsigned revisions: whoever can write the bucket runs code on this worker (set reload.trusted_keys and publish with --sign)"
+        );
+    }
     let follower = Follower {
         shared,
         distribution,
@@ -278,6 +284,10 @@ impl Follower {
             error,
             transient: false,
         };
+        let trusted = &self.shared.config.reload.trusted_keys;
+        if !trusted.is_empty() {
+            signature::verify(name, record, trusted).map_err(|e| fatal(PluginError::Load(e)))?;
+        }
         let kind = kinds::of(record.kind).ok_or_else(|| {
             fatal(PluginError::Load(format!(
                 "{} plugins cannot be distributed over the bus",

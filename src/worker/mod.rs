@@ -335,7 +335,18 @@ impl Worker {
         let manager = Arc::new(PluginManager::new());
         let pool = SandboxPool::new(config.sandbox_threads);
         let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool.clone()));
-        let wasm = WasmRuntime::new(config.wasm.clone(), pool)?;
+        // A module's output can never be larger than the server can carry as a reply.
+        let mut wasm_config = config.wasm.clone();
+        let max_payload = client.server_info().max_payload as u64;
+        if max_payload > 0 && wasm_config.max_output_bytes > max_payload {
+            tracing::info!(
+                max_output_bytes = wasm_config.max_output_bytes,
+                max_payload,
+                "wasm.max_output_bytes capped at the server's max_payload"
+            );
+            wasm_config.max_output_bytes = max_payload;
+        }
+        let wasm = WasmRuntime::new(wasm_config, pool)?;
         let calls = caller::new(
             &manager,
             client.clone(),

@@ -231,6 +231,9 @@ impl Shared {
         };
         let _ = slot.stop.send(true);
         let _ = slot.task.await;
+        if let Err(e) = round_trip(&self.client).await {
+            tracing::warn!(plugin = %name, error = %e, "no round trip to the server after unsubscribing");
+        }
         // Every request it took, running or queued, finishes on the plugin before it stops.
         let drain = Duration::from_millis(self.config.drain_timeout_ms);
         if !slot.endpoint.idle_within(drain).await {
@@ -511,6 +514,14 @@ impl Worker {
                 abort.abort();
                 late.get_or_insert("unsubscribing the endpoints");
             }
+        }
+        // The server has taken every unsubscription in before the worker says it has stopped
+        // serving: a request sent after that goes to another worker.
+        if tokio::time::timeout_at(deadline, round_trip(&shared.client))
+            .await
+            .is_err()
+        {
+            late.get_or_insert("unsubscribing the endpoints");
         }
         let service = self.service.abort_handle();
         if tokio::time::timeout_at(deadline, self.service)

@@ -1,6 +1,7 @@
 //! Property tests of the wire codec: every value survives encode then decode, and on arbitrary
 //! bytes the worker's decoder agrees with `rmpv` wherever both accept the input (the decoder is
-//! stricter on purpose: see `mofa_bus::wire::decode`).
+//! stricter on purpose: see `mofa_bus::wire::decode`). And of the conversion to Rhai values:
+//! what a script can hold comes back unchanged, anything else is a 400, never a panic.
 
 use mofa_bus::wire::{self, Value};
 use proptest::prelude::*;
@@ -27,6 +28,29 @@ fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
             proptest::collection::vec((inner.clone(), inner), 0..8).prop_map(Value::Map),
+        ]
+    })
+}
+
+/// Values a script holds faithfully: i64 integers, f64 floats, UTF-8 strings, and maps with
+/// string keys in sorted order (Rhai maps are ordered by key).
+fn script_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Nil),
+        any::<bool>().prop_map(Value::Boolean),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::F64),
+        ".{0,40}".prop_map(Value::from),
+        proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Binary),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z_]{0,8}", inner, 0..8).prop_map(|m| {
+                Value::Map(m.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+            }),
         ]
     })
 }
@@ -58,5 +82,18 @@ proptest! {
         let mut bytes = wire::encode(&v).to_vec();
         bytes.extend_from_slice(&extra);
         prop_assert!(wire::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn script_values_convert_to_rhai_and_back_unchanged(v in script_value()) {
+        let dynamic = mofa_bus::rhai::to_dynamic(v.clone()).expect("a script holds it");
+        prop_assert_eq!(mofa_bus::rhai::from_dynamic(dynamic).expect("converts back"), v);
+    }
+
+    #[test]
+    fn any_value_converts_to_rhai_or_is_a_400(v in value()) {
+        if let Err(e) = mofa_bus::rhai::to_dynamic(v) {
+            prop_assert_eq!(e.code().as_u16(), 400, "{}", e);
+        }
     }
 }

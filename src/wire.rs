@@ -129,6 +129,13 @@ pub enum DecodeError {
 /// Strict where MessagePack decoders are often lenient: the reserved byte `0xc1`, strings that
 /// are not UTF-8, nesting deeper than [`MAX_DECODE_DEPTH`], truncation and trailing bytes are
 /// all errors, never a silently different value.
+///
+/// Hand-written rather than `rmpv::decode::read_value` because that reader is lenient exactly
+/// where a request must not be: it accepts strings that are not UTF-8 (keeping the bytes), and
+/// it reads one value and leaves trailing bytes to the caller; and because this decoder's
+/// nesting limit and error messages are part of the contract (subjects.md). Wherever both
+/// accept a body they read the same value: `tests/properties.rs` and the `decode` fuzz target
+/// (`fuzz/`) check that.
 pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
     if body.is_empty() {
         return Ok(Value::Nil);

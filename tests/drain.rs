@@ -119,9 +119,11 @@ fn stderr_of(child: &mut std::process::Child) -> String {
 }
 
 const SLOW: &str = "fn execute(x) { let t = timestamp(); while t.elapsed < 3.0 { } x }";
-const SLOW_CONFIG: &str = "[rhai]\nmax_operations = 0\ntimeout_ms = 10000\n";
+/// One slow request runs at a time, so the others wait in the queue, where `$SRV.STATS` shows them.
+const SLOW_CONFIG: &str = "max_concurrency = 1\n[rhai]\nmax_operations = 0\ntimeout_ms = 10000\n";
 
-/// Starts three slow requests and waits until the worker runs them.
+/// Sends three slow requests and waits until the worker holds them all: one running, two
+/// queued (as `$SRV.STATS` reports).
 async fn slow_requests_in_flight(client: &async_nats::Client) {
     for i in 0..3 {
         let request = async_nats::Request::new()
@@ -134,7 +136,25 @@ async fn slow_requests_in_flight(client: &async_nats::Client) {
                 .await;
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    loop {
+        let reply = client
+            .request("$SRV.STATS.mofa", bytes::Bytes::new())
+            .await
+            .expect("stats");
+        let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
+        let queued = stats["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["name"] == "slow"))
+            .map(|e| e["data"]["queued"].clone());
+        if queued == Some(serde_json::json!(2)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "queued: {queued:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -96,7 +96,7 @@ async fn a_burst_to_a_slow_plugin_gets_ok_until_the_wait_runs_out_then_503_never
         1_000,
         "only ok or 503: {tally:?}"
     );
-    let stats = worker_stats(&client, "slow").await;
+    let stats = endpoint_data(&client, "slow").await;
     assert_eq!(
         stats["refused"],
         serde_json::json!(1_000 - tally.ok),
@@ -148,20 +148,6 @@ async fn a_full_queue_refuses_at_once_and_max_queue_zero_is_no_queue() {
         (2, Some(4)),
         "{tally:?}"
     );
-}
-
-/// The `data` of `plugin`'s endpoint in the `$SRV.STATS` reply.
-async fn worker_stats(client: &async_nats::Client, plugin: &str) -> serde_json::Value {
-    let reply = client
-        .request("$SRV.STATS.mofa", bytes::Bytes::new())
-        .await
-        .expect("stats");
-    let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
-    stats["endpoints"]
-        .as_array()
-        .and_then(|endpoints| endpoints.iter().find(|e| e["name"] == plugin))
-        .map(|e| e["data"].clone())
-        .expect("the plugin's endpoint")
 }
 
 /// Resident memory of `pid`, in MiB.

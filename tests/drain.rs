@@ -136,25 +136,7 @@ async fn slow_requests_in_flight(client: &async_nats::Client) {
                 .await;
         });
     }
-    let started = Instant::now();
-    loop {
-        let reply = client
-            .request("$SRV.STATS.mofa", bytes::Bytes::new())
-            .await
-            .expect("stats");
-        let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
-        let queued = stats["endpoints"]
-            .as_array()
-            .and_then(|e| e.iter().find(|e| e["name"] == "slow"))
-            .map(|e| e["data"]["queued"].clone());
-        if queued == Some(serde_json::json!(2)) {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "queued: {queued:?}"
-        );
-    }
+    wait_until_queued(client, "slow", 2).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

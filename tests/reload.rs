@@ -672,25 +672,7 @@ async fn removing_a_plugin_lets_the_requests_it_took_finish() {
         })
         .collect();
     // Wait until the worker holds them all: two running, eight in the queue.
-    let started = Instant::now();
-    loop {
-        let reply = client
-            .request("$SRV.STATS.mofa", bytes::Bytes::new())
-            .await
-            .expect("stats");
-        let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
-        let queued = stats["endpoints"]
-            .as_array()
-            .and_then(|e| e.iter().find(|e| e["name"] == "slowish"))
-            .map(|e| e["data"]["queued"].clone());
-        if queued == Some(serde_json::json!(8)) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "queued: {queued:?}"
-        );
-    }
+    wait_until_queued(&client, "slowish", 8).await;
     dist.remove("slowish").await.expect("removed");
     for (i, call) in calls.into_iter().enumerate() {
         let reply = call.await.expect("joins").expect("a reply");

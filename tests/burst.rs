@@ -96,7 +96,9 @@ async fn a_burst_to_a_slow_plugin_gets_ok_until_the_wait_runs_out_then_503_never
         1_000,
         "only ok or 503: {tally:?}"
     );
-    let stats = endpoint_data(&client, "slow").await;
+    let stats = endpoint_data(&client, "slow")
+        .await
+        .expect("the worker answers $SRV.STATS");
     assert_eq!(
         stats["refused"],
         serde_json::json!(1_000 - tally.ok),

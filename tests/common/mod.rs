@@ -324,18 +324,16 @@ pub async fn wait_for_plugin(client: &Client, plugin: &str, input: Value) {
     panic!("no worker answered {plugin}");
 }
 
-/// The `data` (`{queued, refused}`) of `plugin`'s endpoint in the workers' `$SRV.STATS` reply.
-pub async fn endpoint_data(client: &Client, plugin: &str) -> serde_json::Value {
-    let reply = client
-        .request("$SRV.STATS.mofa", Bytes::new())
-        .await
-        .expect("stats");
+/// The `data` (`{queued, refused}`) of `plugin`'s endpoint in the workers' `$SRV.STATS` reply;
+/// `None` while no worker answers the Services API yet (a starting worker answers it only once
+/// it has synced the plugins bucket, after its local plugins already serve).
+pub async fn endpoint_data(client: &Client, plugin: &str) -> Option<serde_json::Value> {
+    let reply = client.request("$SRV.STATS.mofa", Bytes::new()).await.ok()?;
     let stats: serde_json::Value = serde_json::from_slice(&reply.payload).expect("JSON");
     stats["endpoints"]
         .as_array()
         .and_then(|endpoints| endpoints.iter().find(|e| e["name"] == plugin))
         .map(|e| e["data"].clone())
-        .unwrap_or_default()
 }
 
 /// Waits until a worker holds `queued` requests of `plugin` in its queue (a signal that the
@@ -344,12 +342,15 @@ pub async fn wait_until_queued(client: &Client, plugin: &str, queued: usize) {
     let started = Instant::now();
     loop {
         let data = endpoint_data(client, plugin).await;
-        if data["queued"] == serde_json::json!(queued) {
+        if data
+            .as_ref()
+            .is_some_and(|d| d["queued"] == serde_json::json!(queued))
+        {
             return;
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
-            "{plugin}: {data} after 20 s, waiting for {queued} queued"
+            "{plugin}: {data:?} after 20 s, waiting for {queued} queued"
         );
     }
 }

@@ -634,6 +634,124 @@ async fn bursts(server: &NatsServer, client: &Client) {
     }
 }
 
+/// Durable jobs against request/reply on the same worker and plugin (the Rhai `discount`):
+/// end-to-end latency one at a time (submit → result on `mofa.results.<id>`, against request →
+/// reply) and throughput with many in flight (all jobs submitted at once, until the last result,
+/// against 256 requests in flight).
+async fn jobs_vs_requests(server: &NatsServer, client: &Client, n: usize) {
+    use mofa_bus::jobs::{JobResult, Jobs, JobsConfig};
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(
+        common::repo_plugins().join("discount.rhai"),
+        dir.path().join("discount.rhai"),
+    )
+    .expect("script copied");
+    let input = Value::Map(vec![
+        (Value::from("price"), Value::from(100)),
+        (Value::from("customer_tier"), Value::from("gold")),
+    ]);
+    let body = wire::encode(&input);
+    let worker = WorkerProcess::spawn(server, dir.path(), None);
+    common::wait_for_plugin(client, "discount", input.clone()).await;
+    let jobs = Jobs::open(client.clone(), &JobsConfig::default())
+        .await
+        .expect("jobs stream");
+    let percentile = |mut v: Vec<Duration>, p: usize| {
+        v.sort();
+        v.get(v.len().saturating_sub(1) * p / 100)
+            .copied()
+            .unwrap_or_default()
+    };
+    let sequential = (n / 10).max(200);
+
+    // One at a time.
+    let mut request_times = Vec::with_capacity(sequential);
+    for _ in 0..sequential {
+        let sent = Instant::now();
+        request(client, "mofa.exec.discount", body.clone()).await;
+        request_times.push(sent.elapsed());
+    }
+    let mut job_times = Vec::with_capacity(sequential);
+    for _ in 0..sequential {
+        let id = nuid::next().as_str().to_string();
+        let mut result = client
+            .subscribe(mofa_bus::subjects::results(&id))
+            .await
+            .expect("subscribes");
+        let sent = Instant::now();
+        jobs.submit("discount", &input, Some(&id))
+            .await
+            .expect("submitted");
+        result.next().await.expect("a result");
+        job_times.push(sent.elapsed());
+    }
+
+    // Many in flight.
+    let started = Instant::now();
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(256));
+    let requests = futures::future::join_all((0..n).map(|_| {
+        let (client, body, in_flight) = (client.clone(), body.clone(), in_flight.clone());
+        async move {
+            let _slot = in_flight.acquire().await.expect("open");
+            request(&client, "mofa.exec.discount", body).await;
+        }
+    }));
+    requests.await;
+    let request_rate = n as f64 / started.elapsed().as_secs_f64();
+
+    let mut results = client
+        .subscribe("mofa.results.>")
+        .await
+        .expect("subscribes");
+    client.flush().await.expect("flush");
+    let started = Instant::now();
+    let submits = futures::future::join_all((0..n).map(|_| {
+        let (jobs, input) = (jobs.clone(), input.clone());
+        async move {
+            jobs.submit("discount", &input, None)
+                .await
+                .expect("submitted")
+        }
+    }));
+    let submitted = submits.await;
+    let stored = started.elapsed();
+    let mut finished = 0;
+    while finished < submitted.len() {
+        match tokio::time::timeout(Duration::from_secs(60), results.next()).await {
+            Ok(Some(m)) => {
+                if JobResult::decode(&m.payload).is_ok_and(|r| r.ok) {
+                    finished += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    let job_rate = finished as f64 / started.elapsed().as_secs_f64();
+    println!();
+    println!("durable jobs vs request/reply, Rhai discount on one worker ({sequential} one at a time, {n} in flight):");
+    println!(
+        "  {:<30} {:>10} {:>10} {:>14}",
+        "path", "p50", "p99", "throughput"
+    );
+    println!(
+        "  {:<30} {:>10.1?} {:>10.1?} {:>12.0}/s",
+        "request/reply (256 in flight)",
+        percentile(request_times.clone(), 50),
+        percentile(request_times, 99),
+        request_rate
+    );
+    println!(
+        "  {:<30} {:>10.1?} {:>10.1?} {:>12.0}/s  ({finished} of {n} results; all {} stored in {:.1?})",
+        "durable jobs (all submitted)",
+        percentile(job_times.clone(), 50),
+        percentile(job_times, 99),
+        job_rate,
+        submitted.len(),
+        stored
+    );
+    drop(worker);
+}
+
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("bare-echo") {
         let url = std::env::var("MOFA_BENCH_URL").expect("MOFA_BENCH_URL");
@@ -652,10 +770,11 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
 
-    // `analyze-sales` and `bursts` run only that section.
+    // `analyze-sales`, `bursts` and `jobs` run only that section.
     let only_sales = std::env::args().any(|a| a == "analyze-sales");
     let only_bursts = std::env::args().any(|a| a == "bursts");
-    if only_sales || only_bursts {
+    let only_jobs = std::env::args().any(|a| a == "jobs");
+    if only_sales || only_bursts || only_jobs {
         let server = NatsServer::start();
         tokio::runtime::Runtime::new()
             .expect("runtime")
@@ -666,6 +785,9 @@ fn main() {
                 }
                 if only_bursts {
                     bursts(&server, &client).await;
+                }
+                if only_jobs {
+                    jobs_vs_requests(&server, &client, requests / 2).await;
                 }
             });
         return;
@@ -764,5 +886,6 @@ fn main() {
         reload_latency(&server, &client).await;
         analyze_sales(&server, &client, (requests / 10).max(200)).await;
         bursts(&server, &client).await;
+        jobs_vs_requests(&server, &client, requests / 2).await;
     });
 }

@@ -23,12 +23,17 @@
 //! [database]
 //! url = ""                     # empty: SQLite file mofa.db in data_dir
 //! allow_writes = false
+//!
+//! [jobs]
+//! concurrency = 64             # durable jobs of one plugin running at once on this worker
+//! max_deliver = 5              # attempts before a job goes to the dead-letter stream
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::JobsConfig;
 use crate::native::DatabaseConfig;
 use crate::rhai::RhaiConfig;
 use crate::wasm::WasmConfig;
@@ -73,6 +78,8 @@ pub struct WorkerConfig {
     pub reload: ReloadConfig,
     /// The `database` plugin.
     pub database: DatabaseConfig,
+    /// Durable jobs (`mofa.jobs.<plugin>`).
+    pub jobs: JobsConfig,
 }
 
 /// Distribution of plugins over JetStream and hot reload.
@@ -151,6 +158,7 @@ impl Default for WorkerConfig {
             wasm: WasmConfig::default(),
             reload: ReloadConfig::default(),
             database: DatabaseConfig::default(),
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -263,6 +271,7 @@ impl WorkerConfig {
             ));
         }
         self.database.validate().map_err(ConfigError::Invalid)?;
+        self.jobs.validate().map_err(ConfigError::Invalid)?;
         crate::distribution::signature::check_public_keys(&self.reload.trusted_keys)
             .map_err(ConfigError::Invalid)?;
         if let Some(id) = &self.worker_id {

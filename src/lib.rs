@@ -10,6 +10,9 @@
 //!   or a wait that runs out is answered 503), replies, result events, the
 //!   NATS Services API (`$SRV.PING/INFO/STATS`), hot reload from the plugins bucket, and drain on
 //!   SIGTERM.
+//! - [`jobs`]: durable jobs on JetStream (`mofa.jobs.<plugin>`): the streams, the results
+//!   bucket, submitting, waiting and dead letters. (The worker's consuming side is
+//!   `worker::jobs`.)
 //! - [`distribution`]: the publishing side of hot reload over JetStream: plugin records,
 //!   publishing, rollback, reload events, the directory watcher. (The worker's side, following
 //!   the bucket, is `worker::follower`.)
@@ -37,6 +40,7 @@ pub mod config;
 pub mod dev;
 pub mod distribution;
 pub mod fleet;
+pub mod jobs;
 pub mod kinds;
 pub mod mcp;
 pub mod native;

@@ -6,6 +6,8 @@
 //! - `mofa publish`, `watch`, `rollback`, `remove`, `history` manage plugins on the bus;
 //!   `mofa plugins` lists what every live worker serves.
 //! - `mofa sql FILE` runs a SQL file on the database the `database` plugin uses.
+//! - `mofa submit`, `job` and `dlq` submit durable jobs, read their results and handle the
+//!   dead letters.
 
 /// mimalloc instead of the system allocator: the request path allocates and frees across
 /// threads (a request decoded on one thread, answered on another), where glibc's allocator
@@ -92,6 +94,65 @@ enum Command {
         /// How long to wait for the reply (e.g. 500ms, 5s).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
+    },
+    /// Submit a durable job: stored in the MOFA_JOBS stream until a worker serving PLUGIN has
+    /// run it and stored its result (retried on transient errors, dead-lettered after
+    /// jobs.max_deliver attempts). Prints {job, plugin, sequence, duplicate}; with --wait,
+    /// the result instead.
+    ///
+    /// Exit status: 0 (with --wait: the job succeeded), 1 the job failed (its record is
+    /// printed), 2 no result within --timeout, or NATS/JetStream unreachable.
+    Submit {
+        /// Plugin name.
+        plugin: String,
+        /// Input as JSON (converted to MessagePack). Omitted: nil.
+        input: Option<String>,
+        /// Job id ([A-Za-z0-9_-], up to 128): a second submission with the same id within the
+        /// dedup window is not run again. Generated if absent.
+        #[arg(long)]
+        id: Option<String>,
+        /// Wait for the job's result and print it.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
+    },
+    /// Print a job's latest state as JSON: queued, retrying (with the last error), done (with
+    /// the output) or failed (with the error and its dead-letter sequence).
+    ///
+    /// Exit status: 0 a state is stored, 1 none is (unknown id, or expired after
+    /// jobs.result_ttl_s), 2 NATS/JetStream unreachable.
+    Job {
+        /// Job id.
+        id: String,
+        /// Wait up to this long for a final state (e.g. 10s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
+        /// NATS server URL [default: a live `mofa worker --dev` server, else
+        /// nats://127.0.0.1:4222]
+        #[arg(long, env = "MOFA_NATS_URL")]
+        nats: Option<String>,
+    },
+    /// List dead-lettered jobs as JSON lines (oldest first), or submit them again with
+    /// --replay (same job id; each replayed one leaves the dead-letter stream).
+    Dlq {
+        /// Plugin name; omitted: every plugin.
+        plugin: Option<String>,
+        /// Submit the listed dead letters again.
+        #[arg(long)]
+        replay: bool,
+        /// Only the dead letter at this sequence (repeatable; see the list's "sequence").
+        #[arg(long = "seq")]
+        sequences: Vec<u64>,
         /// NATS server URL [default: a live `mofa worker --dev` server, else
         /// nats://127.0.0.1:4222]
         #[arg(long, env = "MOFA_NATS_URL")]
@@ -304,6 +365,39 @@ async fn run() -> ExitCode {
             timeout,
             nats,
         } => exec(&dev::resolve_url(nats), &plugin, input.as_deref(), timeout).await,
+        Command::Submit {
+            plugin,
+            input,
+            id,
+            wait,
+            timeout,
+            nats,
+        } => {
+            let wait = wait.then_some(timeout);
+            submit(
+                &dev::resolve_url(nats),
+                &plugin,
+                input.as_deref(),
+                id.as_deref(),
+                wait,
+            )
+            .await
+        }
+        Command::Job { id, wait, nats } => job(&dev::resolve_url(nats), &id, wait).await,
+        Command::Dlq {
+            plugin,
+            replay,
+            sequences,
+            nats,
+        } => {
+            dlq(
+                &dev::resolve_url(nats),
+                plugin.as_deref(),
+                replay,
+                &sequences,
+            )
+            .await
+        }
         Command::Events { plugin, nats } => {
             events(&dev::resolve_url(nats), plugin.as_deref()).await
         }
@@ -453,14 +547,7 @@ async fn exec(
     timeout: Duration,
 ) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    let value = match input {
-        Some(text) => {
-            let json: serde_json::Value =
-                serde_json::from_str(text).context("input is not valid JSON")?;
-            wire::from_json(&json)
-        }
-        None => wire::Value::Nil,
-    };
+    let value = json_input(input)?;
     let client = async_nats::connect(url)
         .await
         .with_context(|| format!("cannot connect to NATS at {url}"))?;
@@ -493,6 +580,142 @@ async fn exec(
     }
     let output = wire::decode(&reply.payload).context("reply is not valid MessagePack")?;
     println!("{}", wire::to_json(&output));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A command's JSON input as a value (nil when absent).
+fn json_input(input: Option<&str>) -> anyhow::Result<wire::Value> {
+    match input {
+        Some(text) => {
+            let json: serde_json::Value =
+                serde_json::from_str(text).context("input is not valid JSON")?;
+            Ok(wire::from_json(&json))
+        }
+        None => Ok(wire::Value::Nil),
+    }
+}
+
+async fn jobs(url: &str) -> anyhow::Result<mofa_bus::jobs::Jobs> {
+    let client = async_nats::connect(url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    Ok(mofa_bus::jobs::Jobs::open(client, &mofa_bus::jobs::JobsConfig::default()).await?)
+}
+
+/// A job record as JSON (its output converted like `mofa exec`'s).
+fn job_json(record: &mofa_bus::jobs::JobResult) -> anyhow::Result<serde_json::Value> {
+    let bytes = record.encode().map_err(anyhow::Error::msg)?;
+    Ok(wire::to_json(&wire::decode(&bytes)?))
+}
+
+/// Prints `record`; the exit status says whether the job succeeded.
+fn print_job(record: &mofa_bus::jobs::JobResult) -> anyhow::Result<ExitCode> {
+    use mofa_bus::jobs::JobState;
+    println!("{}", job_json(record)?);
+    Ok(match record.state {
+        JobState::Failed => ExitCode::from(1),
+        JobState::Done => ExitCode::SUCCESS,
+        JobState::Queued | JobState::Retrying => ExitCode::from(2),
+    })
+}
+
+/// `mofa submit PLUGIN [JSON] [--id ID] [--wait]`.
+async fn submit(
+    url: &str,
+    plugin: &str,
+    input: Option<&str>,
+    id: Option<&str>,
+    wait: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    subjects::validate_name(plugin)?;
+    let value = json_input(input)?;
+    let jobs = jobs(url).await?;
+    let submitted = jobs.submit(plugin, &value, id).await?;
+    let Some(timeout) = wait else {
+        println!("{}", serde_json::to_value(&submitted)?);
+        return Ok(ExitCode::SUCCESS);
+    };
+    match jobs.wait_for(&submitted, timeout).await? {
+        Some(record) if record.state.is_final() && record.sequence == Some(submitted.sequence) => {
+            print_job(&record)
+        }
+        latest => {
+            let state = latest.map_or("unknown".to_string(), |r| {
+                format!("{:?}", r.state).to_lowercase()
+            });
+            eprintln!(
+                "error: job {} has no result within {} (state: {state}); see `mofa job {}` later",
+                submitted.job,
+                humantime::format_duration(timeout),
+                submitted.job
+            );
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// `mofa job ID [--wait D]`.
+async fn job(url: &str, id: &str, wait: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let jobs = jobs(url).await?;
+    let record = match wait {
+        Some(timeout) => jobs.wait(id, timeout).await?,
+        None => jobs.result(id).await?,
+    };
+    match record {
+        Some(record) => {
+            println!("{}", job_json(&record)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!(
+                "error: no state stored for job {id:?} (an unknown id, a job a plain client published and no worker has finished, or a result older than jobs.result_ttl_s)"
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// `mofa dlq [PLUGIN] [--replay] [--seq N ...]`.
+async fn dlq(
+    url: &str,
+    plugin: Option<&str>,
+    replay: bool,
+    sequences: &[u64],
+) -> anyhow::Result<ExitCode> {
+    let jobs = jobs(url).await?;
+    let letters = jobs.dead_letters(plugin).await?;
+    if let Some(missing) = sequences
+        .iter()
+        .find(|seq| !letters.iter().any(|l| l.sequence == **seq))
+    {
+        anyhow::bail!(
+            "no dead letter at sequence {missing}{} (see `mofa dlq`)",
+            plugin
+                .map(|p| format!(" for plugin {p}"))
+                .unwrap_or_default()
+        );
+    }
+    let chosen = letters
+        .into_iter()
+        .filter(|letter| sequences.is_empty() || sequences.contains(&letter.sequence));
+    for letter in chosen {
+        if replay {
+            let submitted = jobs.replay(letter.sequence).await?;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "replayed": letter.sequence,
+                    "job": submitted.job,
+                    "plugin": submitted.plugin,
+                    "sequence": submitted.sequence,
+                })
+            );
+        } else {
+            let mut json = serde_json::to_value(&letter)?;
+            json["input"] = wire::to_json(&letter.input);
+            println!("{json}");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

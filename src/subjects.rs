@@ -10,6 +10,12 @@ pub const EXEC_PREFIX: &str = "mofa.exec";
 pub const RESULT_EVENT_PREFIX: &str = "mofa.events.result";
 /// Prefix of reload events.
 pub const RELOAD_EVENT_PREFIX: &str = "mofa.events.reload";
+/// Prefix of durable job submissions (the `MOFA_JOBS` stream).
+pub const JOBS_PREFIX: &str = "mofa.jobs";
+/// Prefix of dead-lettered jobs (the `MOFA_DLQ` stream).
+pub const DLQ_PREFIX: &str = "mofa.dlq";
+/// Prefix of job results, published as each job finishes.
+pub const RESULTS_PREFIX: &str = "mofa.results";
 /// Queue group every worker joins on every plugin subject, so requests are load-balanced.
 pub const QUEUE_GROUP: &str = "mofa";
 /// Service name announced on the NATS Services API (`$SRV.*.mofa`).
@@ -30,6 +36,30 @@ pub fn reload_event(plugin: &str) -> String {
     format!("{RELOAD_EVENT_PREFIX}.{plugin}")
 }
 
+/// `mofa.jobs.<plugin>`
+pub fn jobs(plugin: &str) -> String {
+    format!("{JOBS_PREFIX}.{plugin}")
+}
+
+/// `mofa.dlq.<plugin>`
+pub fn dlq(plugin: &str) -> String {
+    format!("{DLQ_PREFIX}.{plugin}")
+}
+
+/// `mofa.results.<job-id>`
+pub fn results(job: &str) -> String {
+    format!("{RESULTS_PREFIX}.{job}")
+}
+
+/// Whether `token` can be one subject token (and a KV key): 1 to 128 of `[A-Za-z0-9_-]`.
+pub fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 128
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// Why a plugin name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid plugin name {name:?}: names may only contain A-Z, a-z, 0-9, '_' and '-' (1 to 128 characters)")]
@@ -40,12 +70,7 @@ pub struct InvalidName {
 
 /// Checks that `name` can be a plugin name (and so a subject token).
 pub fn validate_name(name: &str) -> Result<(), InvalidName> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if is_token(name) {
         Ok(())
     } else {
         Err(InvalidName {

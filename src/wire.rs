@@ -331,6 +331,29 @@ pub struct ResultEvent<'a> {
     pub output: Option<Value>,
 }
 
+/// Longest error message a reply, event or dead letter carries (in a header and again in the
+/// body), so an error always fits the server's `max_payload`.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
+
+/// `text` cut to [`MAX_ERROR_MESSAGE`] bytes (on a character boundary), saying how much was cut.
+pub fn bounded_message(text: String) -> String {
+    if text.len() <= MAX_ERROR_MESSAGE {
+        return text;
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes cut)", &text[..end], text.len() - end)
+}
+
+/// `text` fit for a header value: header values cannot hold line breaks.
+pub fn header_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
     SystemTime::now()

@@ -341,51 +341,19 @@ impl Endpoint {
             self.refuse(&message, error).await;
             return;
         }
-        let result = match wire::decode(&message.payload) {
-            // A plugin that panics answers 500; the thread (or the admission loop, for a
-            // native plugin run inline) goes on.
-            Ok(input) => AssertUnwindSafe(served.plugin.execute_in(input, context))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|panic| {
-                    Err(PluginError::Failed(format!(
-                        "plugin {} panicked: {}",
-                        self.name,
-                        panic_message(&*panic)
-                    )))
-                }),
-            Err(e) => Err(PluginError::BadInput(e.to_string())),
-        };
+        let result = self.execute(&served, &message.payload, context).await;
         drop(permit);
         let elapsed = started.elapsed();
-        // Encoded once: its size decides between the reply and a 413.
-        let (result, body) = match result {
-            Ok(output) => {
-                let body = wire::encode(&output);
-                if body.len() + REPLY_HEADROOM > self.max_payload {
-                    let error = PluginError::LimitExceeded(format!(
-                        "plugin {}'s output is {} bytes, over the NATS server's max_payload of {} bytes; return less (or raise max_payload on the server)",
-                        self.name,
-                        body.len(),
-                        self.max_payload
-                    ));
-                    (Err(error), None)
-                } else {
-                    (Ok(output), Some(body))
-                }
-            }
-            Err(error) => (Err(error), None),
-        };
-        match (&result, body) {
-            (Ok(_), Some(body)) => {
+        match &result {
+            Ok((_, body)) => {
                 if let Some(reply) = &message.reply {
                     let sent = match &served.revision_header {
-                        None => self.client.publish(reply.clone(), body).await,
+                        None => self.client.publish(reply.clone(), body.clone()).await,
                         Some(revision) => {
                             let mut headers = HeaderMap::new();
                             headers.insert(wire::HEADER_REVISION, revision.as_str());
                             self.client
-                                .publish_with_headers(reply.clone(), headers, body)
+                                .publish_with_headers(reply.clone(), headers, body.clone())
                                 .await
                         }
                     };
@@ -395,16 +363,88 @@ impl Endpoint {
                 }
                 self.stats.record(elapsed, None);
             }
-            (Ok(_), None) => {}
-            (Err(error), _) => {
+            Err(error) => {
                 self.reply_error(&message, error, &served).await;
                 let text = error.to_string();
                 self.stats.record(elapsed, Some((error.code(), &text)));
             }
         }
         if self.events {
-            self.publish_event(&message, &served, result, elapsed).await;
+            let request_id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(wire::HEADER_REQUEST_ID))
+                .map(|v| v.as_str());
+            let result = result.map(|(output, _)| output);
+            self.publish_event(request_id, &served, result, elapsed)
+                .await;
         }
+    }
+
+    /// Decodes `payload` and runs it on `served`. A plugin that panics answers 500 (the sandbox
+    /// thread, or the admission loop for a native plugin run inline, goes on); an output larger
+    /// than the server can carry is a 413. On success: the output and its encoding.
+    async fn execute(
+        &self,
+        served: &Served,
+        payload: &[u8],
+        context: CallContext,
+    ) -> Result<(Value, bytes::Bytes), PluginError> {
+        let input = wire::decode(payload).map_err(|e| PluginError::BadInput(e.to_string()))?;
+        let output = AssertUnwindSafe(served.plugin.execute_in(input, context))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Err(PluginError::Failed(format!(
+                    "plugin {} panicked: {}",
+                    self.name,
+                    panic_message(&*panic)
+                )))
+            })?;
+        let body = wire::encode(&output);
+        if body.len() + REPLY_HEADROOM > self.max_payload {
+            return Err(PluginError::LimitExceeded(format!(
+                "plugin {}'s output is {} bytes, over the NATS server's max_payload of {} bytes; return less (or raise max_payload on the server)",
+                self.name,
+                body.len(),
+                self.max_payload
+            )));
+        }
+        Ok((output, body))
+    }
+
+    /// Runs one durable job's input on what this endpoint serves now, counted in its stats
+    /// and announced by a result event like a request (the event's `request_id` is the job
+    /// id). Returns the result and the revision that ran it.
+    pub(crate) async fn run_job(
+        &self,
+        payload: &[u8],
+        job: &str,
+    ) -> (Result<Value, PluginError>, Option<u64>) {
+        let served = self.served();
+        let started = Instant::now();
+        let context = CallContext {
+            depth: 0,
+            deadline: None,
+            admitted: Some(started),
+        };
+        let result = self
+            .execute(&served, payload, context)
+            .await
+            .map(|(output, _)| output);
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(_) => self.stats.record(elapsed, None),
+            Err(error) => {
+                let text = error.to_string();
+                self.stats.record(elapsed, Some((error.code(), &text)));
+            }
+        }
+        if self.events {
+            self.publish_event(Some(job), &served, result.clone(), elapsed)
+                .await;
+        }
+        (result, served.revision.as_ref().map(|r| r.number))
     }
 
     async fn reply_error(&self, message: &Message, error: &PluginError, served: &Served) {
@@ -412,12 +452,12 @@ impl Endpoint {
             return;
         };
         let code = error.code();
-        let text = bounded(error.to_string());
+        let text = wire::bounded_message(error.to_string());
         let mut headers = HeaderMap::new();
         if let Some(revision) = &served.revision_header {
             headers.insert(wire::HEADER_REVISION, revision.as_str());
         }
-        headers.insert(wire::HEADER_ERROR, header_safe(&text).as_str());
+        headers.insert(wire::HEADER_ERROR, wire::header_safe(&text).as_str());
         headers.insert(wire::HEADER_ERROR_CODE, code.as_u16().to_string().as_str());
         let body = wire::encode_error(code, &text);
         if let Err(e) = self
@@ -429,25 +469,24 @@ impl Endpoint {
         }
     }
 
+    /// Publishes the result event of one execution; `request_id` is the caller's (or a job's)
+    /// id, generated when absent.
     async fn publish_event(
         &self,
-        message: &Message,
+        request_id: Option<&str>,
         served: &Served,
         result: Result<Value, PluginError>,
         elapsed: Duration,
     ) {
-        let request_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(wire::HEADER_REQUEST_ID))
-            .map(|v| v.as_str().to_string())
+        let request_id = request_id
+            .map(str::to_string)
             .unwrap_or_else(|| nuid::next().as_str().to_string());
         let (ok, code, error_message, output) = match result {
             Ok(output) => (true, None, None, self.include_output.then_some(output)),
             Err(e) => (
                 false,
                 Some(e.code().as_u16()),
-                Some(bounded(e.to_string())),
+                Some(wire::bounded_message(e.to_string())),
                 None,
             ),
         };
@@ -504,28 +543,5 @@ fn call_context(message: &Message, admitted: Instant) -> CallContext {
     }
 }
 
-/// Header values cannot hold line breaks; keep the message on one line.
 /// Reply headroom for the headers and framing beside a reply's body.
-const REPLY_HEADROOM: usize = 512;
-
-/// Longest error message a reply or event carries (in the header and again in the body), so an
-/// error reply always fits the server's `max_payload`.
-const MAX_ERROR_MESSAGE: usize = 4096;
-
-/// `text` cut to [`MAX_ERROR_MESSAGE`] bytes (on a character boundary), saying how much was cut.
-fn bounded(text: String) -> String {
-    if text.len() <= MAX_ERROR_MESSAGE {
-        return text;
-    }
-    let mut end = MAX_ERROR_MESSAGE;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… ({} more bytes cut)", &text[..end], text.len() - end)
-}
-
-fn header_safe(text: &str) -> String {
-    text.chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-        .collect()
-}
+pub(crate) const REPLY_HEADROOM: usize = 512;

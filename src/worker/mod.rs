@@ -11,6 +11,7 @@
 mod caller;
 mod endpoint;
 mod follower;
+mod jobs;
 mod service;
 pub mod shutdown;
 
@@ -116,11 +117,12 @@ pub struct LoadFailure {
     pub error: String,
 }
 
-/// One served endpoint and the task reading its subscription.
+/// One served endpoint, the task reading its subscription and the task pulling its jobs.
 struct Slot {
     endpoint: Arc<Endpoint>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    jobs: Option<JoinHandle<()>>,
 }
 
 /// What the worker's tasks share.
@@ -131,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) manager: Arc<PluginManager>,
     pub(crate) engine: Arc<ScriptEngine>,
     pub(crate) wasm: Arc<WasmRuntime>,
+    /// The durable jobs streams, when the server has JetStream and `jobs.enabled` is on.
+    jobs: Option<Arc<crate::jobs::Jobs>>,
     endpoints: Mutex<BTreeMap<String, Slot>>,
     states: Mutex<HashMap<String, StateMap>>,
     tracker: TaskTracker,
@@ -197,6 +201,16 @@ impl Shared {
             tracing::warn!(plugin = %name, error = %e, "no round trip to the server after subscribing");
         }
         let (stop, removed) = watch::channel(false);
+        let jobs = self.jobs.clone().map(|queue| {
+            tokio::spawn(jobs::consume(
+                endpoint.clone(),
+                queue,
+                self.id.clone(),
+                self.shutdown.clone(),
+                removed.clone(),
+                self.tracker.clone(),
+            ))
+        });
         let task = tokio::spawn(endpoint.clone().serve(
             requests,
             self.shutdown.clone(),
@@ -213,6 +227,7 @@ impl Shared {
                     endpoint,
                     stop,
                     task,
+                    jobs,
                 },
             );
         Ok(())
@@ -231,6 +246,9 @@ impl Shared {
         };
         let _ = slot.stop.send(true);
         let _ = slot.task.await;
+        if let Some(jobs) = slot.jobs {
+            let _ = jobs.await;
+        }
         if let Err(e) = round_trip(&self.client).await {
             tracing::warn!(plugin = %name, error = %e, "no round trip to the server after unsubscribing");
         }
@@ -357,6 +375,17 @@ impl Worker {
         );
         wasm.set_caller(calls.clone());
         engine.set_caller(calls, tokio::runtime::Handle::current());
+        let jobs = if config.jobs.enabled {
+            match crate::jobs::Jobs::open(client.clone(), &config.jobs).await {
+                Ok(jobs) => Some(Arc::new(jobs)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "durable jobs (mofa.jobs.<plugin>) not served");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
         let shared = Arc::new(Shared {
@@ -366,6 +395,7 @@ impl Worker {
             manager,
             engine,
             wasm,
+            jobs,
             endpoints: Mutex::new(BTreeMap::new()),
             states: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
@@ -507,12 +537,16 @@ impl Worker {
                 .into_values()
                 .collect();
         let mut late = None;
-        // Each endpoint unsubscribes and answers what the server had already routed to it.
+        // Each endpoint unsubscribes and answers what the server had already routed to it;
+        // each jobs task stops pulling and gives back what it had not started.
         for slot in slots {
-            let abort = slot.task.abort_handle();
-            if tokio::time::timeout_at(deadline, slot.task).await.is_err() {
-                abort.abort();
-                late.get_or_insert("unsubscribing the endpoints");
+            let tasks = std::iter::once(slot.task).chain(slot.jobs);
+            for task in tasks {
+                let abort = task.abort_handle();
+                if tokio::time::timeout_at(deadline, task).await.is_err() {
+                    abort.abort();
+                    late.get_or_insert("unsubscribing the endpoints");
+                }
             }
         }
         // The server has taken every unsubscription in before the worker says it has stopped

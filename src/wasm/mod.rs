@@ -2,7 +2,7 @@
 //!
 //! One [`WasmRuntime`] per worker: an `Engine` with the pooling instance allocator, fuel and
 //! epoch interruption, a module cache keyed by the module's SHA-256, and a ticker thread that
-//! advances the epoch. Each [`WasmPlugin`] is a module plus its manifest (`<name>.toml`); every
+//! advances the epoch while calls run. Each [`WasmPlugin`] is a module plus its manifest (`<name>.toml`); every
 //! request runs in a **fresh instance** (from an `InstancePre`), so nothing leaks between
 //! requests, with a memory cap, a fuel budget and a wall-clock deadline of its own, and only the
 //! host functions its manifest grants (WASI preview 1 among them, as an optional grant). The ABI is documented in `plugins/wasm/ABI.md`.

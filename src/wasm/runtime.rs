@@ -2,12 +2,13 @@
 //!
 //! Built once: an `Engine` with the pooling instance allocator (instances come from
 //! preallocated slots, so a fresh instance per request costs microseconds), fuel metering and
-//! epoch interruption, plus a ticker thread advancing the epoch every millisecond so each call's
-//! deadline is enforced inside running wasm. Compiled modules are cached by SHA-256: the same
+//! epoch interruption, plus a ticker thread advancing the epoch every millisecond while any call
+//! runs, so each call's deadline is enforced inside running wasm (and an idle worker is not
+//! woken a thousand times a second). Compiled modules are cached by SHA-256: the same
 //! bytes are compiled once, and different bytes can never be served from the cache.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,73 @@ impl ModuleCache {
     }
 }
 
+/// The thread advancing the engine's epoch, ticking only while calls run: the first call to
+/// start wakes it, and it parks again once none runs. A call's epoch deadline counts ticks
+/// from its start, so the epoch standing still while nothing runs changes no deadline.
+struct Ticker {
+    running: AtomicUsize,
+    /// Ticks so far.
+    ticks: std::sync::atomic::AtomicU64,
+    stop: AtomicBool,
+    thread: OnceLock<std::thread::Thread>,
+}
+
+impl Ticker {
+    /// Starts the ticker thread for `engine`.
+    fn start(engine: Engine) -> Result<Arc<Ticker>, PluginError> {
+        let ticker = Arc::new(Ticker {
+            running: AtomicUsize::new(0),
+            ticks: std::sync::atomic::AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            thread: OnceLock::new(),
+        });
+        let ticking = ticker.clone();
+        let handle = std::thread::Builder::new()
+            .name("mofa-wasm-epoch".into())
+            .spawn(move || {
+                while !ticking.stop.load(Ordering::Acquire) {
+                    if ticking.running.load(Ordering::Acquire) == 0 {
+                        // An `unpark` between the check and here makes this return at once.
+                        std::thread::park();
+                        continue;
+                    }
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                    ticking.ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .map_err(|e| PluginError::Load(format!("cannot start the epoch ticker: {e}")))?;
+        let _ = ticker.thread.set(handle.thread().clone());
+        Ok(ticker)
+    }
+
+    /// Counts a call as running until the guard drops; the first one wakes the ticker.
+    fn running(&self) -> Running<'_> {
+        if self.running.fetch_add(1, Ordering::AcqRel) == 0 {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+        Running(self)
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
+        }
+    }
+}
+
+/// A call counted as running by the [`Ticker`].
+struct Running<'a>(&'a Ticker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The engine, module cache, epoch ticker and sandbox pool.
 pub struct WasmRuntime {
     engine: Engine,
@@ -106,7 +174,7 @@ pub struct WasmRuntime {
     cache: Mutex<ModuleCache>,
     caller: OnceLock<Arc<dyn PluginCaller>>,
     runtime: Option<tokio::runtime::Handle>,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<Ticker>,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -119,7 +187,7 @@ impl std::fmt::Debug for WasmRuntime {
 
 impl Drop for WasmRuntime {
     fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
+        self.ticker.stop();
     }
 }
 
@@ -153,17 +221,7 @@ impl WasmRuntime {
         let engine = Engine::new(&wasm)
             .map_err(|e| PluginError::Load(format!("cannot start the wasm engine: {e:#}")))?;
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
-        std::thread::Builder::new()
-            .name("mofa-wasm-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticking.increment_epoch();
-                }
-            })
-            .map_err(|e| PluginError::Load(format!("cannot start the epoch ticker: {e}")))?;
+        let ticker = Ticker::start(engine.clone())?;
 
         Ok(Arc::new(Self {
             engine,
@@ -172,7 +230,7 @@ impl WasmRuntime {
             cache: Mutex::new(cache),
             caller: OnceLock::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
-            ticker_stop,
+            ticker,
         }))
     }
 
@@ -261,6 +319,7 @@ impl WasmRuntime {
         deadline: Instant,
         depth: u32,
     ) -> Result<Value, PluginError> {
+        let _ticking = self.ticker.running();
         let limits = &loaded.limits;
         let mut store = Store::new(
             &self.engine,
@@ -483,5 +542,32 @@ fn toml_value(value: &toml::Value) -> Value {
                 .map(|(k, v)| (Value::from(k.as_str()), toml_value(v)))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod ticker_tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_ticks_only_while_a_call_runs() {
+        let ticker = Ticker::start(Engine::default()).expect("ticker starts");
+        let ticks = || ticker.ticks.load(Ordering::Relaxed);
+        // Idle: the thread is parked.
+        let idle = ticks();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(ticks(), idle, "no ticks while nothing runs");
+        // A call running for 100 ms: about one tick per millisecond.
+        let running = ticker.running();
+        std::thread::sleep(Duration::from_millis(100));
+        let during = ticks() - idle;
+        drop(running);
+        assert!(during >= 10, "ticks while a call runs: {during}");
+        // Parked again once the last call ended (one tick may be under way).
+        std::thread::sleep(Duration::from_millis(20));
+        let after = ticks();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(ticks(), after, "no ticks after the call ended");
+        ticker.stop();
     }
 }

@@ -5,6 +5,7 @@
 //! throughput at 1, 64 and 256 requests in flight, each as a ratio to the bare echo, and the
 //! responder process's CPU time per request (from /proc) against the bare responder's.
 //! `MOFA_BENCH_REQUESTS` scales the request counts (default 20000 per throughput run).
+//! `analyze-sales`, `bursts`, `jobs` or `cold-start` as an argument runs only that section.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -752,6 +753,103 @@ async fn jobs_vs_requests(server: &NatsServer, client: &Client, n: usize) {
     drop(worker);
 }
 
+/// Cold start and footprint: time from starting `mofa worker` to its Services API answering
+/// (it answers once every plugin serves), with an empty data directory (every WASM module
+/// compiled) and again with the one the first run left (compiled modules loaded from the disk
+/// cache); then its resident memory and CPU use after a few idle seconds. For the shipped
+/// plugins, and for 50 Rhai scripts and 10 distinct WASM modules.
+async fn cold_start(server: &NatsServer, client: &Client) {
+    let many = tempfile::tempdir().expect("temp dir");
+    let script = std::fs::read_to_string(common::repo_plugins().join("discount.rhai"))
+        .expect("discount.rhai");
+    for i in 0..50 {
+        std::fs::write(many.path().join(format!("rule_{i}.rhai")), &script).expect("script");
+    }
+    let module = std::fs::read(common::repo_plugins().join("discount_wasm.wasm"))
+        .expect("discount_wasm.wasm");
+    for i in 0..10u8 {
+        // A custom section makes each module's bytes (and so its compiled image) its own.
+        let mut bytes = module.clone();
+        bytes.extend_from_slice(&[0, 2, 1, b'a' + i]);
+        std::fs::write(many.path().join(format!("module_{i}.wasm")), bytes).expect("module");
+    }
+    let empty = tempfile::tempdir().expect("temp dir");
+    println!();
+    println!("cold start and footprint (start → Services API answering; idle figures after 2 s):");
+    println!(
+        "  {:<34} {:<22} {:>10} {:>10} {:>14}",
+        "plugins", "data directory", "ready", "idle RSS", "idle CPU"
+    );
+    let sets = [
+        ("none (plugins dir empty)", empty.path().to_path_buf()),
+        ("shipped (plugins/)", common::repo_plugins()),
+        ("50 Rhai + 10 WASM", many.path().to_path_buf()),
+    ];
+    for (label, plugins) in sets {
+        let data = tempfile::tempdir().expect("temp dir");
+        for cache in ["empty (compiles)", "warm (disk cache)"] {
+            let name = format!("coldstart{}", nuid::next().as_str());
+            let started = Instant::now();
+            let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_mofa"))
+                .args([
+                    "worker",
+                    "--nats",
+                    &server.url(),
+                    "--name",
+                    &name,
+                    "--plugins",
+                ])
+                .arg(&plugins)
+                .env("MOFA_DATA_DIR", data.path())
+                .env("RUST_LOG", "error")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("worker starts");
+            let ping = format!("$SRV.PING.mofa.{name}");
+            let ready = loop {
+                let answer = tokio::time::timeout(
+                    Duration::from_millis(100),
+                    client.request(ping.clone(), Bytes::new()),
+                )
+                .await;
+                if matches!(answer, Ok(Ok(_))) {
+                    break started.elapsed();
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "{label}: not ready in 60 s"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            };
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", worker.id()))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find(|l| l.starts_with("VmRSS:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
+                .unwrap_or(0);
+            let cpu_before = cpu_ns(worker.id());
+            let idle = Duration::from_secs(5);
+            tokio::time::sleep(idle).await;
+            let idle_cpu = (cpu_ns(worker.id()) - cpu_before) as f64 / idle.as_nanos() as f64;
+            println!(
+                "  {:<34} {:<22} {:>10.1?} {:>7.1} MB {:>12.3}% of a core",
+                label,
+                cache,
+                ready,
+                rss_kb as f64 / 1024.0,
+                idle_cpu * 100.0
+            );
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+    }
+}
+
 fn main() {
     if std::env::var(ROLE_ENV).as_deref() == Ok("bare-echo") {
         let url = std::env::var("MOFA_BENCH_URL").expect("MOFA_BENCH_URL");
@@ -774,7 +872,8 @@ fn main() {
     let only_sales = std::env::args().any(|a| a == "analyze-sales");
     let only_bursts = std::env::args().any(|a| a == "bursts");
     let only_jobs = std::env::args().any(|a| a == "jobs");
-    if only_sales || only_bursts || only_jobs {
+    let only_start = std::env::args().any(|a| a == "cold-start");
+    if only_sales || only_bursts || only_jobs || only_start {
         let server = NatsServer::start();
         tokio::runtime::Runtime::new()
             .expect("runtime")
@@ -788,6 +887,9 @@ fn main() {
                 }
                 if only_jobs {
                     jobs_vs_requests(&server, &client, requests / 2).await;
+                }
+                if only_start {
+                    cold_start(&server, &client).await;
                 }
             });
         return;
@@ -887,5 +989,6 @@ fn main() {
         analyze_sales(&server, &client, (requests / 10).max(200)).await;
         bursts(&server, &client).await;
         jobs_vs_requests(&server, &client, requests / 2).await;
+        cold_start(&server, &client).await;
     });
 }

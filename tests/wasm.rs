@@ -616,3 +616,53 @@ async fn a_full_instance_pool_answers_503() {
     );
     worker.shutdown().await.expect("drains");
 }
+
+#[test]
+fn compiled_modules_are_kept_on_disk_so_a_restart_does_not_compile_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("wasm-cache");
+    let bytes = std::fs::read(repo_plugins().join("discount_wasm.wasm")).expect("module");
+    let start = || {
+        let runtime =
+            WasmRuntime::new(WasmConfig::default(), SandboxPool::new(1)).expect("runtime");
+        runtime.set_disk_cache(cache.clone());
+        runtime
+    };
+    // First start: compiled, and written.
+    let first = start();
+    first.module("discount_wasm", &bytes).expect("compiles");
+    assert_eq!(first.disk_cache_counts(), Some((0, 1)));
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .expect("cache directory made")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cache)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "private to the worker's user: {mode:o}");
+    }
+    // A restart loads it.
+    let second = start();
+    second.module("discount_wasm", &bytes).expect("loads");
+    assert_eq!(second.disk_cache_counts(), Some((1, 0)));
+    // Different bytes are never served from another module's image.
+    let mut other = bytes.clone();
+    other.extend_from_slice(&[0, 4, 3, b'm', b'o', b'f']); // a custom section
+    second.module("other", &other).expect("compiles");
+    assert_eq!(second.disk_cache_counts(), Some((1, 1)));
+    // A damaged image is dropped and the module compiled again.
+    std::fs::write(&files[0], b"not an image").expect("damaged");
+    let third = start();
+    third
+        .module("discount_wasm", &bytes)
+        .expect("compiles again");
+    assert_eq!(third.disk_cache_counts(), Some((0, 1)));
+    let fourth = start();
+    fourth.module("discount_wasm", &bytes).expect("loads");
+    assert_eq!(fourth.disk_cache_counts(), Some((1, 0)), "rewritten");
+}

@@ -79,6 +79,9 @@ pub struct WasmConfig {
     /// Compiled code kept for modules no longer (or not yet again) served, in MiB: the least
     /// recently used are forgotten beyond it (a rollback to one of them compiles it again).
     pub module_cache_mb: u64,
+    /// Keep compiled modules on disk (under `<data_dir>/wasm-cache`) too, so a restarted
+    /// worker loads them instead of compiling them again.
+    pub disk_cache: bool,
 }
 
 impl Default for WasmConfig {
@@ -91,6 +94,7 @@ impl Default for WasmConfig {
             max_stack_kb: 512,
             max_instances: 0,
             module_cache_mb: 256,
+            disk_cache: true,
         }
     }
 }

@@ -9,6 +9,7 @@
 
 mod abi;
 mod config;
+mod disk_cache;
 mod host;
 mod plugin;
 mod runtime;

@@ -5,7 +5,8 @@
 //! epoch interruption, plus a ticker thread advancing the epoch every millisecond while any call
 //! runs, so each call's deadline is enforced inside running wasm (and an idle worker is not
 //! woken a thousand times a second). Compiled modules are cached by SHA-256: the same
-//! bytes are compiled once, and different bytes can never be served from the cache.
+//! bytes are compiled once, and different bytes can never be served from the cache; with a
+//! disk cache ([`super::disk_cache`]) once per machine rather than once per start.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -20,6 +21,7 @@ use wasmtime::{
 
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_HANDLE, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Limits, Manifest, WasmConfig};
+use super::disk_cache::DiskCache;
 use super::host::{self, HostContext, MemoryCap, StoreData};
 use super::wasi::{self, WASI_MODULE};
 use crate::plugin::{PluginCaller, PluginError, SandboxPool, Value};
@@ -173,6 +175,7 @@ pub struct WasmRuntime {
     pool: Arc<SandboxPool>,
     cache: Mutex<ModuleCache>,
     caller: OnceLock<Arc<dyn PluginCaller>>,
+    disk: OnceLock<DiskCache>,
     runtime: Option<tokio::runtime::Handle>,
     ticker: Arc<Ticker>,
 }
@@ -229,6 +232,7 @@ impl WasmRuntime {
             pool,
             cache: Mutex::new(cache),
             caller: OnceLock::new(),
+            disk: OnceLock::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             ticker,
         }))
@@ -237,6 +241,22 @@ impl WasmRuntime {
     /// Sets how modules granted `call_plugin` reach other plugins. Set once.
     pub fn set_caller(&self, caller: Arc<dyn PluginCaller>) {
         let _ = self.caller.set(caller);
+    }
+
+    /// Keeps compiled modules in `dir` too, so the next start loads them instead of compiling
+    /// (see [`super::disk_cache`]). Set once, before the first module is loaded.
+    pub fn set_disk_cache(&self, dir: std::path::PathBuf) {
+        let _ = self.disk.set(DiskCache::new(dir, &self.engine));
+    }
+
+    /// With a disk cache: (modules loaded from it, modules compiled) so far.
+    pub fn disk_cache_counts(&self) -> Option<(u64, u64)> {
+        self.disk.get().map(|disk| {
+            (
+                disk.hits.load(Ordering::Relaxed),
+                disk.compiled.load(Ordering::Relaxed),
+            )
+        })
     }
 
     /// The worker-wide settings.
@@ -261,8 +281,12 @@ impl WasmRuntime {
         if let Some(module) = self.cache.lock().ok().and_then(|mut c| c.get(&sha)) {
             return Ok((module, sha));
         }
-        let module = Module::new(&self.engine, bytes)
-            .map_err(|e| PluginError::Load(format!("{name}: not a valid wasm module: {e:#}")))?;
+        let compile = || Module::new(&self.engine, bytes);
+        let module = match self.disk.get() {
+            Some(disk) => disk.module(&self.engine, &sha, compile),
+            None => compile(),
+        }
+        .map_err(|e| PluginError::Load(format!("{name}: not a valid wasm module: {e:#}")))?;
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(sha, module.clone());
         }

@@ -368,6 +368,9 @@ impl Worker {
             wasm_config.max_output_bytes = max_payload;
         }
         let wasm = WasmRuntime::new(wasm_config, pool)?;
+        if config.wasm.disk_cache {
+            wasm.set_disk_cache(config.data_dir().join("wasm-cache"));
+        }
         let calls = caller::new(
             &manager,
             client.clone(),

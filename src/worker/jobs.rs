@@ -23,10 +23,21 @@ use crate::jobs::{self, DeadLetter, JobResult, JobState, Jobs};
 use crate::plugin::PluginError;
 use crate::{subjects, wire};
 
-/// How long one pull request stays open waiting for jobs.
-const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// How long one pull request stays open waiting for jobs: an idle worker asks again this
+/// often per plugin. A reconnection ends the pull at once (the server forgot it).
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// Pause after a failed pull (server gone, consumer missing) before the next.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What a jobs task listens to besides its jobs.
+pub(crate) struct Signals {
+    /// The worker shuts down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// The plugin is removed.
+    pub(crate) removed: watch::Receiver<bool>,
+    /// The connection to NATS was made again.
+    pub(crate) reconnects: watch::Receiver<u64>,
+}
 
 /// Resolves once the worker shuts down or the plugin is removed.
 async fn stopped(shutdown: &mut watch::Receiver<bool>, removed: &mut watch::Receiver<bool>) {
@@ -41,10 +52,15 @@ pub(crate) async fn consume(
     endpoint: Arc<Endpoint>,
     jobs: Arc<Jobs>,
     worker: Arc<str>,
-    mut shutdown: watch::Receiver<bool>,
-    mut removed: watch::Receiver<bool>,
+    signals: Signals,
     tracker: TaskTracker,
 ) {
+    let Signals {
+        mut shutdown,
+        mut removed,
+        mut reconnects,
+    } = signals;
+    reconnects.borrow_and_update();
     let name = endpoint.name.clone();
     let concurrency = jobs.config().concurrency;
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -126,6 +142,8 @@ pub(crate) async fn consume(
                     stopping = true;
                     break;
                 }
+                // The server dropped this pull with the old connection: ask again.
+                Ok(()) = reconnects.changed() => break,
                 next = batch.next() => next,
             };
             match next {

@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     pub(crate) wasm: Arc<WasmRuntime>,
     /// The durable jobs streams, when the server has JetStream and `jobs.enabled` is on.
     jobs: Option<Arc<crate::jobs::Jobs>>,
+    /// Changes each time the connection is made again (a pending pull request is gone then).
+    reconnects: watch::Receiver<u64>,
     endpoints: Mutex<BTreeMap<String, Slot>>,
     states: Mutex<HashMap<String, StateMap>>,
     tracker: TaskTracker,
@@ -206,8 +208,11 @@ impl Shared {
                 endpoint.clone(),
                 queue,
                 self.id.clone(),
-                self.shutdown.clone(),
-                removed.clone(),
+                jobs::Signals {
+                    shutdown: self.shutdown.clone(),
+                    removed: removed.clone(),
+                    reconnects: self.reconnects.clone(),
+                },
                 self.tracker.clone(),
             ))
         });
@@ -329,21 +334,30 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| nuid::next().as_str().to_string())
             .into();
+        // Counts (re)connections, for the tasks whose server-side state a reconnection loses.
+        let (reconnects_tx, reconnects) = watch::channel(0u64);
+        let reconnects_tx = Arc::new(reconnects_tx);
         let client = async_nats::ConnectOptions::new()
             .name(format!("mofa-worker {id}"))
             // Room for a burst between the socket and the admission loop (which moves requests
             // on into the plugins' bounded queues at once); the channel grows only when used.
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .event_callback(|event| async move {
-                match event {
-                    // Messages dropped before admission: their callers will time out.
-                    async_nats::Event::SlowConsumer(sid) => tracing::error!(
-                        subscription = sid,
-                        "slow consumer: NATS messages were dropped before admission"
-                    ),
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    other => tracing::debug!(event = %other, "NATS connection event"),
+            .event_callback(move |event| {
+                let reconnects = reconnects_tx.clone();
+                async move {
+                    match event {
+                        // Messages dropped before admission: their callers will time out.
+                        async_nats::Event::SlowConsumer(sid) => tracing::error!(
+                            subscription = sid,
+                            "slow consumer: NATS messages were dropped before admission"
+                        ),
+                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                        async_nats::Event::Connected => {
+                            tracing::info!("connected to NATS");
+                            reconnects.send_modify(|n| *n += 1);
+                        }
+                        other => tracing::debug!(event = %other, "NATS connection event"),
+                    }
                 }
             })
             .connect(config.nats_url.as_str())
@@ -399,6 +413,7 @@ impl Worker {
             engine,
             wasm,
             jobs,
+            reconnects,
             endpoints: Mutex::new(BTreeMap::new()),
             states: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),

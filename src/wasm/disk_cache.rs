@@ -86,7 +86,9 @@ impl DiskCache {
     fn write(&self, file: &Path, module: &Module) -> Result<(), String> {
         create_private_dir(&self.dir).map_err(|e| e.to_string())?;
         let image = module.serialize().map_err(|e| e.to_string())?;
-        let temporary = file.with_extension(format!("tmp-{}", std::process::id()));
+        // Named for this write alone: two runtimes writing the same module at once must not
+        // write into one temporary file.
+        let temporary = file.with_extension(format!("tmp-{}", nuid::next().as_str()));
         std::fs::write(&temporary, image).map_err(|e| e.to_string())?;
         std::fs::rename(&temporary, file).map_err(|e| {
             let _ = std::fs::remove_file(&temporary);

@@ -631,6 +631,12 @@ async fn submit(
     let value = json_input(input)?;
     let jobs = jobs(url).await?;
     let submitted = jobs.submit(plugin, &value, id).await?;
+    if !jobs.consumed(plugin).await.unwrap_or(true) {
+        eprintln!(
+            "warning: no worker has consumed jobs of plugin {plugin:?} yet; job {} waits in the jobs stream until a worker serving {plugin:?} starts",
+            submitted.job
+        );
+    }
     let Some(timeout) = wait else {
         println!("{}", serde_json::to_value(&submitted)?);
         return Ok(ExitCode::SUCCESS);

@@ -632,6 +632,18 @@ async fn results_expire_after_result_ttl_and_submit_wait_prints_the_result() {
     .expect("joins");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid job id"));
+    // A job of a plugin no worker serves is stored, with a warning saying it waits.
+    let waiting = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || mofa(&["submit", "nobody_serves_this", "1"], &url)
+    })
+    .await
+    .expect("joins");
+    assert!(waiting.status.success(), "{waiting:?}");
+    assert!(
+        String::from_utf8_lossy(&waiting.stderr).contains("no worker has consumed jobs of plugin"),
+        "{waiting:?}"
+    );
     // result_ttl_s = 1: the result is gone a little later.
     let deadline = Instant::now() + Duration::from_secs(15);
     while jobs.result("ttl-1").await.expect("reads").is_some() {

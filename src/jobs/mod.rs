@@ -437,6 +437,17 @@ impl Jobs {
             .map_err(|e| op("publishing the result")(e.to_string()))
     }
 
+    /// Whether any worker has ever consumed `plugin`'s jobs (its durable consumer exists). A
+    /// job of a plugin no worker consumes waits in the stream until one does.
+    pub async fn consumed(&self, plugin: &str) -> Result<bool, JobsError> {
+        let stream = self
+            .js
+            .get_stream(JOBS_STREAM)
+            .await
+            .map_err(|e| op("opening the jobs stream")(e.to_string()))?;
+        Ok(stream.consumer_info(consumer_name(plugin)).await.is_ok())
+    }
+
     /// The durable consumer of `plugin`'s jobs, created (or brought to this configuration).
     pub(crate) async fn consumer(&self, plugin: &str) -> Result<consumer::PullConsumer, JobsError> {
         let stream = self

@@ -26,7 +26,7 @@ use crate::plugin::{
     block_on, panic_message, CallContext, ManagedPlugin, PluginError, SandboxPool,
 };
 use crate::subjects;
-use crate::wire::{self, ErrorCode, ResultEvent, Value};
+use crate::wire::{self, ResultEvent, Value};
 
 /// Counters for the Services API `STATS` reply. Updated with atomics; the last error takes a
 /// lock only when there is an error.
@@ -43,14 +43,14 @@ pub struct EndpointStats {
 }
 
 impl EndpointStats {
-    fn record(&self, elapsed: Duration, error: Option<(ErrorCode, &str)>) {
+    fn record(&self, elapsed: Duration, error: Option<&PluginError>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.processing_ns
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
-        if let Some((code, message)) = error {
+        if let Some(error) = error {
             self.errors.fetch_add(1, Ordering::Relaxed);
             *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((code.as_u16(), message.to_string()));
+                Some((error.code().as_u16(), error.to_string()));
         }
     }
 
@@ -320,9 +320,7 @@ impl Endpoint {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         let served = self.served();
         self.reply_error(message, &error, &served).await;
-        let text = error.to_string();
-        self.stats
-            .record(Duration::ZERO, Some((error.code(), &text)));
+        self.stats.record(Duration::ZERO, Some(&error));
     }
 
     async fn handle(
@@ -365,8 +363,7 @@ impl Endpoint {
             }
             Err(error) => {
                 self.reply_error(&message, error, &served).await;
-                let text = error.to_string();
-                self.stats.record(elapsed, Some((error.code(), &text)));
+                self.stats.record(elapsed, Some(error));
             }
         }
         if self.events {
@@ -433,13 +430,7 @@ impl Endpoint {
             .await
             .map(|(output, _)| output);
         let elapsed = started.elapsed();
-        match &result {
-            Ok(_) => self.stats.record(elapsed, None),
-            Err(error) => {
-                let text = error.to_string();
-                self.stats.record(elapsed, Some((error.code(), &text)));
-            }
-        }
+        self.stats.record(elapsed, result.as_ref().err());
         if self.events {
             self.publish_event(Some(job), &served, result.clone(), elapsed)
                 .await;
@@ -544,4 +535,4 @@ fn call_context(message: &Message, admitted: Instant) -> CallContext {
 }
 
 /// Reply headroom for the headers and framing beside a reply's body.
-pub(crate) const REPLY_HEADROOM: usize = 512;
+const REPLY_HEADROOM: usize = 512;

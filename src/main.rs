@@ -448,6 +448,8 @@ async fn worker(
     dev: bool,
     database: DatabaseArgs,
 ) -> anyhow::Result<ExitCode> {
+    // From here on a signal stops the worker in order, even one that comes while it starts.
+    let signals = mofa_bus::worker::shutdown::Signals::listen();
     let mut config = database.over(config_file.as_deref())?;
     let file_sets_url = config_file
         .as_deref()
@@ -473,7 +475,7 @@ async fn worker(
             failure.error
         );
     }
-    mofa_bus::worker::shutdown::signal().await;
+    signals.first().await;
     match worker.shutdown().await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e @ mofa_bus::worker::WorkerError::DrainIncomplete { .. }) => {

@@ -13,17 +13,18 @@ async fn sigterm_during_a_burst_of_slow_requests_answers_every_request() {
     let server = NatsServer::start();
     let dir = plugins_dir(&[(
         "slow.rhai",
-        "fn execute(x) { let t = timestamp(); while t.elapsed < 0.3 { } x }",
+        "fn execute(x) { let t = timestamp(); while t.elapsed < 1.0 { } x }",
     )]);
     let config_file = dir.path().join("worker.toml");
     std::fs::write(
         &config_file,
-        "[rhai]\nmax_operations = 0\ntimeout_ms = 10000\n",
+        // Four run at once, so a burst of twelve leaves eight waiting, visible in $SRV.STATS.
+        "max_concurrency = 4\n[rhai]\nmax_operations = 0\ntimeout_ms = 10000\n",
     )
     .expect("config");
     let mut worker = WorkerProcess::spawn(&server, dir.path(), Some(&config_file));
     let client = server.client().await;
-    wait_for_plugin(&client, "slow", Value::Nil).await;
+    wait_until_listed(&client, "slow").await;
 
     let burst: Vec<_> = (0..12)
         .map(|i| {
@@ -39,7 +40,8 @@ async fn sigterm_during_a_burst_of_slow_requests_answers_every_request() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Every request has reached the worker: four running, eight waiting.
+    wait_until_queued(&client, "slow", 8).await;
     // SAFETY: kill(2) with a pid we spawned and own.
     let rc = unsafe { libc::kill(worker.pid(), libc::SIGTERM) };
     assert_eq!(rc, 0, "SIGTERM sent");
@@ -149,7 +151,7 @@ async fn sigterm_with_the_server_gone_exits_within_the_drain_timeout_and_says_wh
         &format!("drain_timeout_ms = 1500\n{SLOW_CONFIG}"),
     );
     let client = server.client().await;
-    wait_for_plugin(&client, "echo", Value::Nil).await;
+    wait_until_listed(&client, "slow").await;
     slow_requests_in_flight(&client).await;
     drop(server);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -174,7 +176,7 @@ async fn a_second_signal_exits_at_once() {
     let dir = plugins_dir(&[("slow.rhai", SLOW)]);
     let mut worker = spawn_worker(&server, dir.path(), SLOW_CONFIG);
     let client = server.client().await;
-    wait_for_plugin(&client, "echo", Value::Nil).await;
+    wait_until_listed(&client, "slow").await;
     slow_requests_in_flight(&client).await;
     signal(&worker, libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;

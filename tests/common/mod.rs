@@ -336,6 +336,21 @@ pub async fn endpoint_data(client: &Client, plugin: &str) -> Option<serde_json::
         .map(|e| e["data"].clone())
 }
 
+/// Waits until a worker's Services API lists `plugin`. A worker answers the Services API only
+/// once every local plugin is subscribed and the bucket is synced, so after this a request to
+/// any plugin it serves is routed to it (unlike a reply from one plugin, which may come while
+/// the worker is still subscribing the others).
+pub async fn wait_until_listed(client: &Client, plugin: &str) {
+    let started = Instant::now();
+    while endpoint_data(client, plugin).await.is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no worker lists {plugin} in $SRV.STATS after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until a worker holds `queued` requests of `plugin` in its queue (a signal that the
 /// requests sent before have all arrived).
 pub async fn wait_until_queued(client: &Client, plugin: &str, queued: usize) {

@@ -59,26 +59,43 @@ const STAND_INS_PER_THREAD: usize = super::MAX_CALL_DEPTH as usize;
 /// switches) per request.
 const IDLE_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
-/// The next job, nested calls first; `None` when the pool is dropped.
-fn next_job(nested: &Receiver<Job>, fresh: &Receiver<Job>) -> Option<Job> {
-    let started = std::time::Instant::now();
-    loop {
-        if let Ok(job) = nested.try_recv() {
-            return Some(job);
-        }
-        match fresh.try_recv() {
-            Ok(job) => return Some(job),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
-            Err(crossbeam_channel::TryRecvError::Empty) if started.elapsed() < IDLE_SPIN => {
-                thread::yield_now();
+/// The next job, nested calls first; `None` when the pool is dropped. One idle thread at a
+/// time spins (`spinning` counts it); the others sleep at once: a second spinner would only
+/// burn a core the server and the other threads need, since one spinner already catches the
+/// next job.
+fn next_job(nested: &Receiver<Job>, fresh: &Receiver<Job>, spinning: &AtomicUsize) -> Option<Job> {
+    let try_both = || match nested.try_recv() {
+        Ok(job) => Ok(job),
+        Err(_) => fresh.try_recv(),
+    };
+    match try_both() {
+        Ok(job) => return Some(job),
+        Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
+        Err(crossbeam_channel::TryRecvError::Empty) => {}
+    }
+    if spinning
+        .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        let started = std::time::Instant::now();
+        let found = loop {
+            match try_both() {
+                Ok(job) => break Some(Some(job)),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break Some(None),
+                Err(crossbeam_channel::TryRecvError::Empty) if started.elapsed() < IDLE_SPIN => {
+                    thread::yield_now();
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => break None,
             }
-            Err(crossbeam_channel::TryRecvError::Empty) => {
-                return crossbeam_channel::select! {
-                    recv(nested) -> job => job.ok(),
-                    recv(fresh) -> job => job.ok(),
-                };
-            }
+        };
+        spinning.store(0, Ordering::Release);
+        if let Some(job) = found {
+            return job;
         }
+    }
+    crossbeam_channel::select! {
+        recv(nested) -> job => job.ok(),
+        recv(fresh) -> job => job.ok(),
     }
 }
 
@@ -92,14 +109,16 @@ impl SandboxPool {
         };
         let (jobs, rx) = crossbeam_channel::unbounded::<Job>();
         let (nested, nested_rx) = crossbeam_channel::unbounded::<Job>();
+        let spinning = Arc::new(AtomicUsize::new(0));
         for i in 0..threads {
             let (rx, nested_rx) = (rx.clone(), nested_rx.clone());
+            let spinning = spinning.clone();
             let spawned = thread::Builder::new()
                 .name(format!("mofa-sandbox-{i}"))
                 .stack_size(8 << 20)
                 .spawn(move || {
                     ON_POOL_THREAD.with(|on| on.set(true));
-                    while let Some(job) = next_job(&nested_rx, &rx) {
+                    while let Some(job) = next_job(&nested_rx, &rx, &spinning) {
                         run_job(job);
                     }
                 });

@@ -101,8 +101,11 @@ impl ModuleCache {
     }
 }
 
+/// Ticks the epoch thread goes on for once no call runs (100 ms), before it parks.
+const TICKER_LINGER: u32 = 100;
+
 /// The thread advancing the engine's epoch, ticking only while calls run: the first call to
-/// start wakes it, and it parks again once none runs. A call's epoch deadline counts ticks
+/// start wakes it, and it parks again once none has run for [`TICKER_LINGER`] ticks. A call's epoch deadline counts ticks
 /// from its start, so the epoch standing still while nothing runs changes no deadline.
 struct Ticker {
     running: AtomicUsize,
@@ -125,11 +128,21 @@ impl Ticker {
         let handle = std::thread::Builder::new()
             .name("mofa-wasm-epoch".into())
             .spawn(move || {
+                // Ticks in a row with no call running; the thread parks after TICKER_LINGER of
+                // them, so a steady stream of calls with gaps between them does not pay a
+                // wake-up each.
+                let mut idle = TICKER_LINGER;
                 while !ticking.stop.load(Ordering::Acquire) {
                     if ticking.running.load(Ordering::Acquire) == 0 {
-                        // An `unpark` between the check and here makes this return at once.
-                        std::thread::park();
-                        continue;
+                        idle += 1;
+                        if idle > TICKER_LINGER {
+                            // An `unpark` between the check and here makes this return at once.
+                            std::thread::park();
+                            idle = 0;
+                            continue;
+                        }
+                    } else {
+                        idle = 0;
                     }
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
@@ -574,7 +587,7 @@ mod ticker_tests {
     use super::*;
 
     #[test]
-    fn the_epoch_ticks_only_while_a_call_runs() {
+    fn the_epoch_ticks_while_calls_run_lingers_then_parks() {
         let ticker = Ticker::start(Engine::default()).expect("ticker starts");
         let ticks = || ticker.ticks.load(Ordering::Relaxed);
         // Idle: the thread is parked.
@@ -587,11 +600,24 @@ mod ticker_tests {
         let during = ticks() - idle;
         drop(running);
         assert!(during >= 10, "ticks while a call runs: {during}");
-        // Parked again once the last call ended (one tick may be under way).
-        std::thread::sleep(Duration::from_millis(20));
-        let after = ticks();
-        std::thread::sleep(Duration::from_millis(100));
-        assert_eq!(ticks(), after, "no ticks after the call ended");
+        // It lingers a little after the last call (so a next call soon after needs no wake-up),
+        let at_end = ticks();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(ticks() > at_end, "the ticker lingers after a call");
+        // then parks once no call has run for TICKER_LINGER ticks: the count stands still.
+        let ended = std::time::Instant::now();
+        loop {
+            let before = ticks();
+            std::thread::sleep(Duration::from_millis(150));
+            if ticks() == before {
+                break;
+            }
+            assert!(
+                ended.elapsed() < Duration::from_secs(10),
+                "still ticking {:?} after the last call ended",
+                ended.elapsed()
+            );
+        }
         ticker.stop();
     }
 }

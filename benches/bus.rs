@@ -53,13 +53,7 @@ fn python_worker(url: &str) -> std::process::Child {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(root.join("examples/python/requirements.txt"))
         .expect("requirements.txt");
-    let requirements: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let name = format!("py-client-{}", requirements.join("-").replace("==", ""));
-    let venv = mofa_bus::pyvenv::Venv::new(&name, &requirements);
+    let venv = mofa_bus::pyvenv::Venv::for_requirements("py-client", &text);
     if let Err(e) = venv.ensure() {
         panic!("the Python baseline needs nats-py and msgpack: {e}");
     }

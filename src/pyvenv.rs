@@ -95,6 +95,18 @@ impl Venv {
         }
     }
 
+    /// A venv for the pinned requirements in `text` (a `requirements.txt`: one pin a line,
+    /// `#` comments), named `prefix-` and the pins, so changing a pin makes a new venv.
+    pub fn for_requirements(prefix: &str, text: &str) -> Venv {
+        let requirements: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let name = format!("{prefix}-{}", requirements.join("-").replace("==", ""));
+        Venv::new(&name, &requirements)
+    }
+
     /// The venv's folder (it may not exist yet).
     pub fn dir(&self) -> PathBuf {
         self.cache.join(&self.name)

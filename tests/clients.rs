@@ -22,13 +22,7 @@ fn examples() -> PathBuf {
 fn python() -> PathBuf {
     let text = std::fs::read_to_string(examples().join("python/requirements.txt"))
         .expect("requirements.txt");
-    let requirements: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    let name = format!("py-client-{}", requirements.join("-").replace("==", ""));
-    let venv = Venv::new(&name, &requirements);
+    let venv = Venv::for_requirements("py-client", &text);
     if let Err(e) = venv.ensure() {
         panic!("the Python client test needs its packages: {e}");
     }

@@ -43,8 +43,9 @@ async fn bare_echo(url: &str) {
     }
 }
 
-/// The subject the Python baseline worker serves.
+/// The subject the Python baseline worker serves, and its row in the table.
 const PYTHON_SUBJECT: &str = "bench.python.discount";
+const PYTHON_LABEL: &str = "python worker (nats-py)";
 
 /// Starts `benches/python_worker.py` (the discount rule in plain nats-py) in the venv the
 /// Python client test uses (`examples/python/requirements.txt`), once it says it is ready.
@@ -969,7 +970,7 @@ fn main() {
         // What the sandboxed plugins replace: the same discount rule in a plain nats-py worker.
         let mut python = python_worker(&server.url());
         let python_target = Target {
-            label: "python worker (nats-py)",
+            label: PYTHON_LABEL,
             subject: PYTHON_SUBJECT.into(),
             body: discount.clone(),
             pid: python.id(),
@@ -1040,7 +1041,7 @@ fn main() {
                 .find(|(t, _)| t.label == label)
                 .map(|(_, f)| f.cpu_per_request.as_secs_f64())
         };
-        if let Some(py) = cpu_of("python worker (nats-py)").filter(|py| *py > 0.0) {
+        if let Some(py) = cpu_of(PYTHON_LABEL).filter(|py| *py > 0.0) {
             for (plugin, target) in [("discount", 0.5), ("discount_wasm", 0.8)] {
                 if let Some(cpu) = cpu_of(plugin) {
                     println!(

@@ -105,8 +105,9 @@ impl ModuleCache {
 const TICKER_LINGER: u32 = 100;
 
 /// The thread advancing the engine's epoch, ticking only while calls run: the first call to
-/// start wakes it, and it parks again once none has run for [`TICKER_LINGER`] ticks. A call's epoch deadline counts ticks
-/// from its start, so the epoch standing still while nothing runs changes no deadline.
+/// start wakes it, and it parks again once none has run for [`TICKER_LINGER`] ticks. A call's
+/// epoch deadline counts ticks from its start, so the epoch standing still while nothing runs
+/// changes no deadline.
 struct Ticker {
     running: AtomicUsize,
     /// Ticks so far.

@@ -6,10 +6,12 @@
 //! responder process's CPU time per request (from /proc) against the bare responder's.
 //! `MOFA_BENCH_REQUESTS` scales the request counts (default 20000 per throughput run).
 //! `in-process`, `over-the-bus`, `analyze-sales`, `bursts`, `jobs` or `cold-start` as an
-//! argument runs only that section.
+//! argument runs only that section; `profile [PLUGIN…]` (not part of the full run) splits a
+//! worker's CPU per request by where `perf record`'s samples fall.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,71 +24,21 @@ use futures::StreamExt;
 use mofa_bus::rhai::{RhaiConfig, RhaiPlugin, ScriptEngine};
 use mofa_bus::wire::{self, Value};
 
-const ROLE_ENV: &str = "MOFA_BENCH_ROLE";
-const BARE_SUBJECT: &str = "bench.bare.echo";
-
-/// The baseline: the smallest useful async-nats responder, echoing every request.
-async fn bare_echo(url: &str) {
-    let client = async_nats::connect(url)
-        .await
-        .expect("bare responder connects");
-    let mut sub = client
-        .queue_subscribe(BARE_SUBJECT, "bare".into())
-        .await
-        .expect("subscribes");
-    client.flush().await.expect("flush");
-    println!("ready");
-    while let Some(m) = sub.next().await {
-        if let Some(reply) = m.reply {
-            let _ = client.publish(reply, m.payload).await;
-        }
-    }
-}
-
 /// The subject the Python baseline worker serves, and its row in the table.
 const PYTHON_SUBJECT: &str = "bench.python.discount";
 const PYTHON_LABEL: &str = "python worker (nats-py)";
 
-/// Starts `benches/python_worker.py` (the discount rule in plain nats-py) in the venv the
-/// Python client test uses (`examples/python/requirements.txt`), once it says it is ready.
+/// Starts `benches/python_worker.py` (the discount rule in plain nats-py), once it says it is
+/// ready.
 fn python_worker(url: &str) -> std::process::Child {
-    use std::io::BufRead;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("examples/python/requirements.txt"))
-        .expect("requirements.txt");
-    let venv = mofa_bus::pyvenv::Venv::for_requirements("py-client", &text);
-    if let Err(e) = venv.ensure() {
-        panic!("the Python baseline needs nats-py and msgpack: {e}");
-    }
-    let mut child = std::process::Command::new(venv.bin("python"))
+    let child = std::process::Command::new(shared::python())
         .arg(root.join("benches/python_worker.py"))
         .args([url, PYTHON_SUBJECT])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python worker starts");
-    let out = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(out)
-        .read_line(&mut line)
-        .expect("ready line");
-    assert_eq!(line.trim(), "ready", "python worker did not start");
-    child
-}
-
-/// CPU time (user + system) of every thread of `pid`, from /proc/<pid>/task/*/schedstat (ns).
-fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    tasks
-        .filter_map(Result::ok)
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
+    shared::wait_ready(child, "the python worker")
 }
 
 struct Target {
@@ -101,6 +53,8 @@ struct Figures {
     p99: Duration,
     throughput: Vec<(usize, f64)>,
     cpu_per_request: Duration,
+    /// The responder's context switches per request (thread hand-offs), at 256 in flight.
+    switches_per_request: f64,
 }
 
 async fn request(client: &Client, subject: &str, body: Bytes) {
@@ -134,33 +88,18 @@ async fn measure(client: &Client, target: &Target, requests: usize) -> Figures {
 
     let mut throughput = Vec::new();
     let mut cpu = Duration::ZERO;
+    let mut switches = 0.0;
     for inflight in [1usize, 64, 256] {
-        let remaining = Arc::new(AtomicUsize::new(requests));
-        let cpu_before = cpu_ns(target.pid);
+        let cpu_before = shared::cpu_ns(target.pid);
+        let switches_before = shared::context_switches(target.pid);
         let started = Instant::now();
-        let tasks: Vec<_> = (0..inflight)
-            .map(|_| {
-                let client = client.clone();
-                let subject = target.subject.clone();
-                let body = target.body.clone();
-                let remaining = remaining.clone();
-                tokio::spawn(async move {
-                    while remaining
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                        .is_ok()
-                    {
-                        request(&client, &subject, body.clone()).await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.expect("joins");
-        }
+        load(client, target, inflight, requests).await;
         let elapsed = started.elapsed();
         throughput.push((inflight, requests as f64 / elapsed.as_secs_f64()));
         if inflight == 256 {
-            cpu = Duration::from_nanos((cpu_ns(target.pid) - cpu_before) / requests as u64);
+            cpu = Duration::from_nanos((shared::cpu_ns(target.pid) - cpu_before) / requests as u64);
+            switches =
+                (shared::context_switches(target.pid) - switches_before) as f64 / requests as f64;
         }
     }
     println!("  measured {}", target.label);
@@ -169,6 +108,7 @@ async fn measure(client: &Client, target: &Target, requests: usize) -> Figures {
         p99,
         throughput,
         cpu_per_request: cpu,
+        switches_per_request: switches,
     }
 }
 
@@ -869,10 +809,11 @@ async fn cold_start(server: &NatsServer, client: &Client) {
                         .and_then(|n| n.parse::<u64>().ok())
                 })
                 .unwrap_or(0);
-            let cpu_before = cpu_ns(worker.id());
+            let cpu_before = shared::cpu_ns(worker.id());
             let idle = Duration::from_secs(5);
             tokio::time::sleep(idle).await;
-            let idle_cpu = (cpu_ns(worker.id()) - cpu_before) as f64 / idle.as_nanos() as f64;
+            let idle_cpu =
+                (shared::cpu_ns(worker.id()) - cpu_before) as f64 / idle.as_nanos() as f64;
             println!(
                 "  {:<34} {:<22} {:>10.1?} {:>7.1} MB {:>12.3}% of a core",
                 label,
@@ -887,12 +828,178 @@ async fn cold_start(server: &NatsServer, client: &Client) {
     }
 }
 
+/// `-- profile [PLUGIN…]`: where a worker's CPU goes per request. For each plugin (default: the
+/// native, Rhai and WASM discount rule), loads one worker with requests at 64 in flight while
+/// `perf record` samples it, then splits the worker's CPU per request by where the samples
+/// fell: the kernel (socket I/O, futex wake-ups, scheduling), the NATS client, the tokio
+/// runtime, the sandbox pool's hand-off, the script or module, MessagePack, the allocator.
+async fn profile(server: &NatsServer, client: &Client, plugins: &[String], requests: usize) {
+    let perf_works = std::process::Command::new("perf")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !perf_works {
+        println!("profile: needs perf (Debian package linux-perf)");
+        return;
+    }
+    let worker = WorkerProcess::spawn(server, &common::repo_plugins(), None);
+    let body = wire::encode(&Value::Map(vec![
+        (Value::from("price"), Value::from(100)),
+        (Value::from("customer_tier"), Value::from("gold")),
+    ]));
+    common::wait_for_plugin(client, "discount", wire::decode(&body).expect("body")).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    println!();
+    println!("profile: worker CPU per request by where perf's samples fell ({requests} requests at 64 in flight):");
+    for plugin in plugins {
+        let target = Target {
+            label: "profiled",
+            subject: format!("mofa.exec.{plugin}"),
+            body: body.clone(),
+            pid: worker.child.id(),
+        };
+        for _ in 0..2000 {
+            request(client, &target.subject, body.clone()).await;
+        }
+        let data = dir.path().join(format!("{plugin}.data"));
+        let mut perf = std::process::Command::new("perf")
+            .args(["record", "-q", "-F", "2999", "-o"])
+            .arg(&data)
+            .args(["-p", &worker.child.id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf starts");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu_before = shared::cpu_ns(target.pid);
+        let switches_before = shared::context_switches(target.pid);
+        load(client, &target, 64, requests).await;
+        let cpu = (shared::cpu_ns(target.pid) - cpu_before) as f64 / requests as f64 / 1000.0;
+        let switches =
+            (shared::context_switches(target.pid) - switches_before) as f64 / requests as f64;
+        // SIGINT: perf writes its data and exits.
+        // SAFETY: signalling a child process we started.
+        unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+        let _ = perf.wait();
+        let report = std::process::Command::new("perf")
+            .args([
+                "report",
+                "-q",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "dso,sym",
+                "-i",
+            ])
+            .arg(&data)
+            .output()
+            .expect("perf report");
+        let buckets = profile_buckets(&String::from_utf8_lossy(&report.stdout));
+        println!("  {plugin}: {cpu:.1} µs CPU and {switches:.2} context switches per request");
+        for (bucket, share) in buckets {
+            println!(
+                "    {bucket:<44} {:>5.1}%  {:>5.2} µs",
+                share * 100.0,
+                share * cpu
+            );
+        }
+        println!("    top symbols:");
+        for line in String::from_utf8_lossy(&report.stdout)
+            .lines()
+            .filter(|l| l.contains('%'))
+            .take(12)
+        {
+            let line: String = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            println!("      {}", line.chars().take(110).collect::<String>());
+        }
+    }
+    drop(worker);
+}
+
+/// Sends `requests` requests to `target` with `inflight` in flight.
+async fn load(client: &Client, target: &Target, inflight: usize, requests: usize) {
+    let remaining = Arc::new(AtomicUsize::new(requests));
+    let tasks: Vec<_> = (0..inflight)
+        .map(|_| {
+            let client = client.clone();
+            let subject = target.subject.clone();
+            let body = target.body.clone();
+            let remaining = remaining.clone();
+            tokio::spawn(async move {
+                while remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    request(&client, &subject, body.clone()).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("joins");
+    }
+}
+
+/// Shares of samples per part of the worker, from `perf report --sort dso,sym` lines
+/// (`  12.34%  mofa  [.] symbol`), largest first.
+fn profile_buckets(report: &str) -> Vec<(&'static str, f64)> {
+    const BUCKETS: [(&str, &[&str]); 9] = [
+        (
+            "kernel (sockets, futex wake-ups, scheduling)",
+            &["[kernel", "[k]"],
+        ),
+        (
+            "sandbox pool hand-off",
+            &[
+                "sandbox",
+                "pool::",
+                "crossbeam",
+                "parking_lot",
+                "std::sync::",
+                "std::thread",
+            ],
+        ),
+        ("Rhai engine", &["rhai::"]),
+        (
+            "wasmtime (instance, call)",
+            &["wasmtime", "cranelift", "jit-", "wasm"],
+        ),
+        ("NATS client (parse, write)", &["async_nats", "nats"]),
+        ("tokio runtime", &["tokio::"]),
+        ("MessagePack, events", &["rmp", "rmpv", "wire::", "events"]),
+        ("allocator", &["mi_", "_mi_", "malloc", "free"]),
+        ("libc (memcpy, syscalls)", &["libc.so", "ld-linux"]),
+    ];
+    let mut shares: Vec<(&'static str, f64)> = BUCKETS.iter().map(|(b, _)| (*b, 0.0)).collect();
+    let mut other = 0.0;
+    for line in report.lines() {
+        let line = line.trim();
+        let Some((percent, rest)) = line.split_once('%') else {
+            continue;
+        };
+        let Ok(percent) = percent.trim().parse::<f64>() else {
+            continue;
+        };
+        match BUCKETS
+            .iter()
+            .position(|(_, needles)| needles.iter().any(|n| rest.contains(n)))
+        {
+            Some(i) => shares[i].1 += percent / 100.0,
+            None => other += percent / 100.0,
+        }
+    }
+    shares.push(("other", other));
+    shares.retain(|(_, s)| *s > 0.0);
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
+}
+
 fn main() {
-    if std::env::var(ROLE_ENV).as_deref() == Ok("bare-echo") {
-        let url = std::env::var("MOFA_BENCH_URL").expect("MOFA_BENCH_URL");
+    if std::env::var(shared::ROLE_ENV).as_deref() == Ok(shared::BARE_ROLE) {
+        let url = std::env::var(shared::URL_ENV).expect("MOFA_BENCH_URL");
         tokio::runtime::Runtime::new()
             .expect("runtime")
-            .block_on(bare_echo(&url));
+            .block_on(shared::bare_echo(&url));
         return;
     }
     // `cargo bench` passes --bench; `in-process` runs only the in-process figures.
@@ -910,7 +1017,24 @@ fn main() {
     let only_bursts = std::env::args().any(|a| a == "bursts");
     let only_jobs = std::env::args().any(|a| a == "jobs");
     let only_start = std::env::args().any(|a| a == "cold-start");
-    if only_sales || only_bursts || only_jobs || only_start {
+    let args: Vec<String> = std::env::args().collect();
+    let profiled = args.iter().position(|a| a == "profile").map(|i| {
+        let named: Vec<String> = args[i + 1..]
+            .iter()
+            .filter(|a| !a.starts_with('-'))
+            .cloned()
+            .collect();
+        if named.is_empty() {
+            vec![
+                "discount_native".into(),
+                "discount".into(),
+                "discount_wasm".into(),
+            ]
+        } else {
+            named
+        }
+    });
+    if only_sales || only_bursts || only_jobs || only_start || profiled.is_some() {
         let server = NatsServer::start();
         tokio::runtime::Runtime::new()
             .expect("runtime")
@@ -928,6 +1052,9 @@ fn main() {
                 if only_start {
                     cold_start(&server, &client).await;
                 }
+                if let Some(plugins) = &profiled {
+                    profile(&server, &client, plugins, requests).await;
+                }
             });
         return;
     }
@@ -941,18 +1068,7 @@ fn main() {
     let server = NatsServer::start();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let mut bare = std::process::Command::new(std::env::current_exe().expect("own path"))
-            .env(ROLE_ENV, "bare-echo")
-            .env("MOFA_BENCH_URL", server.url())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("bare responder starts");
-        {
-            use std::io::BufRead;
-            let out = bare.stdout.take().expect("stdout");
-            let mut line = String::new();
-            std::io::BufReader::new(out).read_line(&mut line).expect("ready line");
-        }
+        let mut bare = shared::spawn_role(shared::BARE_ROLE, &server.url(), &[]);
         let client = async_nats::connect(server.url()).await.expect("connects");
         let discount = wire::encode(&Value::Map(vec![
             (Value::from("price"), Value::from(100)),
@@ -960,7 +1076,7 @@ fn main() {
         ]));
         let bare_target = Target {
             label: "bare async-nats echo",
-            subject: BARE_SUBJECT.into(),
+            subject: shared::BARE_SUBJECT.into(),
             body: discount.clone(),
             pid: bare.id(),
         };
@@ -1010,8 +1126,9 @@ fn main() {
         println!();
         println!("over the bus ({requests} requests per throughput run; ratios against the bare echo):");
         println!(
-            "  {:<28} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12}",
-            "target", "p50", "p99", "p50 x", "1 in flight", "64 in flight", "256 in flight", "CPU/req"
+            "  {:<28} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12} | {:>9}",
+            "target", "p50", "p99", "p50 x", "1 in flight", "64 in flight", "256 in flight", "CPU/req",
+            "ctx sw/req"
         );
         for (target, f) in targets.iter().zip(&results) {
             let tp: Vec<String> = f
@@ -1021,7 +1138,7 @@ fn main() {
                 .map(|((_, r), (_, b))| format!("{:>8.0}/s {:>4.2}x", r, r / b))
                 .collect();
             println!(
-                "  {:<28} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x",
+                "  {:<28} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x | {:>9.2}",
                 target.label,
                 f.p50,
                 f.p99,
@@ -1031,6 +1148,7 @@ fn main() {
                 tp[2],
                 f.cpu_per_request,
                 f.cpu_per_request.as_secs_f64() / base.cpu_per_request.as_secs_f64().max(1e-12),
+                f.switches_per_request,
             );
         }
         println!();

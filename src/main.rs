@@ -11,7 +11,8 @@
 
 /// mimalloc instead of the system allocator: the request path allocates and frees across
 /// threads (a request decoded on one thread, answered on another), where glibc's allocator
-/// spends a large share of the worker's CPU.
+/// spends a large share of the worker's CPU. Built without transparent huge pages (feature
+/// `no_thp`), so an idle worker keeps only the memory it touched resident.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

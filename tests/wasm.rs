@@ -666,3 +666,86 @@ fn compiled_modules_are_kept_on_disk_so_a_restart_does_not_compile_again() {
     fourth.module("discount_wasm", &bytes).expect("loads");
     assert_eq!(fourth.disk_cache_counts(), Some((1, 0)), "rewritten");
 }
+
+/// A module asking the host whether `pattern` matches its input string (the MessagePack
+/// string's bytes after a one-byte fixstr header): replies `true`/`false`, or passes the
+/// host's error on.
+fn matcher(pattern: &str) -> String {
+    module(
+        &format!(
+            "(local $r i64)
+    (local.set $r (call $matches (i32.const 512) (i32.const {})
+      (i32.add (local.get $ptr) (i32.const 1)) (i32.sub (local.get $len) (i32.const 1))))
+    (if (result i64) (i64.lt_s (local.get $r) (i64.const 0))
+      (then (local.get $r))
+      (else
+        (i32.store8 (i32.const 300) (i32.add (i32.const 0xc2) (i32.wrap_i64 (local.get $r))))
+        (i64.const 0x0000012C00000001)))",
+            pattern.len()
+        ),
+        &format!(
+            r#"(import "mofa" "matches" (func $matches (param i32 i32 i32 i32) (result i64)))
+  (data (i32.const 512) "{pattern}")"#
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_matches_capability_runs_patterns_in_the_host_within_max_regex_bytes() {
+    let server = NatsServer::start();
+    let granted = "capabilities = [\"matches\"]\n".to_string();
+    let files = vec![
+        ("has_bs.wasm".to_string(), matcher("b+c")),
+        ("has_bs.toml".to_string(), granted.clone()),
+        ("too_long.wasm".to_string(), matcher("b{1,3}cdefgh")),
+        ("too_long.toml".to_string(), granted.clone()),
+        ("invalid.wasm".to_string(), matcher("(b")),
+        ("invalid.toml".to_string(), granted),
+        ("ungranted.wasm".to_string(), matcher("b")),
+    ];
+    let wasm = WasmConfig {
+        max_regex_bytes: 8,
+        ..WasmConfig::default()
+    };
+    let (worker, _dir) = start_with(&server, &files, wasm).await;
+    let ungranted = worker
+        .load_failures()
+        .iter()
+        .find(|f| f.path.ends_with("ungranted.wasm"))
+        .expect("a module importing matches without the grant is refused");
+    assert!(
+        ungranted
+            .error
+            .contains("add capabilities = [\"matches\"] to ungranted.toml"),
+        "{}",
+        ungranted.error
+    );
+    let client = server.client().await;
+    for _ in 0..3 {
+        // Every call is a fresh instance; the pattern stays compiled in the host.
+        assert_eq!(
+            call(&client, "has_bs", Value::from("abbbc")).await.ok(),
+            Value::from(true)
+        );
+        assert_eq!(
+            call(&client, "has_bs", Value::from("abd")).await.ok(),
+            Value::from(false)
+        );
+    }
+    let long = call(&client, "too_long", Value::from("bcdefgh")).await;
+    assert_eq!(long.code(), Some(413), "{long:?}");
+    assert!(
+        long.message()
+            .contains("pattern of 12 bytes exceeds the limit of 8 bytes (wasm.max_regex_bytes)"),
+        "{long:?}"
+    );
+    let invalid = call(&client, "invalid", Value::from("b")).await;
+    assert_eq!(invalid.code(), Some(400), "{invalid:?}");
+    assert!(invalid.message().contains("invalid pattern"), "{invalid:?}");
+    // The worker keeps serving.
+    assert_eq!(
+        call(&client, "has_bs", Value::from("bc")).await.ok(),
+        Value::from(true)
+    );
+    worker.shutdown().await.expect("drains");
+}

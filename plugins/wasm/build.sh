@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the example WASM plugins from source into plugins/<name>.wasm: the Rust guests
-# (discount_wasm, wordcount; hello_wasi for wasm32-wasip1), the C guest (discount_c) and the
+# (discount_wasm, wordcount; hello_wasi for wasm32-wasip1; compare_ops, the benchmark's, into
+# benches/compare/), the C guest (discount_c) and the
 # AssemblyScript guest (discount_as). Installs what is missing: the Rust wasm targets, Debian's
 # clang and lld (as root), and the pinned AssemblyScript compiler from the npm registry.
 set -euo pipefail
@@ -17,6 +18,8 @@ cargo build --release --locked --target wasm32-unknown-unknown \
 for plugin in discount_wasm wordcount; do
   cp "${here}/target/wasm32-unknown-unknown/release/${plugin}.wasm" "${out}/${plugin}.wasm"
 done
+# Not an example: the WASM side of the performance comparison (benches/compare.rs).
+cp "${here}/target/wasm32-unknown-unknown/release/compare_ops.wasm" "${here}/../../benches/compare/compare_ops.wasm"
 # hello_wasi: Rust's std on WASI preview 1.
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 export CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="${CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS}"

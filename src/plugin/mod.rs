@@ -8,6 +8,7 @@
 
 mod error;
 mod manager;
+pub mod matcher;
 mod nested;
 mod pool;
 mod state;

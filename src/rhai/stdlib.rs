@@ -8,27 +8,17 @@
 //! | `parse_json(text)` | the JSON value as a Rhai value (objects as maps, arrays as arrays) |
 //! | `to_json(value)` | the value as JSON text |
 //!
-//! Patterns are compiled once per sandbox thread and cached there (no lock on the request
-//! path); a pattern longer than `rhai.max_regex_bytes` is refused with 413 before it is
-//! compiled, and the compiled program's size is bounded too.
+//! `matches` is the one WASM modules reach as `mofa::matches` ([`crate::plugin::matcher`]):
+//! patterns compiled once per sandbox thread and cached; a pattern longer than
+//! `rhai.max_regex_bytes` is refused with 413 before it is compiled.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use rhai::{Dynamic, Engine, EvalAltResult, Position};
 
 use super::config::RhaiConfig;
-
-/// Patterns cached per thread; the cache is emptied when it reaches this size.
-const REGEX_CACHE_ENTRIES: usize = 256;
-
-/// Most memory one compiled pattern may take.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
-
-thread_local! {
-    static PATTERNS: RefCell<HashMap<String, regex::Regex>> = RefCell::new(HashMap::new());
-}
+use crate::plugin::matcher::{self, MatchError};
 
 /// Registers the standard library on `engine`.
 pub(crate) fn register(engine: &mut Engine, config: &RhaiConfig) {
@@ -64,35 +54,21 @@ fn contains_any(text: &str, list: rhai::Array) -> bool {
 }
 
 fn matches(text: &str, pattern: &str, max_pattern: usize) -> Result<bool, Box<EvalAltResult>> {
-    if pattern.len() > max_pattern {
-        return Err(EvalAltResult::ErrorDataTooLarge(
-            format!("matches() pattern of {} bytes", pattern.len()),
+    matcher::matches(text, pattern, max_pattern, "rhai.max_regex_bytes").map_err(|e| match e {
+        MatchError::TooLong { len, .. } => EvalAltResult::ErrorDataTooLarge(
+            format!("matches() pattern of {len} bytes"),
             Position::NONE,
         )
-        .into());
-    }
-    PATTERNS.with(|cache| {
-        if let Some(regex) = cache.borrow().get(pattern) {
-            return Ok(regex.is_match(text));
-        }
-        let regex = regex::RegexBuilder::new(pattern)
-            .size_limit(REGEX_SIZE_LIMIT)
-            .build()
-            .map_err(|e| -> Box<EvalAltResult> { format!("matches(): {e}").into() })?;
-        let found = regex.is_match(text);
-        let mut cache = cache.borrow_mut();
-        if cache.len() >= REGEX_CACHE_ENTRIES {
-            cache.clear();
-        }
-        cache.insert(pattern.to_string(), regex);
-        Ok(found)
+        .into(),
+        MatchError::Invalid(e) => format!("matches(): {e}").into(),
     })
 }
 
+/// Deserializes straight into Rhai values (no intermediate `serde_json::Value`: one
+/// allocation per node, not two).
 fn parse_json(text: &str) -> Result<Dynamic, Box<EvalAltResult>> {
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| -> Box<EvalAltResult> { format!("parse_json(): {e}").into() })?;
-    rhai::serde::to_dynamic(value)
+    serde_json::from_str::<Dynamic>(text)
+        .map_err(|e| -> Box<EvalAltResult> { format!("parse_json(): {e}").into() })
 }
 
 fn to_json(value: Dynamic) -> Result<String, Box<EvalAltResult>> {

@@ -31,15 +31,21 @@ pub enum Capability {
     GetConfig,
     /// `mofa::call_plugin(name_ptr, name_len, in_ptr, in_len) -> i64`: call another plugin.
     CallPlugin,
+    /// `mofa::matches(pattern_ptr, pattern_len, text_ptr, text_len) -> i64`: whether a regular
+    /// expression (Rust `regex` syntax) matches somewhere in the text: 1 or 0, or an error body
+    /// (413 over `wasm.max_regex_bytes`, 400 for an invalid pattern). Compiled once per sandbox
+    /// thread and cached by the host, so a fresh instance does not recompile it.
+    Matches,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 4] = [
+    pub const ALL: [Capability; 5] = [
         Capability::Log,
         Capability::Now,
         Capability::GetConfig,
         Capability::CallPlugin,
+        Capability::Matches,
     ];
 
     /// The capability's name, which is also its import name in module `mofa`.
@@ -49,6 +55,7 @@ impl Capability {
             Capability::Now => "now",
             Capability::GetConfig => "get_config",
             Capability::CallPlugin => "call_plugin",
+            Capability::Matches => "matches",
         }
     }
 
@@ -82,6 +89,8 @@ pub struct WasmConfig {
     /// Keep compiled modules on disk (under `<data_dir>/wasm-cache`) too, so a restarted
     /// worker loads them instead of compiling them again.
     pub disk_cache: bool,
+    /// Longest pattern `mofa::matches` accepts, in bytes (413 beyond it).
+    pub max_regex_bytes: usize,
 }
 
 impl Default for WasmConfig {
@@ -95,6 +104,7 @@ impl Default for WasmConfig {
             max_instances: 0,
             module_cache_mb: 256,
             disk_cache: true,
+            max_regex_bytes: 1024,
         }
     }
 }

@@ -9,8 +9,9 @@ use wasmtime::{Caller, Extern, Linker, ResourceLimiter};
 
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Manifest};
+use crate::plugin::matcher::{self, MatchError};
 use crate::plugin::{call_nested, PluginCaller, PluginError, Value};
-use crate::wire;
+use crate::wire::{self, ErrorCode};
 
 /// The memory cap, installed with `Store::limiter`. Records a refusal so the error reply can
 /// say the cap (not some other trap) stopped the call.
@@ -50,7 +51,10 @@ impl ResourceLimiter for MemoryCap {
 /// What a module's host functions share, fixed at load.
 pub(crate) struct HostContext {
     pub(crate) plugin: String,
-    pub(crate) config: Vec<(String, Value)>,
+    /// The manifest's `[config]`, each value already encoded as `get_config` returns it.
+    pub(crate) config: Vec<(String, bytes::Bytes)>,
+    /// `wasm.max_regex_bytes`.
+    pub(crate) max_regex_bytes: usize,
     pub(crate) caller: Option<Arc<dyn PluginCaller>>,
     pub(crate) runtime: Option<tokio::runtime::Handle>,
     pub(crate) pool: Arc<crate::plugin::SandboxPool>,
@@ -114,7 +118,7 @@ pub(crate) fn linker(
                     .config
                     .iter()
                     .find(|(k, _)| *k == key)
-                    .map(|(_, v)| wire::encode(v));
+                    .map(|(_, v)| v.clone());
                 match value {
                     Some(bytes) => write(&mut caller, &bytes, false),
                     None => Ok(0),
@@ -146,6 +150,45 @@ pub(crate) fn linker(
                         &wire::encode_error(e.code(), &e.to_string()),
                         true,
                     ),
+                }
+            },
+        )?;
+    }
+    if manifest.grants(Capability::Matches) {
+        linker.func_wrap(
+            HOST_MODULE,
+            Capability::Matches.as_str(),
+            |mut caller: Caller<'_, StoreData>,
+             pattern_ptr: i32,
+             pattern_len: i32,
+             text_ptr: i32,
+             text_len: i32|
+             -> wasmtime::Result<i64> {
+                let max = caller.data().host.max_regex_bytes;
+                let memory = memory(&mut caller)?;
+                let data = memory.data(&caller);
+                let pattern = std::str::from_utf8(slice(data, pattern_ptr, pattern_len)?);
+                let text = std::str::from_utf8(slice(data, text_ptr, text_len)?);
+                let result = match (pattern, text) {
+                    (Ok(pattern), Ok(text)) => {
+                        matcher::matches(text, pattern, max, "wasm.max_regex_bytes").map_err(|e| {
+                            let code = match e {
+                                MatchError::TooLong { .. } => ErrorCode::LimitExceeded,
+                                MatchError::Invalid(_) => ErrorCode::BadRequest,
+                            };
+                            (code, format!("matches(): {e}"))
+                        })
+                    }
+                    _ => Err((
+                        ErrorCode::BadRequest,
+                        "matches(): pattern and text must be UTF-8".to_string(),
+                    )),
+                };
+                match result {
+                    Ok(found) => Ok(i64::from(found)),
+                    Err((code, message)) => {
+                        write(&mut caller, &wire::encode_error(code, &message), true)
+                    }
                 }
             },
         )?;
@@ -182,16 +225,18 @@ fn memory(caller: &mut Caller<'_, StoreData>) -> wasmtime::Result<wasmtime::Memo
 /// A bounds-checked copy of `[ptr, ptr + len)` from guest memory.
 fn read(caller: &mut Caller<'_, StoreData>, ptr: i32, len: i32) -> wasmtime::Result<Vec<u8>> {
     let memory = memory(caller)?;
-    let data = memory.data(&*caller);
+    slice(memory.data(&*caller), ptr, len).map(<[u8]>::to_vec)
+}
+
+/// `[ptr, ptr + len)` of guest memory, bounds-checked.
+fn slice(data: &[u8], ptr: i32, len: i32) -> wasmtime::Result<&[u8]> {
     let (start, len) = (ptr as u32 as usize, len as u32 as usize);
-    data.get(start..start.saturating_add(len))
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| {
-            format_err!(
-                "buffer [{start}, +{len}) is outside guest memory ({} bytes)",
-                data.len()
-            )
-        })
+    data.get(start..start.saturating_add(len)).ok_or_else(|| {
+        format_err!(
+            "buffer [{start}, +{len}) is outside guest memory ({} bytes)",
+            data.len()
+        )
+    })
 }
 
 /// Copies `bytes` into a fresh guest allocation and returns it packed.

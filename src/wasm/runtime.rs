@@ -328,7 +328,7 @@ impl WasmRuntime {
         let config = manifest
             .config
             .iter()
-            .map(|(k, v)| (k.clone(), toml_value(v)))
+            .map(|(k, v)| (k.clone(), wire::encode(&toml_value(v))))
             .collect();
         let initialize = manifest.wasi
             && module
@@ -342,6 +342,7 @@ impl WasmRuntime {
             host: Arc::new(HostContext {
                 plugin: name.to_string(),
                 config,
+                max_regex_bytes: self.config.max_regex_bytes,
                 caller: self.caller.get().cloned(),
                 runtime: self.runtime.clone(),
                 pool: self.pool.clone(),

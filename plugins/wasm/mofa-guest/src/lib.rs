@@ -18,7 +18,7 @@
 //! Build with `cargo build --release --target wasm32-unknown-unknown` (crate type `cdylib`)
 //! and put the module in the plugins directory as `<name>.wasm`. The macro exports the ABI
 //! (`memory`, `mofa_alloc`, `mofa_handle`; see `plugins/wasm/ABI.md`). Host functions
-//! ([`log`], [`now_ms`], [`config`], [`call_plugin`]) are imported only when used, and each
+//! ([`log`], [`now_ms`], [`config`], [`call_plugin`], [`matches`]) are imported only when used, and each
 //! needs its capability in the plugin's manifest (`<name>.toml`).
 //!
 //! By default (feature `bump-alloc`) the SDK installs a bump allocator: a request runs in a
@@ -181,6 +181,8 @@ extern "C" {
     fn host_get_config(ptr: i32, len: i32) -> i64;
     #[link_name = "call_plugin"]
     fn host_call_plugin(name_ptr: i32, name_len: i32, in_ptr: i32, in_len: i32) -> i64;
+    #[link_name = "matches"]
+    fn host_matches(pattern_ptr: i32, pattern_len: i32, text_ptr: i32, text_len: i32) -> i64;
 }
 
 /// Log levels for [`log`].
@@ -234,10 +236,42 @@ pub fn call_plugin(name: &str, input: &Value) -> Result<Value, Error> {
     if !error {
         return Ok(value);
     }
-    let code = field(&value, "code").and_then(Value::as_u64).unwrap_or(500) as u16;
-    let message = field(&value, "message")
+    Err(error_from(&value))
+}
+
+/// Whether the regular expression `pattern` (Rust `regex` syntax) matches somewhere in
+/// `text`. The host compiles a pattern once per sandbox thread and keeps it, so this costs a
+/// match, not a compile, on every request. A pattern over the worker's `wasm.max_regex_bytes`
+/// is a 413, an invalid one a 400. Needs capability `matches`.
+pub fn matches(pattern: &str, text: &str) -> Result<bool, Error> {
+    // SAFETY: a host function reading both buffers; it returns 0, 1 or an error buffer from
+    // `mofa_alloc`.
+    let raw = unsafe {
+        host_matches(
+            pattern.as_ptr() as i32,
+            pattern.len() as i32,
+            text.as_ptr() as i32,
+            text.len() as i32,
+        )
+    };
+    match raw {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => {
+            let (ptr, len, _) = unpack(raw);
+            let body = rmpv::decode::read_value(&mut take(ptr, len).as_slice())
+                .map_err(|e| Error::failed(format!("matches(): undecodable error: {e}")))?;
+            Err(error_from(&body))
+        }
+    }
+}
+
+/// An error body (`{code, message}`) from the host as an [`Error`].
+fn error_from(body: &Value) -> Error {
+    let code = field(body, "code").and_then(Value::as_u64).unwrap_or(500) as u16;
+    let message = field(body, "message")
         .and_then(Value::as_str)
         .unwrap_or("unknown error")
         .to_string();
-    Err(Error { code, message })
+    Error { code, message }
 }

@@ -122,8 +122,7 @@ fn text(t: &str) -> Value {
 /// Whether two outputs are the same value (numbers compared as numbers, maps by key).
 fn same(a: &Value, b: &Value) -> bool {
     fn json(v: &Value) -> serde_json::Value {
-        let normalised = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
-        normalise(normalised)
+        normalise(serde_json::to_value(v).unwrap_or(serde_json::Value::Null))
     }
     fn normalise(v: serde_json::Value) -> serde_json::Value {
         match v {
@@ -617,6 +616,25 @@ fn fmt(v: f64, unit: &str) -> String {
     }
 }
 
+/// One point of a curve: `n` requests to `subject` with `inflight` in flight. Returns the
+/// throughput per second, p99 (µs), CPU per request summed over `pids` (µs) and failures.
+async fn curve_point(
+    client: &Client,
+    subject: &str,
+    body: &Bytes,
+    pids: &[u32],
+    inflight: usize,
+    n: usize,
+) -> (f64, f64, f64, usize) {
+    let cpu = || pids.iter().map(|p| shared::cpu_ns(*p)).sum::<u64>();
+    let before = cpu();
+    let (elapsed, mut latencies, errors) = load(client, subject, body, inflight, n).await;
+    let cpu_us = (cpu() - before) as f64 / n as f64 / 1000.0;
+    latencies.sort();
+    let p99 = percentile(&latencies, 99).as_secs_f64() * 1e6;
+    (n as f64 / elapsed.as_secs_f64(), p99, cpu_us, errors)
+}
+
 /// The scaling curves and their table.
 struct Scaling {
     curves: Vec<chart::Curve>,
@@ -650,14 +668,15 @@ async fn scaling(server: &common::NatsServer, requests: usize) -> Scaling {
     let bare = shared::spawn_role(shared::BARE_ROLE, &url, &[]);
     let mut points = Vec::new();
     for inflight in INFLIGHT {
-        let n = per_point(inflight);
-        let before = shared::cpu_ns(bare.id());
-        let (elapsed, mut lat, errors) =
-            load(&client, shared::BARE_SUBJECT, &body, inflight, n).await;
-        let cpu = (shared::cpu_ns(bare.id()) - before) as f64 / n as f64 / 1000.0;
-        lat.sort();
-        let p99 = percentile(&lat, 99).as_secs_f64() * 1e6;
-        let tp = n as f64 / elapsed.as_secs_f64();
+        let (tp, p99, cpu, errors) = curve_point(
+            &client,
+            shared::BARE_SUBJECT,
+            &body,
+            &[bare.id()],
+            inflight,
+            per_point(inflight),
+        )
+        .await;
         let _ = writeln!(
             table,
             "| bare echo | – | {inflight} | {tp:.0}/s | {} | {cpu:.1} µs | {errors} |",
@@ -706,14 +725,15 @@ async fn scaling(server: &common::NatsServer, requests: usize) -> Scaling {
             assert_eq!(warm_errors, 0, "{plugin} answers with errors");
             let mut points = Vec::new();
             for inflight in INFLIGHT {
-                let n = per_point(inflight);
-                let before: u64 = pids.iter().map(|p| shared::cpu_ns(*p)).sum();
-                let (elapsed, mut lat, errors) = load(&client, &subject, &body, inflight, n).await;
-                let after: u64 = pids.iter().map(|p| shared::cpu_ns(*p)).sum();
-                lat.sort();
-                let p99 = percentile(&lat, 99).as_secs_f64() * 1e6;
-                let tp = n as f64 / elapsed.as_secs_f64();
-                let cpu = (after - before) as f64 / n as f64 / 1000.0;
+                let (tp, p99, cpu, errors) = curve_point(
+                    &client,
+                    &subject,
+                    &body,
+                    &pids,
+                    inflight,
+                    per_point(inflight),
+                )
+                .await;
                 let _ = writeln!(
                     table,
                     "| {kind} ({plugin}) | {count} | {inflight} | {tp:.0}/s | {} | {cpu:.1} µs | {errors} |",

@@ -8,6 +8,13 @@
 //! queue_wait_ms = 10000        # a request that cannot start within this (or half its plugin's timeout) gets 503
 //! sandbox_threads = 0          # threads for Rhai/WASM calls; 0 = 2 x cores, at least 4
 //!
+//! [nats]                       # credentials and TLS (flags: --creds, --nkey, --user, --token, --tls-*)
+//! creds = "/etc/mofa/worker.creds"
+//! tls_ca = "/etc/mofa/ca.pem"
+//!
+//! [telemetry]
+//! otlp_endpoint = "http://127.0.0.1:4318"   # OTLP/HTTP; OTEL_EXPORTER_OTLP_ENDPOINT wins
+//!
 //! [events]
 //! results = true               # publish mofa.events.result.<plugin>
 //! include_output = true        # put the plugin's output in result events
@@ -33,9 +40,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::connection::NatsAuth;
 use crate::jobs::JobsConfig;
 use crate::native::DatabaseConfig;
 use crate::rhai::RhaiConfig;
+use crate::telemetry::TelemetryConfig;
 use crate::wasm::WasmConfig;
 
 /// Default NATS URL when neither a flag, `MOFA_NATS_URL` nor the file sets one.
@@ -45,8 +54,11 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// NATS server URL (several may be given, comma-separated).
+    /// NATS server URL; several, comma-separated, for a cluster (the worker reconnects to
+    /// another when one goes down).
     pub nats_url: String,
+    /// Credentials and TLS for the NATS connection.
+    pub nats: NatsAuth,
     /// Directory scanned for `*.rhai` plugins.
     pub plugins_dir: PathBuf,
     /// Worker id; also the Services API instance id. Generated when absent.
@@ -80,6 +92,8 @@ pub struct WorkerConfig {
     pub database: DatabaseConfig,
     /// Durable jobs (`mofa.jobs.<plugin>`).
     pub jobs: JobsConfig,
+    /// OpenTelemetry export.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Distribution of plugins over JetStream and hot reload.
@@ -94,6 +108,9 @@ pub struct ReloadConfig {
     pub object_bucket: String,
     /// Revisions kept per plugin when the worker creates the bucket.
     pub history: i64,
+    /// Copies of the buckets a worker creates, one per JetStream server: 1 on a single node,
+    /// 3 on a 3-node cluster (so the buckets survive a node), at most 5.
+    pub replicas: usize,
     /// Attempts to fetch and load a revision when the failure may be transient (a module
     /// fetch from the object store); compile errors are not retried.
     pub max_attempts: u32,
@@ -114,6 +131,7 @@ impl Default for ReloadConfig {
             bucket: "mofa_plugins".into(),
             object_bucket: "mofa_modules".into(),
             history: 10,
+            replicas: 1,
             max_attempts: 3,
             retry_backoff_ms: 200,
             preserve_state: false,
@@ -145,6 +163,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
             nats_url: DEFAULT_NATS_URL.to_string(),
+            nats: NatsAuth::default(),
             plugins_dir: PathBuf::from("plugins"),
             worker_id: None,
             max_concurrency: 512,
@@ -159,6 +178,7 @@ impl Default for WorkerConfig {
             reload: ReloadConfig::default(),
             database: DatabaseConfig::default(),
             jobs: JobsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -260,6 +280,15 @@ impl WorkerConfig {
                 "wasm.max_memory_mb can be at most 2048 (the ABI addresses 2 GiB)".into(),
             ));
         }
+        if !(1..=5).contains(&self.reload.replicas) {
+            return Err(ConfigError::Invalid(format!(
+                "reload.replicas is {}: JetStream keeps 1 to 5 copies of a bucket (1 on a single server, 3 on a 3-node cluster)",
+                self.reload.replicas
+            )));
+        }
+        self.nats
+            .validate()
+            .map_err(|e| ConfigError::Invalid(format!("[nats]: {e}")))?;
         if self.reload.max_attempts == 0 {
             return Err(ConfigError::Invalid(
                 "reload.max_attempts must be at least 1".into(),

@@ -2,7 +2,8 @@
 //! request, answered by every worker, collected for a short while.
 //!
 //! `mofa plugins` lists the endpoints; `mofa tools` and `mofa mcp` take the tools among them
-//! and render them in the shapes LLM APIs accept.
+//! and render them in the shapes LLM APIs accept; `mofa stats` sums every worker's
+//! `$SRV.STATS` per plugin.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -24,17 +25,18 @@ pub struct Endpoint {
     pub metadata: HashMap<String, String>,
 }
 
-/// Every endpoint of every worker that answers `$SRV.INFO.mofa` within `wait`, sorted by plugin
-/// and worker.
-pub async fn endpoints(
+/// The answers of every worker to `$SRV.<verb>.mofa` within `wait`, decoded as `T` (answers
+/// that do not decode are skipped).
+async fn ask_all<T: serde::de::DeserializeOwned>(
     client: &async_nats::Client,
+    verb: &str,
     wait: Duration,
-) -> Result<Vec<Endpoint>, async_nats::Error> {
+) -> Result<Vec<T>, async_nats::Error> {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
     client
         .publish_with_reply(
-            format!("$SRV.INFO.{SERVICE_NAME}"),
+            format!("$SRV.{verb}.{SERVICE_NAME}"),
             inbox,
             bytes::Bytes::new(),
         )
@@ -43,9 +45,21 @@ pub async fn endpoints(
     let mut found = Vec::new();
     let deadline = tokio::time::Instant::now() + wait;
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
-        let Ok(info) = serde_json::from_slice::<async_nats::service::Info>(&message.payload) else {
-            continue;
-        };
+        if let Ok(answer) = serde_json::from_slice::<T>(&message.payload) {
+            found.push(answer);
+        }
+    }
+    Ok(found)
+}
+
+/// Every endpoint of every worker that answers `$SRV.INFO.mofa` within `wait`, sorted by plugin
+/// and worker.
+pub async fn endpoints(
+    client: &async_nats::Client,
+    wait: Duration,
+) -> Result<Vec<Endpoint>, async_nats::Error> {
+    let mut found = Vec::new();
+    for info in ask_all::<async_nats::service::Info>(client, "INFO", wait).await? {
         found.extend(info.endpoints.into_iter().map(|e| Endpoint {
             worker: info.id.clone(),
             plugin: e.name,
@@ -54,6 +68,90 @@ pub async fn endpoints(
     }
     found.sort_by(|a, b| (&a.plugin, &a.worker).cmp(&(&b.plugin, &b.worker)));
     Ok(found)
+}
+
+/// One plugin's counts summed over the workers that serve it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct PluginStats {
+    /// Plugin name.
+    pub plugin: String,
+    /// Workers that serve it.
+    pub workers: usize,
+    /// Requests answered (errors included).
+    pub requests: u64,
+    /// Error replies.
+    pub errors: u64,
+    /// Error replies per code.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Requests answered 503 without running.
+    pub refused: u64,
+    /// Mean processing time, in microseconds.
+    pub average_us: u64,
+    /// Revisions that loaded and serve.
+    pub reloads_completed: u64,
+    /// Revisions that were rejected.
+    pub reloads_failed: u64,
+    /// Rejections after which the previous revision kept serving.
+    pub reloads_rolled_back: u64,
+}
+
+impl PluginStats {
+    /// Completed reloads over completed plus failed; `None` before any reload.
+    pub fn reload_success_rate(&self) -> Option<f64> {
+        let tried = self.reloads_completed + self.reloads_failed;
+        (tried > 0).then(|| self.reloads_completed as f64 / tried as f64)
+    }
+}
+
+/// Every plugin's counts, summed over the workers that answer `$SRV.STATS.mofa` within `wait`,
+/// sorted by plugin.
+pub async fn stats(
+    client: &async_nats::Client,
+    wait: Duration,
+) -> Result<Vec<PluginStats>, async_nats::Error> {
+    let mut plugins: BTreeMap<String, (PluginStats, Duration)> = BTreeMap::new();
+    for answer in ask_all::<async_nats::service::Stats>(client, "STATS", wait).await? {
+        for e in answer.endpoints {
+            let (row, time) = plugins.entry(e.name.clone()).or_insert_with(|| {
+                (
+                    PluginStats {
+                        plugin: e.name.clone(),
+                        ..Default::default()
+                    },
+                    Duration::ZERO,
+                )
+            });
+            row.workers += 1;
+            row.requests += e.requests as u64;
+            row.errors += e.errors as u64;
+            *time += e.processing_time;
+            let data = e.data.unwrap_or_default();
+            let count = |path: &[&str]| {
+                path.iter()
+                    .try_fold(&data, |v, k| v.get(k))
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0)
+            };
+            row.refused += count(&["refused"]);
+            row.reloads_completed += count(&["reloads", "completed"]);
+            row.reloads_failed += count(&["reloads", "failed"]);
+            row.reloads_rolled_back += count(&["reloads", "rolled_back"]);
+            if let Some(codes) = data.get("errors_by_code").and_then(|c| c.as_object()) {
+                for (code, n) in codes {
+                    *row.errors_by_code.entry(code.clone()).or_default() += n.as_u64().unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok(plugins
+        .into_values()
+        .map(|(mut row, time)| {
+            row.average_us = (time.as_micros() as u64)
+                .checked_div(row.requests)
+                .unwrap_or(0);
+            row
+        })
+        .collect())
 }
 
 /// The tools among `endpoints`, one per name (workers serving different revisions of a tool:

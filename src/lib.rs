@@ -37,6 +37,7 @@
 //! fleet's tools to MCP clients.
 
 pub mod config;
+pub mod connection;
 pub mod dev;
 pub mod distribution;
 pub mod fleet;
@@ -49,6 +50,7 @@ pub mod plugin;
 pub mod pyvenv;
 pub mod rhai;
 pub mod subjects;
+pub mod telemetry;
 pub mod wasm;
 pub mod wire;
 pub mod worker;

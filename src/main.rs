@@ -37,6 +37,16 @@ use mofa_bus::{subjects, wire};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as text, or as JSON objects (with the request's trace_id and
+    /// span_id when tracing is on).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "MOFA_LOG_FORMAT"
+    )]
+    log_format: mofa_bus::telemetry::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]
@@ -47,10 +57,8 @@ enum Command {
     /// directory are served on mofa.exec.<plugin> in queue group "mofa". Logs go to stderr;
     /// set RUST_LOG (e.g. RUST_LOG=debug) for more.
     Worker {
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
         /// Directory of *.rhai plugins.
         #[arg(long, env = "MOFA_PLUGINS_DIR")]
         plugins: Option<PathBuf>,
@@ -95,10 +103,11 @@ enum Command {
         /// How long to wait for the reply (e.g. 500ms, 5s).
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        /// Print the trace id, the revision that answered and the round-trip time on stderr.
+        #[arg(long, short)]
+        verbose: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Submit a durable job: stored in the MOFA_JOBS stream until a worker serving PLUGIN has
     /// run it and stored its result (retried on transient errors, dead-lettered after
@@ -122,10 +131,8 @@ enum Command {
         /// How long --wait waits.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Print a job's latest state as JSON: queued, retrying (with the last error), done (with
     /// the output) or failed (with the error and its dead-letter sequence).
@@ -138,10 +145,8 @@ enum Command {
         /// Wait up to this long for a final state (e.g. 10s).
         #[arg(long, value_parser = humantime::parse_duration)]
         wait: Option<Duration>,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// List dead-lettered jobs as JSON lines (oldest first), or submit them again with
     /// --replay (same job id; each replayed one leaves the dead-letter stream).
@@ -154,10 +159,8 @@ enum Command {
         /// Only the dead letter at this sequence (repeatable; see the list's "sequence").
         #[arg(long = "seq")]
         sequences: Vec<u64>,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Publish scripts (.rhai) and modules (.wasm, with their .toml manifest) to the plugins
     /// bucket: every worker, including ones that start later, serves the new revision.
@@ -173,10 +176,8 @@ enum Command {
         /// `mofa keygen`); workers with `reload.trusted_keys` load only signed revisions.
         #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
         sign: Option<String>,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Make an nkey pair for signing revisions: the seed (secret) goes to FILE, or to stdout
     /// without --out; the public key, for workers' `reload.trusted_keys`, to stdout.
@@ -195,10 +196,8 @@ enum Command {
         /// Sign every revision (see `mofa publish --sign`).
         #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
         sign: Option<String>,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Republish an earlier revision of a plugin (default: the one before the current).
     Rollback {
@@ -207,28 +206,22 @@ enum Command {
         /// Revision to return to (see `mofa history`).
         #[arg(long)]
         to: Option<u64>,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Delete a plugin from the bucket: every worker removes its endpoint.
     Remove {
         /// Plugin name.
         plugin: String,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// List the stored revisions of a plugin, oldest first.
     History {
         /// Plugin name.
         plugin: String,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// List the plugins every live worker serves, with kind and revision (Services API INFO).
     Plugins {
@@ -238,10 +231,21 @@ enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Per-plugin counts summed over every live worker (Services API STATS): workers,
+    /// requests, errors by code, refusals, mean time, and reload outcomes with the reload
+    /// success rate (completed / (completed + failed)).
+    Stats {
+        /// How long to collect answers from workers.
+        #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+        wait: Duration,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// List the tools the live fleet serves, as JSON in the function-calling shape of an LLM API.
     Tools {
@@ -253,10 +257,8 @@ enum Command {
         /// How long to collect answers from workers.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
         wait: Duration,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Serve the fleet's tools to an MCP client (Model Context Protocol over stdio).
     ///
@@ -268,19 +270,15 @@ enum Command {
         /// How long a tool call may take.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Print events as JSON lines: result events of one plugin, or every event.
     Events {
         /// Plugin name; omitted: all plugins and all event kinds (mofa.events.>).
         plugin: Option<String>,
-        /// NATS server URL [default: a live `mofa worker --dev` server, else
-        /// nats://127.0.0.1:4222]
-        #[arg(long, env = "MOFA_NATS_URL")]
-        nats: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
 }
 
@@ -316,13 +314,89 @@ impl DatabaseArgs {
     }
 }
 
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+/// Where and how a command connects to NATS: the same flags on every verb.
+#[derive(clap::Args, Debug, Clone, Default)]
+struct NatsArgs {
+    /// NATS server URL, or several comma-separated (a cluster: the client reconnects to
+    /// another when one goes down) [default: a live `mofa worker --dev` server, else
+    /// nats://127.0.0.1:4222]
+    #[arg(long, env = "MOFA_NATS_URL")]
+    nats: Option<String>,
+    /// Credentials file (user JWT and nkey seed, as `nsc` writes it).
+    #[arg(long, env = "MOFA_NATS_CREDS")]
+    creds: Option<PathBuf>,
+    /// nkey seed (SU…), or a file holding it.
+    #[arg(long, env = "MOFA_NATS_NKEY", hide_env_values = true)]
+    nkey: Option<String>,
+    /// User name (with --password).
+    #[arg(long, env = "MOFA_NATS_USER")]
+    user: Option<String>,
+    /// Password of --user.
+    #[arg(long, env = "MOFA_NATS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Authentication token.
+    #[arg(long, env = "MOFA_NATS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA certificates that sign the server's certificate.
+    #[arg(long, env = "MOFA_NATS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (with --tls-key).
+    #[arg(long, env = "MOFA_NATS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "MOFA_NATS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Require TLS even if the server does not ask for it.
+    #[arg(long)]
+    tls: bool,
+    /// Start TLS before the server's greeting (servers with `handshake_first`).
+    #[arg(long)]
+    tls_first: bool,
+}
+
+impl NatsArgs {
+    fn auth(&self) -> mofa_bus::connection::NatsAuth {
+        mofa_bus::connection::NatsAuth {
+            creds: self.creds.clone(),
+            nkey: self.nkey.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            token: self.token.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_required: self.tls,
+            tls_first: self.tls_first,
+        }
+    }
+
+    /// The URL (or the `--dev` server's) with the credentials.
+    fn resolve(&self) -> Nats {
+        Nats {
+            url: dev::resolve_url(self.nats.clone()),
+            auth: self.auth(),
+        }
+    }
+}
+
+/// A client command's connection settings, resolved.
+struct Nats {
+    url: String,
+    auth: mofa_bus::connection::NatsAuth,
+}
+
+impl Nats {
+    /// Connects as `name` (shown by the server's monitoring).
+    async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        let servers = mofa_bus::connection::servers(&self.url)?;
+        self.auth
+            .options()
+            .await?
+            .name(name)
+            .connect(servers.as_slice())
+            .await
+            .with_context(|| format!("cannot connect to NATS at {}", self.url))
+    }
 }
 
 fn main() -> ExitCode {
@@ -333,19 +407,39 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = runtime.block_on(run());
+    let cli = Cli::parse();
+    let telemetry = init_telemetry(&cli);
+    let code = runtime.block_on(run(cli));
     // A task still blocked (a stdin read of `mofa mcp`) must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(500));
+    // Outside the runtime: the exporters' last flush blocks.
+    telemetry.shutdown();
     code
 }
 
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
+/// Logs to stderr, and OpenTelemetry export when configured (the worker's config file's
+/// `[telemetry]` section, or the standard `OTEL_*` variables for every command).
+fn init_telemetry(cli: &Cli) -> mofa_bus::telemetry::Telemetry {
+    use mofa_bus::telemetry::{Setup, TelemetryConfig};
     // The worker logs its progress; client commands print only their results and warnings.
-    init_logging(match cli.command {
-        Command::Worker { .. } => "info",
-        _ => "warn",
-    });
+    let (default_filter, service_name, file) = match &cli.command {
+        Command::Worker { config, .. } => ("info", "mofa-worker", config.as_deref()),
+        _ => ("warn", "mofa", None),
+    };
+    // A config file that does not read is reported when the worker loads it.
+    let config = file
+        .and_then(|path| WorkerConfig::from_file(path).ok())
+        .map(|c| c.telemetry)
+        .unwrap_or_else(TelemetryConfig::default);
+    mofa_bus::telemetry::init(Setup {
+        default_filter,
+        format: cli.log_format,
+        config: &config,
+        service_name,
+    })
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Worker {
             nats,
@@ -364,8 +458,9 @@ async fn run() -> ExitCode {
             plugin,
             input,
             timeout,
+            verbose,
             nats,
-        } => exec(&dev::resolve_url(nats), &plugin, input.as_deref(), timeout).await,
+        } => exec(&nats.resolve(), &plugin, input.as_deref(), timeout, verbose).await,
         Command::Submit {
             plugin,
             input,
@@ -376,7 +471,7 @@ async fn run() -> ExitCode {
         } => {
             let wait = wait.then_some(timeout);
             submit(
-                &dev::resolve_url(nats),
+                &nats.resolve(),
                 &plugin,
                 input.as_deref(),
                 id.as_deref(),
@@ -384,53 +479,34 @@ async fn run() -> ExitCode {
             )
             .await
         }
-        Command::Job { id, wait, nats } => job(&dev::resolve_url(nats), &id, wait).await,
+        Command::Job { id, wait, nats } => job(&nats.resolve(), &id, wait).await,
         Command::Dlq {
             plugin,
             replay,
             sequences,
             nats,
-        } => {
-            dlq(
-                &dev::resolve_url(nats),
-                plugin.as_deref(),
-                replay,
-                &sequences,
-            )
-            .await
-        }
-        Command::Events { plugin, nats } => {
-            events(&dev::resolve_url(nats), plugin.as_deref()).await
-        }
+        } => dlq(&nats.resolve(), plugin.as_deref(), replay, &sequences).await,
+        Command::Events { plugin, nats } => events(&nats.resolve(), plugin.as_deref()).await,
         Command::Publish {
             files,
             version,
             sign,
             nats,
-        } => {
-            publish(
-                &dev::resolve_url(nats),
-                &files,
-                version.as_deref(),
-                sign.as_deref(),
-            )
-            .await
-        }
+        } => publish(&nats.resolve(), &files, version.as_deref(), sign.as_deref()).await,
         Command::Keygen { out } => keygen(out.as_deref()),
         Command::Watch {
             dir,
             debounce,
             sign,
             nats,
-        } => watch(&dev::resolve_url(nats), &dir, debounce, sign.as_deref()).await,
-        Command::Rollback { plugin, to, nats } => {
-            rollback(&dev::resolve_url(nats), &plugin, to).await
-        }
-        Command::Remove { plugin, nats } => remove(&dev::resolve_url(nats), &plugin).await,
-        Command::History { plugin, nats } => history(&dev::resolve_url(nats), &plugin).await,
-        Command::Plugins { wait, json, nats } => plugins(&dev::resolve_url(nats), wait, json).await,
-        Command::Tools { format, wait, nats } => tools(&dev::resolve_url(nats), format, wait).await,
-        Command::Mcp { timeout, nats } => mcp(&dev::resolve_url(nats), timeout).await,
+        } => watch(&nats.resolve(), &dir, debounce, sign.as_deref()).await,
+        Command::Rollback { plugin, to, nats } => rollback(&nats.resolve(), &plugin, to).await,
+        Command::Remove { plugin, nats } => remove(&nats.resolve(), &plugin).await,
+        Command::History { plugin, nats } => history(&nats.resolve(), &plugin).await,
+        Command::Plugins { wait, json, nats } => plugins(&nats.resolve(), wait, json).await,
+        Command::Stats { wait, json, nats } => stats(&nats.resolve(), wait, json).await,
+        Command::Tools { format, wait, nats } => tools(&nats.resolve(), format, wait).await,
+        Command::Mcp { timeout, nats } => mcp(&nats.resolve(), timeout).await,
     };
     match result {
         Ok(code) => code,
@@ -442,7 +518,7 @@ async fn run() -> ExitCode {
 }
 
 async fn worker(
-    nats: Option<String>,
+    nats: NatsArgs,
     plugins: Option<PathBuf>,
     name: Option<String>,
     config_file: Option<PathBuf>,
@@ -455,8 +531,13 @@ async fn worker(
     let file_sets_url = config_file
         .as_deref()
         .is_some_and(|path| WorkerConfig::file_sets(path, "nats_url"));
-    let given = nats.or_else(|| file_sets_url.then(|| config.nats_url.clone()));
+    let given = nats
+        .nats
+        .clone()
+        .or_else(|| file_sets_url.then(|| config.nats_url.clone()));
     config.nats_url = dev::resolve_url(given);
+    config.nats = nats.auth().or(&config.nats);
+    config.validate()?;
     if let Some(plugins) = plugins {
         config.plugins_dir = plugins;
     }
@@ -544,20 +625,59 @@ async fn dev_server(config: &mut WorkerConfig) -> anyhow::Result<Option<dev::Dev
 }
 
 async fn exec(
-    url: &str,
+    nats: &Nats,
     plugin: &str,
     input: Option<&str>,
     timeout: Duration,
+    verbose: bool,
 ) -> anyhow::Result<ExitCode> {
+    use mofa_bus::telemetry;
+    use tracing::Instrument;
     subjects::validate_name(plugin)?;
     let value = json_input(input)?;
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let client = nats.connect("mofa").await?;
+    // Every request starts a trace: the CLI's own span when it exports, else a fresh
+    // traceparent, so the worker's span and result event carry an id to look up.
+    let span = if telemetry::enabled() {
+        tracing::info_span!(
+            target: telemetry::TARGET,
+            "mofa exec",
+            otel.name = format!("mofa exec {plugin}"),
+            otel.kind = "client",
+            messaging.system = "nats",
+            messaging.operation.type = "send",
+            messaging.destination.name = subjects::exec(plugin),
+        )
+    } else {
+        tracing::Span::none()
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    let trace_id = match telemetry::trace_id(&span) {
+        Some(trace_id) => {
+            let _entered = span.enter();
+            telemetry::inject(&mut headers);
+            trace_id
+        }
+        None => {
+            let (traceparent, trace_id) = telemetry::new_trace_parent();
+            headers.insert(telemetry::TRACEPARENT, traceparent.as_str());
+            trace_id
+        }
+    };
     let request = async_nats::Request::new()
+        .headers(headers)
         .payload(wire::encode(&value))
         .timeout(Some(timeout));
-    let reply = match client.send_request(subjects::exec(plugin), request).await {
+    let sent = std::time::Instant::now();
+    let answer = client
+        .send_request(subjects::exec(plugin), request)
+        .instrument(span)
+        .await;
+    if verbose {
+        eprintln!("trace_id: {trace_id}");
+        eprintln!("round trip: {} µs", sent.elapsed().as_micros());
+    }
+    let reply = match answer {
         Ok(reply) => reply,
         Err(e) => {
             use async_nats::RequestErrorKind;
@@ -577,6 +697,14 @@ async fn exec(
             anyhow::bail!(why);
         }
     };
+    if verbose {
+        let revision = reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::HEADER_REVISION))
+            .map_or("- (not from the bucket)", |v| v.as_str());
+        eprintln!("revision: {revision}");
+    }
     if let Some((code, message)) = wire::reply_error(reply.headers.as_ref()) {
         eprintln!("error {code}: {message}");
         return Ok(ExitCode::from(1));
@@ -598,10 +726,8 @@ fn json_input(input: Option<&str>) -> anyhow::Result<wire::Value> {
     }
 }
 
-async fn jobs(url: &str) -> anyhow::Result<mofa_bus::jobs::Jobs> {
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+async fn jobs(nats: &Nats) -> anyhow::Result<mofa_bus::jobs::Jobs> {
+    let client = nats.connect("mofa").await?;
     Ok(mofa_bus::jobs::Jobs::open(client, &mofa_bus::jobs::JobsConfig::default()).await?)
 }
 
@@ -624,7 +750,7 @@ fn print_job(record: &mofa_bus::jobs::JobResult) -> anyhow::Result<ExitCode> {
 
 /// `mofa submit PLUGIN [JSON] [--id ID] [--wait]`.
 async fn submit(
-    url: &str,
+    nats: &Nats,
     plugin: &str,
     input: Option<&str>,
     id: Option<&str>,
@@ -632,7 +758,7 @@ async fn submit(
 ) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
     let value = json_input(input)?;
-    let jobs = jobs(url).await?;
+    let jobs = jobs(nats).await?;
     let submitted = jobs.submit(plugin, &value, id).await?;
     if !jobs.consumed(plugin).await.unwrap_or(true) {
         eprintln!(
@@ -664,8 +790,8 @@ async fn submit(
 }
 
 /// `mofa job ID [--wait D]`.
-async fn job(url: &str, id: &str, wait: Option<Duration>) -> anyhow::Result<ExitCode> {
-    let jobs = jobs(url).await?;
+async fn job(nats: &Nats, id: &str, wait: Option<Duration>) -> anyhow::Result<ExitCode> {
+    let jobs = jobs(nats).await?;
     let record = match wait {
         Some(timeout) => jobs.wait(id, timeout).await?,
         None => jobs.result(id).await?,
@@ -686,12 +812,12 @@ async fn job(url: &str, id: &str, wait: Option<Duration>) -> anyhow::Result<Exit
 
 /// `mofa dlq [PLUGIN] [--replay] [--seq N ...]`.
 async fn dlq(
-    url: &str,
+    nats: &Nats,
     plugin: Option<&str>,
     replay: bool,
     sequences: &[u64],
 ) -> anyhow::Result<ExitCode> {
-    let jobs = jobs(url).await?;
+    let jobs = jobs(nats).await?;
     let letters = jobs.dead_letters(plugin).await?;
     if let Some(missing) = sequences
         .iter()
@@ -728,7 +854,7 @@ async fn dlq(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn events(url: &str, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
+async fn events(nats: &Nats, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
     let subject = match plugin {
         Some(p) => {
             subjects::validate_name(p)?;
@@ -736,9 +862,7 @@ async fn events(url: &str, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
         }
         None => "mofa.events.>".to_string(),
     };
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let client = nats.connect("mofa").await?;
     let mut sub = client.subscribe(subject).await?;
     let mut stdout = std::io::stdout();
     let stop = mofa_bus::worker::shutdown::signal();
@@ -768,20 +892,18 @@ async fn events(url: &str, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn distribution(url: &str) -> anyhow::Result<Distribution> {
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+async fn distribution(nats: &Nats) -> anyhow::Result<Distribution> {
+    let client = nats.connect("mofa").await?;
     Ok(Distribution::open(client, &ReloadConfig::default()).await?)
 }
 
 /// The bucket, signing what it puts when `sign` names a key.
-async fn signing_distribution(url: &str, sign: Option<&str>) -> anyhow::Result<Distribution> {
+async fn signing_distribution(nats: &Nats, sign: Option<&str>) -> anyhow::Result<Distribution> {
     let key = sign
         .map(mofa_bus::distribution::signature::signing_key)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let mut distribution = distribution(url).await?;
+    let mut distribution = distribution(nats).await?;
     if let Some(key) = key {
         distribution.sign_with(key);
     }
@@ -814,12 +936,12 @@ fn keygen(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
 }
 
 async fn publish(
-    url: &str,
+    nats: &Nats,
     files: &[PathBuf],
     version: Option<&str>,
     sign: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let distribution = signing_distribution(url, sign).await?;
+    let distribution = signing_distribution(nats, sign).await?;
     for file in files {
         let (plugin, revision) = distribution
             .publish_file(file, version, INLINE_LIMIT)
@@ -830,12 +952,12 @@ async fn publish(
 }
 
 async fn watch(
-    url: &str,
+    nats: &Nats,
     dir: &std::path::Path,
     debounce: Duration,
     sign: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let distribution = signing_distribution(url, sign).await?;
+    let distribution = signing_distribution(nats, sign).await?;
     eprintln!(
         "watching {} (debounce {})",
         dir.display(),
@@ -866,23 +988,23 @@ async fn watch(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rollback(url: &str, plugin: &str, to: Option<u64>) -> anyhow::Result<ExitCode> {
+async fn rollback(nats: &Nats, plugin: &str, to: Option<u64>) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    let (revision, from) = distribution(url).await?.rollback(plugin, to).await?;
+    let (revision, from) = distribution(nats).await?.rollback(plugin, to).await?;
     println!("rolled {plugin} back to revision {from} (published as revision {revision})");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn remove(url: &str, plugin: &str) -> anyhow::Result<ExitCode> {
+async fn remove(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    distribution(url).await?.remove(plugin).await?;
+    distribution(nats).await?.remove(plugin).await?;
     println!("removed {plugin}");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn history(url: &str, plugin: &str) -> anyhow::Result<ExitCode> {
+async fn history(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    let history = distribution(url).await?.history(plugin).await?;
+    let history = distribution(nats).await?.history(plugin).await?;
     if history.is_empty() {
         anyhow::bail!("{plugin} was never published");
     }
@@ -906,10 +1028,8 @@ async fn history(url: &str, plugin: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn plugins(url: &str, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
+    let client = nats.connect("mofa").await?;
     let rows: Vec<serde_json::Value> = mofa_bus::fleet::endpoints(&client, wait)
         .await
         .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?
@@ -957,24 +1077,72 @@ async fn plugins(url: &str, wait: Duration, json: bool) -> anyhow::Result<ExitCo
             );
         }
     }
-    if rows.is_empty() {
-        eprintln!(
-            "no worker answered within {}",
-            humantime::format_duration(wait)
+    Ok(answered(!rows.is_empty(), wait))
+}
+
+async fn stats(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
+    let client = nats.connect("mofa").await?;
+    let rows = mofa_bus::fleet::stats(&client, wait)
+        .await
+        .map_err(|e| anyhow::anyhow!("$SRV.STATS: {e}"))?;
+    if json {
+        for row in &rows {
+            let mut line = serde_json::to_value(row)?;
+            line["reload_success_rate"] = serde_json::json!(row.reload_success_rate());
+            println!("{line}");
+        }
+    } else {
+        println!(
+            "{:<24} {:>7} {:>10} {:>8} {:>8} {:>9}  {:<18} {:>8} {:>6} {:>7} {:>8}",
+            "PLUGIN",
+            "WORKERS",
+            "REQUESTS",
+            "ERRORS",
+            "REFUSED",
+            "MEAN µs",
+            "BY CODE",
+            "RELOADED",
+            "FAILED",
+            "ROLLBK",
+            "SUCCESS"
         );
-        return Ok(ExitCode::from(2));
+        for r in &rows {
+            let codes = r
+                .errors_by_code
+                .iter()
+                .map(|(code, n)| format!("{code}:{n}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            println!(
+                "{:<24} {:>7} {:>10} {:>8} {:>8} {:>9}  {:<18} {:>8} {:>6} {:>7} {:>8}",
+                r.plugin,
+                r.workers,
+                r.requests,
+                r.errors,
+                r.refused,
+                r.average_us,
+                if codes.is_empty() {
+                    "-".to_string()
+                } else {
+                    codes
+                },
+                r.reloads_completed,
+                r.reloads_failed,
+                r.reloads_rolled_back,
+                r.reload_success_rate()
+                    .map_or("-".to_string(), |rate| format!("{:.1}%", rate * 100.0)),
+            );
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(answered(!rows.is_empty(), wait))
 }
 
 async fn tools(
-    url: &str,
+    nats: &Nats,
     format: mofa_bus::fleet::ToolFormat,
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
-    let client = async_nats::connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    let client = nats.connect("mofa").await?;
     let endpoints = mofa_bus::fleet::endpoints(&client, wait)
         .await
         .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?;
@@ -983,22 +1151,23 @@ async fn tools(
         "{}",
         serde_json::to_string_pretty(&mofa_bus::fleet::render(&tools, format))?
     );
-    if endpoints.is_empty() {
-        eprintln!(
-            "no worker answered within {}",
-            humantime::format_duration(wait)
-        );
-        return Ok(ExitCode::from(2));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(answered(!endpoints.is_empty(), wait))
 }
 
-async fn mcp(url: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
-    let client = async_nats::ConnectOptions::new()
-        .name("mofa mcp")
-        .connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+/// Exit 0 when some worker answered a fleet query, else 2 with a note on stderr.
+fn answered(any: bool, wait: Duration) -> ExitCode {
+    if any {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "no worker answered within {}",
+        humantime::format_duration(wait)
+    );
+    ExitCode::from(2)
+}
+
+async fn mcp(nats: &Nats, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let client = nats.connect("mofa mcp").await?;
     let options = mofa_bus::mcp::McpOptions {
         call_timeout: timeout,
         ..Default::default()

@@ -314,6 +314,10 @@ pub struct ResultEvent<'a> {
     pub worker: Cow<'a, str>,
     /// The caller's `Mofa-Request-Id` header, or an id the worker generated.
     pub request_id: String,
+    /// The W3C trace id (32 hex digits) of the request's trace: its span's when the worker
+    /// traces, else the caller's `traceparent`'s; absent when neither exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// Whether the plugin returned a value.
     pub ok: bool,
     /// Error code when `ok` is false.

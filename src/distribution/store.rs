@@ -98,6 +98,7 @@ impl Distribution {
                     description: "mofa-bus plugins: one key per plugin, history for rollback"
                         .into(),
                     history: config.history,
+                    num_replicas: config.replicas,
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })
@@ -119,6 +120,7 @@ impl Distribution {
                     description: Some(
                         "mofa-bus modules too large for a KV value, by SHA-256".into(),
                     ),
+                    num_replicas: config.replicas,
                     storage: jetstream::stream::StorageType::File,
                     ..Default::default()
                 })

@@ -191,6 +191,11 @@ impl SandboxPool {
             .max(4)
     }
 
+    /// Jobs waiting for a thread now.
+    pub fn queued(&self) -> usize {
+        self.jobs.len() + self.nested.len()
+    }
+
     /// Number of threads.
     pub fn threads(&self) -> usize {
         self.threads

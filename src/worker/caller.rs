@@ -1,14 +1,18 @@
 //! How a plugin calls another plugin: locally when this worker serves it, otherwise over the
-//! bus as an ordinary request carrying the call depth in `Mofa-Call-Depth`.
+//! bus as an ordinary request carrying the call depth in `Mofa-Call-Depth` and the trace
+//! context in `traceparent`. Each call is a `mofa.call <plugin>` span, a child of the calling
+//! request's, so a chain across workers is one trace.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::future::BoxFuture;
+use tracing::Instrument;
 
 use crate::plugin::{CallContext, PluginCaller, PluginError, PluginManager, PluginState, Value};
 use crate::subjects;
+use crate::telemetry;
 use crate::wire;
 
 /// The worker's [`PluginCaller`].
@@ -30,16 +34,28 @@ impl PluginCaller for BusCaller {
             .upgrade()
             .and_then(|m| m.get(plugin))
             .filter(|p| p.state() == PluginState::Running);
+        // Made here, on the calling plugin's thread, where its request's span is current.
+        let span = telemetry::call_span(plugin, context.depth, local.is_some());
         let (client, plugin, timeout) = (self.client.clone(), plugin.to_string(), self.timeout);
-        Box::pin(async move {
-            if let Some(local) = local {
-                return local.execute_in(input, context).await;
+        let traced = span.clone();
+        Box::pin(
+            async move {
+                let result = match local {
+                    Some(local) => local.execute_in(input, context).await,
+                    None => {
+                        let timeout = context.deadline.map_or(timeout, |d| {
+                            d.saturating_duration_since(std::time::Instant::now())
+                        });
+                        remote(client, &plugin, input, context.depth, timeout).await
+                    }
+                };
+                if let Err(e) = &result {
+                    telemetry::call_failed(&traced, e.code().as_u16(), &e.to_string());
+                }
+                result
             }
-            let timeout = context.deadline.map_or(timeout, |d| {
-                d.saturating_duration_since(std::time::Instant::now())
-            });
-            remote(client, &plugin, input, context.depth, timeout).await
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -53,6 +69,7 @@ async fn remote(
     subjects::validate_name(plugin).map_err(|e| PluginError::BadInput(e.to_string()))?;
     let mut headers = HeaderMap::new();
     headers.insert(wire::HEADER_CALL_DEPTH, depth.to_string().as_str());
+    telemetry::inject(&mut headers);
     let request = async_nats::Request::new()
         .headers(headers)
         .payload(wire::encode(&input))

@@ -8,6 +8,7 @@
 //! reply. The permit is released before the reply is published, so a client keeping exactly
 //! `max_concurrency` requests in flight never waits.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,15 +18,18 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
 use futures::{FutureExt, StreamExt};
+use opentelemetry::KeyValue;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::distribution::Revision;
 use crate::plugin::{
     block_on, panic_message, CallContext, ManagedPlugin, PluginError, SandboxPool,
 };
 use crate::subjects;
+use crate::telemetry::{self, Instruments, PluginSnapshot, RequestSpan};
 use crate::wire::{self, ResultEvent, Value};
 
 /// Counters for the Services API `STATS` reply. Updated with atomics; the last error takes a
@@ -36,6 +40,8 @@ pub struct EndpointStats {
     errors: AtomicU64,
     processing_ns: AtomicU64,
     last_error: Mutex<Option<(u16, String)>>,
+    /// Error replies per code (updated under the same rare lock as `last_error`).
+    by_code: Mutex<BTreeMap<u16, u64>>,
     /// Requests waiting in the queue now.
     queued: AtomicUsize,
     /// Requests answered 503 because the queue was full or their wait ran out.
@@ -49,8 +55,15 @@ impl EndpointStats {
             .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
         if let Some(error) = error {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            let code = error.code().as_u16();
             *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((error.code().as_u16(), error.to_string()));
+                Some((code, error.to_string()));
+            *self
+                .by_code
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(code)
+                .or_default() += 1;
         }
     }
 
@@ -77,6 +90,12 @@ impl EndpointStats {
     /// Requests refused (503) because the queue was full or they could not start in time.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Error replies per code.
+    pub fn errors_by_code(&self) -> Vec<(u16, u64)> {
+        let by_code = self.by_code.lock().unwrap_or_else(|e| e.into_inner());
+        by_code.iter().map(|(code, n)| (*code, *n)).collect()
     }
 
     /// The last error as (code, message).
@@ -127,6 +146,9 @@ pub(crate) struct Endpoint {
     worker_id: Arc<str>,
     events: bool,
     include_output: bool,
+    instruments: Arc<Instruments>,
+    /// `mofa.plugin = <name>`, built once for the duration histogram.
+    plugin_attribute: KeyValue,
 }
 
 impl Endpoint {
@@ -136,8 +158,10 @@ impl Endpoint {
         config: &crate::config::WorkerConfig,
         worker_id: Arc<str>,
         pool: Arc<SandboxPool>,
+        instruments: Arc<Instruments>,
     ) -> Self {
         let name = served.plugin.id().to_string();
+        let name_for_attribute = name.clone();
         let max_payload = match client.server_info().max_payload {
             0 => usize::MAX,
             max => max,
@@ -159,6 +183,20 @@ impl Endpoint {
             worker_id,
             events: config.events.results,
             include_output: config.events.include_output,
+            instruments,
+            plugin_attribute: telemetry::plugin_attribute(&name_for_attribute),
+        }
+    }
+
+    /// This endpoint's counts, for the metrics.
+    pub(crate) fn snapshot(&self) -> PluginSnapshot {
+        PluginSnapshot {
+            plugin: self.name.clone(),
+            requests: self.stats.requests(),
+            errors: self.stats.errors_by_code(),
+            refused: self.stats.refused(),
+            in_flight: (self.limit - self.permits.available_permits()) as u64,
+            queued: self.stats.queued() as u64,
         }
     }
 
@@ -223,8 +261,15 @@ impl Endpoint {
         // The deadline counts from here: time spent queued for a slot or a sandbox thread is
         // part of it.
         let context = call_context(&message, Instant::now());
+        let span = telemetry::request_span(
+            &self.subject,
+            &self.name,
+            &self.worker_id,
+            message.headers.as_ref(),
+            message.payload.len(),
+        );
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            self.start(message, permit, context, tracker);
+            self.start(message, permit, context, span, tracker);
             return;
         }
         if self.stats.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
@@ -233,7 +278,7 @@ impl Endpoint {
                 "plugin {} is saturated: {} requests in flight and {} waiting on this worker (max_concurrency, max_queue); retry, or add workers",
                 self.name, self.limit, self.max_queue
             ));
-            self.refuse(&message, error).await;
+            self.refuse(&message, error, &span).await;
             return;
         }
         let endpoint = self.clone();
@@ -245,10 +290,10 @@ impl Endpoint {
                     .await;
             endpoint.stats.queued.fetch_sub(1, Ordering::Relaxed);
             match permit {
-                Ok(Ok(permit)) => endpoint.start(message, permit, context, &waiting),
+                Ok(Ok(permit)) => endpoint.start(message, permit, context, span, &waiting),
                 _ => {
                     let error = endpoint.not_started();
-                    endpoint.refuse(&message, error).await;
+                    endpoint.refuse(&message, error, &span).await;
                 }
             }
         });
@@ -260,13 +305,19 @@ impl Endpoint {
         message: Message,
         permit: OwnedSemaphorePermit,
         context: CallContext,
+        span: RequestSpan,
         tracker: &TaskTracker,
     ) {
         let endpoint = self.clone();
+        let running = span.span().clone();
+        let request = endpoint
+            .clone()
+            .handle(message, permit, context, span)
+            .instrument(running);
         if crate::kinds::is_sandboxed(self.served().plugin.kind()) {
             // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
             // there (execute, reply, event) instead of hopping back to an async thread.
-            let request = tracker.track_future(endpoint.clone().handle(message, permit, context));
+            let request = tracker.track_future(request);
             let runtime = self.runtime.clone();
             let job = move || {
                 let _context = runtime.enter();
@@ -285,7 +336,7 @@ impl Endpoint {
         } else {
             // Most native plugins finish without ever waiting: poll the request once here and
             // only pay for a task when it has to wait (I/O, backpressure).
-            let mut request = Box::pin(endpoint.handle(message, permit, context));
+            let mut request = Box::pin(request);
             let mut cx = Context::from_waker(Waker::noop());
             if request.as_mut().poll(&mut cx).is_pending() {
                 tracker.spawn(request);
@@ -316,11 +367,21 @@ impl Endpoint {
     }
 
     /// Answers a request that never ran with 503 `error`.
-    async fn refuse(&self, message: &Message, error: PluginError) {
+    async fn refuse(&self, message: &Message, error: PluginError, span: &RequestSpan) {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         let served = self.served();
+        span.served(
+            served.plugin.kind().as_str(),
+            served.revision.as_ref().map(|r| r.number),
+        );
+        span.failed(error.code().as_u16(), &error.to_string());
         self.reply_error(message, &error, &served).await;
         self.stats.record(Duration::ZERO, Some(&error));
+        self.instruments.record(
+            &self.plugin_attribute,
+            Some(error.code().as_u16()),
+            Duration::ZERO,
+        );
     }
 
     async fn handle(
@@ -328,18 +389,31 @@ impl Endpoint {
         message: Message,
         permit: OwnedSemaphorePermit,
         context: CallContext,
+        span: RequestSpan,
     ) {
         let started = Instant::now();
         let served = self.served();
+        if let Some(admitted) = context.admitted {
+            span.phase(
+                "mofa.queue_wait_us",
+                started.saturating_duration_since(admitted),
+            );
+        }
         // A request that waited for a sandbox thread until its deadline is refused like one
         // that waited for a slot, rather than started with no time left.
         if context.admitted.is_some() && started >= self.start_by(&served, &context) {
             drop(permit);
             let error = self.not_started();
-            self.refuse(&message, error).await;
+            self.refuse(&message, error, &span).await;
             return;
         }
-        let result = self.execute(&served, &message.payload, context).await;
+        span.served(
+            served.plugin.kind().as_str(),
+            served.revision.as_ref().map(|r| r.number),
+        );
+        let result = self
+            .execute(&served, &message.payload, context, &span)
+            .await;
         drop(permit);
         let elapsed = started.elapsed();
         match &result {
@@ -362,18 +436,25 @@ impl Endpoint {
                 self.stats.record(elapsed, None);
             }
             Err(error) => {
+                span.failed(error.code().as_u16(), &error.to_string());
                 self.reply_error(&message, error, &served).await;
                 self.stats.record(elapsed, Some(error));
             }
         }
+        span.phase("mofa.reply_us", started.elapsed().saturating_sub(elapsed));
+        self.instruments.record(
+            &self.plugin_attribute,
+            result.as_ref().err().map(|e| e.code().as_u16()),
+            elapsed,
+        );
         if self.events {
-            let request_id = message
-                .headers
-                .as_ref()
+            let headers = message.headers.as_ref();
+            let request_id = headers
                 .and_then(|h| h.get(wire::HEADER_REQUEST_ID))
                 .map(|v| v.as_str());
+            let trace_id = span.trace_id(headers);
             let result = result.map(|(output, _)| output);
-            self.publish_event(request_id, &served, result, elapsed)
+            self.publish_event(request_id, trace_id, &served, result, elapsed)
                 .await;
         }
     }
@@ -386,8 +467,12 @@ impl Endpoint {
         served: &Served,
         payload: &[u8],
         context: CallContext,
+        span: &RequestSpan,
     ) -> Result<(Value, bytes::Bytes), PluginError> {
+        let decoding = Instant::now();
         let input = wire::decode(payload).map_err(|e| PluginError::BadInput(e.to_string()))?;
+        let executing = Instant::now();
+        span.phase("mofa.decode_us", executing - decoding);
         let output = AssertUnwindSafe(served.plugin.execute_in(input, context))
             .catch_unwind()
             .await
@@ -397,7 +482,9 @@ impl Endpoint {
                     self.name,
                     panic_message(&*panic)
                 )))
-            })?;
+            });
+        span.phase("mofa.execute_us", executing.elapsed());
+        let output = output?;
         let body = wire::encode(&output);
         if body.len() + REPLY_HEADROOM > self.max_payload {
             return Err(PluginError::LimitExceeded(format!(
@@ -425,14 +512,20 @@ impl Endpoint {
             deadline: None,
             admitted: Some(started),
         };
+        let span = RequestSpan::none();
         let result = self
-            .execute(&served, payload, context)
+            .execute(&served, payload, context, &span)
             .await
             .map(|(output, _)| output);
         let elapsed = started.elapsed();
         self.stats.record(elapsed, result.as_ref().err());
+        self.instruments.record(
+            &self.plugin_attribute,
+            result.as_ref().err().map(|e| e.code().as_u16()),
+            elapsed,
+        );
         if self.events {
-            self.publish_event(Some(job), &served, result.clone(), elapsed)
+            self.publish_event(Some(job), None, &served, result.clone(), elapsed)
                 .await;
         }
         (result, served.revision.as_ref().map(|r| r.number))
@@ -465,6 +558,7 @@ impl Endpoint {
     async fn publish_event(
         &self,
         request_id: Option<&str>,
+        trace_id: Option<String>,
         served: &Served,
         result: Result<Value, PluginError>,
         elapsed: Duration,
@@ -488,6 +582,7 @@ impl Endpoint {
             revision: served.revision.as_ref().map(|r| r.number),
             worker: (*self.worker_id).into(),
             request_id,
+            trace_id,
             ok,
             code,
             message: error_message,

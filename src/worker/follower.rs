@@ -333,6 +333,16 @@ impl Follower {
         revision: u64,
         fill: impl FnOnce(&mut ReloadEvent),
     ) {
+        use crate::telemetry::ReloadOutcome;
+        let outcome = match status {
+            ReloadStatus::Completed => Some(ReloadOutcome::Completed),
+            ReloadStatus::Failed => Some(ReloadOutcome::Failed),
+            ReloadStatus::RolledBack => Some(ReloadOutcome::RolledBack),
+            ReloadStatus::Started | ReloadStatus::Removed => None,
+        };
+        if let Some(outcome) = outcome {
+            self.shared.reloads.record(plugin, outcome);
+        }
         let mut event = ReloadEvent {
             event: "reload".to_string(),
             status,

@@ -37,6 +37,7 @@ use crate::plugin::{
 };
 use crate::rhai::{ScriptEngine, StateMap};
 use crate::subjects::{self, QUEUE_GROUP};
+use crate::telemetry::{Instruments, PluginSnapshot, ReloadCounts};
 use crate::wasm::WasmRuntime;
 use endpoint::{Endpoint, Served};
 
@@ -72,6 +73,10 @@ pub enum WorkerError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The connection settings cannot work (a bad URL, two ways to authenticate, a missing
+    /// credentials file).
+    #[error(transparent)]
+    Connection(#[from] crate::connection::ConnectionError),
     /// No NATS server answered.
     #[error("cannot connect to NATS at {url}: {source} (start one with `nats-server -js`, or run `mofa worker --dev`)")]
     Connect {
@@ -139,6 +144,10 @@ pub(crate) struct Shared {
     reconnects: watch::Receiver<u64>,
     endpoints: Mutex<BTreeMap<String, Slot>>,
     states: Mutex<HashMap<String, StateMap>>,
+    /// Reload outcomes per plugin, for `$SRV.STATS` and the `mofa.reloads` metric.
+    pub(crate) reloads: Arc<ReloadCounts>,
+    /// The request duration histogram (the other metrics read the endpoints' counts).
+    instruments: Arc<Instruments>,
     tracker: TaskTracker,
     shutdown: watch::Receiver<bool>,
 }
@@ -188,6 +197,7 @@ impl Shared {
             &self.config,
             self.id.clone(),
             self.engine.pool().clone(),
+            self.instruments.clone(),
         ));
         let subject = subjects::exec(&name);
         let requests = self
@@ -274,6 +284,11 @@ impl Shared {
         true
     }
 
+    /// Each served plugin's counts, for the metrics.
+    fn snapshots(&self) -> Vec<PluginSnapshot> {
+        self.endpoint_list().iter().map(|e| e.snapshot()).collect()
+    }
+
     /// What building plugin `name` from code uses (see [`kinds::Runtimes`]).
     pub(crate) fn runtimes(&self, name: &str) -> kinds::Runtimes {
         kinds::Runtimes {
@@ -337,7 +352,11 @@ impl Worker {
         // Counts (re)connections, for the tasks whose server-side state a reconnection loses.
         let (reconnects_tx, reconnects) = watch::channel(0u64);
         let reconnects_tx = Arc::new(reconnects_tx);
-        let client = async_nats::ConnectOptions::new()
+        let servers = crate::connection::servers(&config.nats_url)?;
+        let client = config
+            .nats
+            .options()
+            .await?
             .name(format!("mofa-worker {id}"))
             // Room for a burst between the socket and the admission loop (which moves requests
             // on into the plugins' bounded queues at once); the channel grows only when used.
@@ -360,7 +379,7 @@ impl Worker {
                     }
                 }
             })
-            .connect(config.nats_url.as_str())
+            .connect(servers.as_slice())
             .await
             .map_err(|source| WorkerError::Connect {
                 url: config.nats_url.clone(),
@@ -416,9 +435,24 @@ impl Worker {
             reconnects,
             endpoints: Mutex::new(BTreeMap::new()),
             states: Mutex::new(HashMap::new()),
+            reloads: Arc::default(),
+            instruments: Arc::new(Instruments::new()),
             tracker: TaskTracker::new(),
             shutdown: shutdown_rx.clone(),
         });
+
+        let weak = Arc::downgrade(&shared);
+        let pool = shared.engine.pool().clone();
+        crate::telemetry::observe(
+            &id,
+            crate::telemetry::Sources {
+                plugins: Box::new(move || {
+                    weak.upgrade().map(|s| s.snapshots()).unwrap_or_default()
+                }),
+                sandbox_queue: Box::new(move || pool.queued() as u64),
+                reloads: shared.reloads.clone(),
+            },
+        );
 
         let mut failures = Vec::new();
         let files = plugin_files(&shared, &mut failures).await;
@@ -483,6 +517,7 @@ impl Worker {
                         .unwrap_or_default()
                 }
             }),
+            reloads: shared.reloads.clone(),
         });
         // The bucket's revisions first: a worker answers the Services API (and says it is
         // ready) only once it serves what the bucket says.

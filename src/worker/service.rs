@@ -30,6 +30,8 @@ pub(crate) struct ServiceInfo {
     pub(crate) id: String,
     /// The endpoints served right now (they come and go with hot reload).
     pub(crate) endpoints: Box<dyn Fn() -> Vec<Arc<Endpoint>> + Send + Sync>,
+    /// Reload outcomes per plugin on this worker.
+    pub(crate) reloads: Arc<crate::telemetry::ReloadCounts>,
 }
 
 impl ServiceInfo {
@@ -119,10 +121,21 @@ impl ServiceInfo {
                             code: usize::from(code),
                             status,
                         }),
-                        data: Some(serde_json::json!({
-                            "queued": e.stats.queued(),
-                            "refused": e.stats.refused(),
-                        })),
+                        data: Some({
+                            let [completed, failed, rolled_back] = self.reloads.of(&e.name);
+                            serde_json::json!({
+                                "queued": e.stats.queued(),
+                                "refused": e.stats.refused(),
+                                "errors_by_code": e.stats.errors_by_code().into_iter()
+                                    .map(|(code, n)| (code.to_string(), n.into()))
+                                    .collect::<serde_json::Map<String, serde_json::Value>>(),
+                                "reloads": {
+                                    "completed": completed,
+                                    "failed": failed,
+                                    "rolled_back": rolled_back,
+                                },
+                            })
+                        }),
                         queue_group: QUEUE_GROUP.to_string(),
                     }
                 })

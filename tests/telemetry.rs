@@ -1,0 +1,556 @@
+//! OpenTelemetry across the bus, checked from outside: `mofa worker` processes export over
+//! OTLP/HTTP to a receiver that decodes with the official protobuf definitions
+//! (`opentelemetry-proto`, in Python), and requests come from nats-py with a W3C
+//! `traceparent` it made itself.
+//!
+//! - a worker's span is the child of the caller's `traceparent`, with the messaging attributes,
+//!   and the result event and JSON log lines carry the trace id;
+//! - a Rhai `call_plugin` chain across two workers, started by `mofa exec`, is one trace;
+//! - metrics arrive with the counts the worker answered (requests, errors by code, duration,
+//!   reload outcomes), and `mofa stats` shows the reload success rate;
+//! - with no endpoint, or with `OTEL_SDK_DISABLED=true`, nothing is exported.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+use mofa_bus::pyvenv::Venv;
+use mofa_bus::wire::{self, Value};
+
+fn support() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/otel")
+}
+
+/// The venv's python with the receiver's and the client's pinned packages.
+fn python() -> PathBuf {
+    let text =
+        std::fs::read_to_string(support().join("requirements.txt")).expect("requirements.txt");
+    let venv = Venv::for_requirements("otel-test", &text);
+    if let Err(e) = venv.ensure() {
+        panic!("the telemetry tests need their Python packages: {e}");
+    }
+    venv.bin("python")
+}
+
+/// The OTLP receiver: what it decoded, one JSON record a line.
+struct Receiver {
+    child: Child,
+    _stdin: ChildStdin,
+    lines: Lines,
+    port: u16,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let mut child = Command::new(python())
+            .arg(support().join("receiver.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("receiver starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = Lines::of(child.stdout.take().expect("stdout"), "the OTLP receiver");
+        let first = lines.next_json();
+        let port = first["port"].as_u64().expect("the receiver says its port") as u16;
+        Receiver {
+            child,
+            _stdin: stdin,
+            lines,
+            port,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Records until `done` says it has seen enough, within `limit`; returns them all.
+    fn collect_until(
+        &self,
+        limit: Duration,
+        mut done: impl FnMut(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let started = Instant::now();
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            let left = limit.saturating_sub(started.elapsed());
+            assert!(
+                !left.is_zero(),
+                "the receiver did not get what the test waits for within {limit:?}; it got:\n{}",
+                seen.iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            if let Some(line) = self
+                .lines
+                .try_next_within(left.min(Duration::from_millis(200)))
+            {
+                seen.push(serde_json::from_str(&line).expect("the receiver prints JSON"));
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `mofa worker` process on `server` serving `plugins`, with `env` set and stderr kept.
+fn worker_process(
+    server: &NatsServer,
+    plugins: &Path,
+    name: &str,
+    env: &[(&str, String)],
+    args: &[&str],
+) -> (WorkerProcess, Lines) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mofa"));
+    command
+        .args([
+            "worker",
+            "--nats",
+            &server.url(),
+            "--name",
+            name,
+            "--plugins",
+        ])
+        .arg(plugins)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_SDK_DISABLED")
+        // Export within a fraction of a second instead of the SDK's default 5 s / 60 s.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("worker process starts");
+    let lines = Lines::of(child.stderr.take().expect("stderr"), name);
+    (WorkerProcess { child }, lines)
+}
+
+fn traced_request(
+    server: &NatsServer,
+    plugin: &str,
+    input: &str,
+    traceparent: &str,
+) -> serde_json::Value {
+    let output = Command::new(python())
+        .arg(support().join("traced_request.py"))
+        .args([&server.url(), plugin, input, traceparent])
+        .output()
+        .expect("nats-py client runs");
+    assert!(
+        output.status.success(),
+        "nats-py client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("client prints JSON")
+}
+
+fn spans_named<'a>(records: &'a [serde_json::Value], name: &str) -> Vec<&'a serde_json::Value> {
+    records
+        .iter()
+        .filter(|r| r["signal"] == "span" && r["name"] == name)
+        .collect()
+}
+
+/// SpanKind in the OTLP protobuf.
+const SPAN_KIND_INTERNAL: u64 = 1;
+const SPAN_KIND_CLIENT: u64 = 3;
+const SPAN_KIND_CONSUMER: u64 = 5;
+/// Status code ERROR in the OTLP protobuf.
+const STATUS_ERROR: u64 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_span_is_the_child_of_the_traceparent_a_nats_py_client_sent() {
+    let receiver = Receiver::start();
+    let server = NatsServer::start();
+    let plugins = plugins_dir(&[(
+        "traced.rhai",
+        r#"fn execute(input) {
+            print(`pricing ${input.price}`);
+            if input.price < 0 { throw #{ code: 400, message: "price must not be negative" }; }
+            input.price * 2
+        }"#,
+    )]);
+    let (_worker, logs) = worker_process(
+        &server,
+        plugins.path(),
+        "traced-worker",
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())],
+        &["--log-format", "json"],
+    );
+    let client = server.client().await;
+    wait_until_listed(&client, "traced").await;
+    let mut events = client
+        .subscribe("mofa.events.result.traced")
+        .await
+        .expect("subscribed");
+    client.flush().await.expect("flushed");
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let answer = traced_request(
+        &server,
+        "traced",
+        r#"{"price": 21}"#,
+        &format!("00-{trace_id}-{parent}-01"),
+    );
+    assert_eq!(answer["reply"], 42);
+
+    let records = receiver.collect_until(Duration::from_secs(20), |seen| {
+        !spans_named(seen, "mofa.exec traced").is_empty()
+    });
+    let span = spans_named(&records, "mofa.exec traced")[0];
+    assert_eq!(span["trace_id"], trace_id, "the caller's trace: {span}");
+    assert_eq!(
+        span["parent_span_id"], parent,
+        "the caller's span is the parent: {span}"
+    );
+    assert_eq!(span["kind"], SPAN_KIND_CONSUMER);
+    assert_eq!(span["service"], "mofa-worker");
+    let attributes = &span["attributes"];
+    assert_eq!(attributes["messaging.system"], "nats");
+    assert_eq!(attributes["messaging.destination.name"], "mofa.exec.traced");
+    assert_eq!(attributes["messaging.operation.type"], "process");
+    assert_eq!(attributes["messaging.message.body.size"], 8, "{attributes}");
+    assert_eq!(attributes["mofa.plugin"], "traced");
+    assert_eq!(attributes["mofa.kind"], "rhai");
+    assert_eq!(attributes["mofa.worker"], "traced-worker");
+    for phase in [
+        "mofa.queue_wait_us",
+        "mofa.decode_us",
+        "mofa.execute_us",
+        "mofa.reply_us",
+    ] {
+        assert!(attributes[phase].is_i64(), "{phase} recorded: {attributes}");
+    }
+
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .expect("a result event")
+        .expect("subscription open");
+    let event = wire::to_json(&wire::decode(&event.payload).expect("MessagePack"));
+    assert_eq!(
+        event["trace_id"], trace_id,
+        "the result event names the trace: {event}"
+    );
+
+    // A log line written while the request ran carries its trace and span ids.
+    let started = Instant::now();
+    let logged = loop {
+        let line = logs.next_within(Duration::from_secs(10));
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+            panic!("--log-format json wrote a line that is not JSON: {line}");
+        };
+        if json["fields"]["message"] == "pricing 21" {
+            break json;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no log line of the script"
+        );
+    };
+    assert_eq!(logged["span"]["trace_id"], trace_id, "{logged}");
+    assert_eq!(logged["span"]["span_id"], span["span_id"], "{logged}");
+
+    // An error reply: the span says so, with the code.
+    let failed = traced_request(
+        &server,
+        "traced",
+        r#"{"price": -1}"#,
+        &format!("00-{trace_id}-{parent}-01"),
+    );
+    assert_eq!(
+        failed["headers"]["Nats-Service-Error-Code"], "400",
+        "{failed}"
+    );
+    let records = receiver.collect_until(Duration::from_secs(20), |seen| {
+        spans_named(seen, "mofa.exec traced")
+            .iter()
+            .any(|s| s["status"] == STATUS_ERROR)
+    });
+    let span = spans_named(&records, "mofa.exec traced")
+        .into_iter()
+        .find(|s| s["status"] == STATUS_ERROR)
+        .expect("the failed request's span");
+    assert_eq!(span["attributes"]["error.type"], "400", "{span}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_plugin_chain_across_two_workers_started_by_mofa_exec_is_one_trace() {
+    let receiver = Receiver::start();
+    let server = NatsServer::start();
+    let front = plugins_dir(&[(
+        "front.rhai",
+        r#"fn execute(input) { call_plugin("back", input) + 1 }"#,
+    )]);
+    let back = plugins_dir(&[("back.rhai", r#"fn execute(input) { input * 10 }"#)]);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())];
+    let (_front, _front_logs) = worker_process(&server, front.path(), "front-worker", &env, &[]);
+    let (_back, _back_logs) = worker_process(&server, back.path(), "back-worker", &env, &[]);
+    let client = server.client().await;
+    wait_until_listed(&client, "front").await;
+    wait_until_listed(&client, "back").await;
+
+    let output = Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(["exec", "front", "4", "--verbose", "--nats", &server.url()])
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("mofa exec runs");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "41");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let trace_id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("trace_id: "))
+        .unwrap_or_else(|| panic!("mofa exec --verbose prints the trace id: {stderr}"))
+        .trim()
+        .to_string();
+    assert_eq!(trace_id.len(), 32);
+
+    let records = receiver.collect_until(Duration::from_secs(20), |seen| {
+        ["mofa.exec front", "mofa.call back", "mofa.exec back"]
+            .iter()
+            .all(|name| !spans_named(seen, name).is_empty())
+    });
+    let one = |name: &str| spans_named(&records, name)[0].clone();
+    let (exec_front, call, exec_back) = (
+        one("mofa.exec front"),
+        one("mofa.call back"),
+        one("mofa.exec back"),
+    );
+    for span in [&exec_front, &call, &exec_back] {
+        assert_eq!(span["trace_id"], trace_id.as_str(), "one trace: {span}");
+    }
+    assert_eq!(call["parent_span_id"], exec_front["span_id"], "{call}");
+    assert_eq!(call["kind"], SPAN_KIND_CLIENT);
+    assert_eq!(call["attributes"]["mofa.call.local"], false);
+    assert_eq!(exec_back["parent_span_id"], call["span_id"], "{exec_back}");
+    assert_eq!(exec_front["attributes"]["mofa.worker"], "front-worker");
+    assert_eq!(exec_back["attributes"]["mofa.worker"], "back-worker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_call_is_an_internal_child_span() {
+    let receiver = Receiver::start();
+    let server = NatsServer::start();
+    let plugins = plugins_dir(&[
+        (
+            "outer.rhai",
+            r#"fn execute(input) { call_plugin("inner", input) }"#,
+        ),
+        ("inner.rhai", r#"fn execute(input) { input + 1 }"#),
+    ]);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())];
+    let (_worker, _logs) = worker_process(&server, plugins.path(), "local-worker", &env, &[]);
+    let client = server.client().await;
+    wait_until_listed(&client, "outer").await;
+    assert_eq!(
+        call(&client, "outer", Value::from(1)).await.ok(),
+        Value::from(2)
+    );
+    let records = receiver.collect_until(Duration::from_secs(20), |seen| {
+        !spans_named(seen, "mofa.call inner").is_empty()
+            && !spans_named(seen, "mofa.exec outer").is_empty()
+    });
+    let outer = spans_named(&records, "mofa.exec outer")[0];
+    let inner = spans_named(&records, "mofa.call inner")[0];
+    assert_eq!(inner["parent_span_id"], outer["span_id"]);
+    assert_eq!(inner["trace_id"], outer["trace_id"]);
+    assert_eq!(inner["kind"], SPAN_KIND_INTERNAL);
+    assert_eq!(inner["attributes"]["mofa.call.local"], true);
+}
+
+/// The latest value of a metric data point matching `attributes`.
+fn latest(records: &[serde_json::Value], name: &str, attributes: &[(&str, &str)]) -> Option<u64> {
+    records
+        .iter()
+        .rev()
+        .filter(|r| r["signal"] == "metric" && r["name"] == name)
+        .find(|r| {
+            attributes
+                .iter()
+                .all(|(k, v)| r["attributes"][*k].as_str() == Some(*v))
+        })
+        .and_then(|r| r["value"].as_u64().or(r["count"].as_u64()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_arrive_with_the_counts_and_mofa_stats_shows_the_reload_success_rate() {
+    let receiver = Receiver::start();
+    let server = NatsServer::start();
+    let plugins = plugins_dir(&[(
+        "metered.rhai",
+        r#"fn execute(input) {
+            if input < 0 { throw #{ code: 400, message: "negative" }; }
+            input
+        }"#,
+    )]);
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())];
+    let (_worker, _logs) = worker_process(&server, plugins.path(), "metered-worker", &env, &[]);
+    let client = server.client().await;
+    wait_until_listed(&client, "metered").await;
+    for i in 0..5 {
+        assert_eq!(
+            call(&client, "metered", Value::from(i)).await.ok(),
+            Value::from(i)
+        );
+    }
+    assert_eq!(
+        call(&client, "metered", Value::from(-1)).await.code(),
+        Some(400)
+    );
+
+    // One good revision and one that does not compile: completed 1, failed 1, rolled back 1.
+    let sources = tempfile::tempdir().expect("temp dir");
+    let publish = |source: &str| {
+        let file = sources.path().join("metered.rhai");
+        std::fs::write(&file, source).expect("written");
+        let out = mofa(&["publish", file.to_str().expect("utf-8")], &server.url());
+        assert!(out.status.success(), "publish: {out:?}");
+    };
+    let mut reloads = client
+        .subscribe("mofa.events.reload.metered")
+        .await
+        .expect("subscribed");
+    client.flush().await.expect("flushed");
+    publish("fn execute(input) { input }");
+    publish("fn execute(input) { input +* }");
+    let mut outcomes = Vec::new();
+    while !outcomes.iter().any(|s| s == "rolled_back") {
+        let event = tokio::time::timeout(Duration::from_secs(20), reloads.next())
+            .await
+            .expect("reload events")
+            .expect("open");
+        let event = wire::to_json(&wire::decode(&event.payload).expect("MessagePack"));
+        outcomes.push(event["status"].as_str().unwrap_or_default().to_string());
+    }
+
+    let worker = ("mofa.worker", "metered-worker");
+    let plugin = ("mofa.plugin", "metered");
+    let records = receiver.collect_until(Duration::from_secs(30), |seen| {
+        latest(seen, "mofa.requests", &[worker, plugin]) == Some(6)
+            && latest(seen, "mofa.errors", &[plugin, ("error.type", "400")]) == Some(1)
+            && latest(
+                seen,
+                "mofa.reloads",
+                &[plugin, ("mofa.outcome", "completed")],
+            ) == Some(1)
+            && latest(seen, "mofa.reloads", &[plugin, ("mofa.outcome", "failed")]) == Some(1)
+            && latest(
+                seen,
+                "mofa.reloads",
+                &[plugin, ("mofa.outcome", "rolled_back")],
+            ) == Some(1)
+    });
+    let ok = latest(
+        &records,
+        "mofa.request.duration",
+        &[plugin, ("error.type", "none")],
+    );
+    assert_eq!(ok, Some(5), "five successes in the duration histogram");
+    let failed = latest(
+        &records,
+        "mofa.request.duration",
+        &[plugin, ("error.type", "400")],
+    );
+    assert_eq!(failed, Some(1));
+    assert!(latest(&records, "mofa.in_flight", &[plugin]).is_some());
+    assert!(latest(&records, "mofa.sandbox.queue", &[worker]).is_some());
+
+    let out = mofa(&["stats", "--json"], &server.url());
+    assert!(out.status.success(), "{out:?}");
+    let row: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .find(|r| r["plugin"] == "metered")
+        .expect("a row for the plugin");
+    assert_eq!(row["requests"], 6, "{row}");
+    assert_eq!(row["errors_by_code"]["400"], 1, "{row}");
+    assert_eq!(row["reloads_completed"], 1, "{row}");
+    assert_eq!(row["reloads_failed"], 1, "{row}");
+    assert_eq!(row["reloads_rolled_back"], 1, "{row}");
+    assert_eq!(row["reload_success_rate"], 0.5, "{row}");
+    let table = mofa(&["stats"], &server.url());
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("SUCCESS") && text.contains("50.0%"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_endpoint_or_with_the_sdk_disabled_nothing_is_exported() {
+    let receiver = Receiver::start();
+    let server = NatsServer::start();
+    let plugins = plugins_dir(&[("quiet.rhai", "fn execute(input) { input }")]);
+    let disabled = plugins_dir(&[("muted.rhai", "fn execute(input) { input }")]);
+    let control = plugins_dir(&[("loud.rhai", "fn execute(input) { input }")]);
+    let name = |service: &str| ("OTEL_SERVICE_NAME", service.to_string());
+    // No endpoint at all, and OTLP's default port is not listened on by anyone here: the
+    // worker must not even try. The second has the endpoint but the SDK off.
+    let (_quiet, _) = worker_process(&server, plugins.path(), "quiet", &[name("quiet")], &[]);
+    let (_muted, _) = worker_process(
+        &server,
+        disabled.path(),
+        "muted",
+        &[
+            name("muted"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            ("OTEL_SDK_DISABLED", "true".to_string()),
+        ],
+        &[],
+    );
+    let (_loud, _) = worker_process(
+        &server,
+        control.path(),
+        "loud",
+        &[
+            name("loud"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ],
+        &[],
+    );
+    let client = server.client().await;
+    for plugin in ["quiet", "muted", "loud"] {
+        wait_until_listed(&client, plugin).await;
+    }
+    for plugin in ["quiet", "muted"] {
+        for i in 0..3 {
+            assert_eq!(
+                call(&client, plugin, Value::from(i)).await.ok(),
+                Value::from(i)
+            );
+        }
+    }
+    // The control worker's span and a metric export after it show the receiver works and
+    // the others had their chance to export.
+    assert_eq!(
+        call(&client, "loud", Value::from(1)).await.ok(),
+        Value::from(1)
+    );
+    let records = receiver.collect_until(Duration::from_secs(20), |seen| {
+        !spans_named(seen, "mofa.exec loud").is_empty()
+            && seen
+                .iter()
+                .filter(|r| r["signal"] == "metric" && r["service"] == "loud")
+                .count()
+                > 20
+    });
+    let strangers: Vec<_> = records.iter().filter(|r| r["service"] != "loud").collect();
+    assert!(
+        strangers.is_empty(),
+        "only the control worker exports: {strangers:?}"
+    );
+}

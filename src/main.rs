@@ -176,6 +176,10 @@ enum Command {
         /// `mofa keygen`); workers with `reload.trusted_keys` load only signed revisions.
         #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
         sign: Option<String>,
+        /// Copies of the plugins buckets when this command creates them: 1 on a single
+        /// server, 3 on a 3-node cluster (like the workers' reload.replicas).
+        #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
+        replicas: usize,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -196,6 +200,10 @@ enum Command {
         /// Sign every revision (see `mofa publish --sign`).
         #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
         sign: Option<String>,
+        /// Copies of the plugins buckets when this command creates them: 1 on a single
+        /// server, 3 on a 3-node cluster (like the workers' reload.replicas).
+        #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
+        replicas: usize,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -393,6 +401,12 @@ impl Nats {
             .options()
             .await?
             .name(name)
+            // A permission violation only times the operation out: say why on stderr.
+            .event_callback(|event| async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    eprintln!("warning: the NATS server reported: {e}");
+                }
+            })
             .connect(servers.as_slice())
             .await
             .with_context(|| format!("cannot connect to NATS at {}", self.url))
@@ -491,15 +505,23 @@ async fn run(cli: Cli) -> ExitCode {
             files,
             version,
             sign,
+            replicas,
             nats,
-        } => publish(&nats.resolve(), &files, version.as_deref(), sign.as_deref()).await,
+        } => match signing_distribution(&nats.resolve(), sign.as_deref(), replicas).await {
+            Ok(distribution) => publish(distribution, &files, version.as_deref()).await,
+            Err(e) => Err(e),
+        },
         Command::Keygen { out } => keygen(out.as_deref()),
         Command::Watch {
             dir,
             debounce,
             sign,
+            replicas,
             nats,
-        } => watch(&nats.resolve(), &dir, debounce, sign.as_deref()).await,
+        } => match signing_distribution(&nats.resolve(), sign.as_deref(), replicas).await {
+            Ok(distribution) => watch(distribution, &dir, debounce).await,
+            Err(e) => Err(e),
+        },
         Command::Rollback { plugin, to, nats } => rollback(&nats.resolve(), &plugin, to).await,
         Command::Remove { plugin, nats } => remove(&nats.resolve(), &plugin).await,
         Command::History { plugin, nats } => history(&nats.resolve(), &plugin).await,
@@ -897,13 +919,23 @@ async fn distribution(nats: &Nats) -> anyhow::Result<Distribution> {
     Ok(Distribution::open(client, &ReloadConfig::default()).await?)
 }
 
-/// The bucket, signing what it puts when `sign` names a key.
-async fn signing_distribution(nats: &Nats, sign: Option<&str>) -> anyhow::Result<Distribution> {
+/// The buckets (created with `replicas` copies if missing), signing what it puts when `sign`
+/// names a key.
+async fn signing_distribution(
+    nats: &Nats,
+    sign: Option<&str>,
+    replicas: usize,
+) -> anyhow::Result<Distribution> {
     let key = sign
         .map(mofa_bus::distribution::signature::signing_key)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let mut distribution = distribution(nats).await?;
+    let client = nats.connect("mofa").await?;
+    let config = ReloadConfig {
+        replicas,
+        ..ReloadConfig::default()
+    };
+    let mut distribution = Distribution::open(client, &config).await?;
     if let Some(key) = key {
         distribution.sign_with(key);
     }
@@ -936,12 +968,10 @@ fn keygen(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
 }
 
 async fn publish(
-    nats: &Nats,
+    distribution: Distribution,
     files: &[PathBuf],
     version: Option<&str>,
-    sign: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let distribution = signing_distribution(nats, sign).await?;
     for file in files {
         let (plugin, revision) = distribution
             .publish_file(file, version, INLINE_LIMIT)
@@ -952,12 +982,10 @@ async fn publish(
 }
 
 async fn watch(
-    nats: &Nats,
+    distribution: Distribution,
     dir: &std::path::Path,
     debounce: Duration,
-    sign: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let distribution = signing_distribution(nats, sign).await?;
     eprintln!(
         "watching {} (debounce {})",
         dir.display(),

@@ -92,6 +92,9 @@ pub struct JobsConfig {
     pub result_ttl_s: u64,
     /// How long dead letters are kept, in seconds (set when the stream is created).
     pub dlq_max_age_s: u64,
+    /// Copies of the jobs streams and the results bucket when a worker creates them: 1 on a
+    /// single server, 3 on a 3-node cluster.
+    pub replicas: usize,
 }
 
 impl Default for JobsConfig {
@@ -105,6 +108,7 @@ impl Default for JobsConfig {
             dedup_window_ms: 120_000,
             result_ttl_s: 86_400,
             dlq_max_age_s: 7 * 86_400,
+            replicas: 1,
         }
     }
 }
@@ -114,6 +118,12 @@ impl JobsConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.concurrency == 0 || self.max_deliver == 0 {
             return Err("jobs.concurrency and jobs.max_deliver must be at least 1".into());
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(format!(
+                "jobs.replicas is {}: JetStream keeps 1 to 5 copies of a stream (1 on a single server, 3 on a 3-node cluster)",
+                self.replicas
+            ));
         }
         if self.ack_wait_ms < 100 {
             return Err("jobs.ack_wait_ms must be at least 100".into());
@@ -213,6 +223,7 @@ impl Jobs {
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_millis(config.dedup_window_ms),
+            num_replicas: config.replicas,
             ..Default::default()
         })
         .await
@@ -225,6 +236,7 @@ impl Jobs {
             subjects: vec![format!("{}.>", subjects::DLQ_PREFIX)],
             storage: stream::StorageType::File,
             max_age: Duration::from_secs(config.dlq_max_age_s),
+            num_replicas: config.replicas,
             ..Default::default()
         })
         .await
@@ -237,6 +249,7 @@ impl Jobs {
                     description: "mofa-bus job results and states, by job id".into(),
                     history: 1,
                     max_age: Duration::from_secs(config.result_ttl_s),
+                    num_replicas: config.replicas,
                     storage: stream::StorageType::File,
                     ..Default::default()
                 })

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::kv::{Entry, Operation};
+use async_nats::jetstream::kv::{self, Entry, Operation};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
@@ -28,27 +28,46 @@ use crate::wire;
 /// How long a starting worker waits for the bucket's current values.
 const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long one attempt to watch the bucket again may take.
+const WATCH_ATTEMPT: Duration = Duration::from_secs(1);
+
+/// How often a worker whose bucket could not be opened tries again.
+const OPEN_RETRY: Duration = Duration::from_secs(2);
+
 /// Opens the bucket, applies its current contents, and spawns the follower. Without
-/// JetStream the worker serves its local plugins only (logged).
+/// JetStream the worker serves its local plugins only (logged). With JetStream but no bucket
+/// it may open (a least-privilege worker may not create it, and no publisher has yet), the
+/// worker serves its local plugins and tries again every few seconds in the background.
 pub(crate) async fn start(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
-    let distribution = match Distribution::open(shared.client.clone(), &shared.config.reload).await
-    {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::warn!(error = %e, "hot reload over the bus is off");
+    let (distribution, mut watch) = match open(&shared).await {
+        Ok(opened) => opened,
+        Err(e) if !shared.client.server_info().jetstream => {
+            tracing::warn!(error = %e, "the NATS server has no JetStream: hot reload over the bus is off");
             return None;
         }
-    };
-    let mut watch = match distribution.kv().watch_with_history(">").await {
-        Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the plugins bucket; hot reload is off");
-            return None;
+            tracing::warn!(
+                error = %e,
+                "cannot open the plugins bucket yet; serving local plugins and retrying every {} s",
+                OPEN_RETRY.as_secs()
+            );
+            return Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(OPEN_RETRY).await;
+                    if let Ok((distribution, mut watch)) = open(&shared).await {
+                        tracing::info!("plugins bucket opened; hot reload is on");
+                        let follower = Follower {
+                            shared,
+                            distribution,
+                            seen: Default::default(),
+                        };
+                        follower.sync(&mut watch).await;
+                        follower.follow(watch).await;
+                        return;
+                    }
+                }
+            }));
         }
-    };
-    let has_keys = match distribution.kv().keys().await {
-        Ok(mut keys) => keys.next().await.is_some(),
-        Err(_) => true,
     };
     if shared.config.reload.trusted_keys.is_empty() {
         tracing::warn!(
@@ -59,14 +78,42 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
     let follower = Follower {
         shared,
         distribution,
+        seen: Default::default(),
     };
-    if has_keys {
+    // The bucket's current revisions serve before the worker says it is ready.
+    follower.sync(&mut watch).await;
+    Some(tokio::spawn(follower.follow(watch)))
+}
+
+/// The plugins bucket and a watch of it from its first revisions.
+async fn open(shared: &Shared) -> Result<(Distribution, kv::Watch), String> {
+    let distribution = Distribution::open(shared.client.clone(), &shared.config.reload)
+        .await
+        .map_err(|e| e.to_string())?;
+    let watch = distribution
+        .kv()
+        .watch_with_history(">")
+        .await
+        .map_err(|e| format!("cannot watch the plugins bucket: {e}"))?;
+    Ok((distribution, watch))
+}
+
+impl Follower {
+    /// Applies the bucket's current value of every key.
+    async fn sync(&self, watch: &mut kv::Watch) {
+        let has_keys = match self.distribution.kv().keys().await {
+            Ok(mut keys) => keys.next().await.is_some(),
+            Err(_) => true,
+        };
+        if !has_keys {
+            return;
+        }
         let started = Instant::now();
         while started.elapsed() < INITIAL_SYNC_TIMEOUT {
             match tokio::time::timeout(INITIAL_SYNC_TIMEOUT, watch.next()).await {
                 Ok(Some(Ok(entry))) => {
                     let caught_up = entry.delta == 0;
-                    follower.apply(entry).await;
+                    self.apply(entry).await;
                     if caught_up {
                         break;
                     }
@@ -76,20 +123,64 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
             }
         }
     }
-    Some(tokio::spawn(async move {
-        while let Some(entry) = watch.next().await {
-            match entry {
-                Ok(entry) => follower.apply(entry).await,
-                Err(e) => tracing::warn!(error = %e, "plugins bucket watch error"),
-            }
+
+    /// Applies every later revision, for as long as the worker runs. The watch is made again
+    /// from the last revision seen when the connection comes back (the watch's consumer may
+    /// have lived on a server that is gone) or when it reports an error (missed heartbeats:
+    /// its server died while this connection stayed up), rather than waiting for the
+    /// client's own, slower, recovery.
+    async fn follow(self, mut watch: kv::Watch) {
+        let mut reconnects = self.shared.reconnects.clone();
+        reconnects.borrow_and_update();
+        loop {
+            let why = tokio::select! {
+                entry = watch.next() => match entry {
+                    Some(Ok(entry)) => {
+                        self.apply(entry).await;
+                        continue;
+                    }
+                    Some(Err(e)) => format!("the watch reported: {e}"),
+                    None => "the watch ended".to_string(),
+                },
+                changed = reconnects.changed() => match changed {
+                    Ok(()) => "the connection was made again".to_string(),
+                    Err(_) => return,
+                },
+            };
+            watch = self.watch_again(&why).await;
         }
-        tracing::warn!("plugins bucket watch ended; hot reload stopped");
-    }))
+    }
+
+    /// A watch from the revision after the last one seen, retried until it is made.
+    async fn watch_again(&self, why: &str) -> kv::Watch {
+        let from = self.seen.load(std::sync::atomic::Ordering::Relaxed) + 1;
+        tracing::info!(
+            from_revision = from,
+            "watching the plugins bucket again: {why}"
+        );
+        let mut pause = Duration::from_millis(100);
+        loop {
+            // Short attempts: while the cluster elects the bucket's new leader, a request
+            // gets no answer at all, and the client's own timeout is 5 s.
+            let attempt = self.distribution.kv().watch_from_revision(">", from);
+            match tokio::time::timeout(WATCH_ATTEMPT, attempt).await {
+                Ok(Ok(watch)) => return watch,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot watch the plugins bucket yet; trying again")
+                }
+                Err(_) => tracing::debug!("no answer to the watch request yet; trying again"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
 }
 
 struct Follower {
     shared: Arc<Shared>,
     distribution: Distribution,
+    /// The bucket revision (stream sequence) of the last entry applied.
+    seen: std::sync::atomic::AtomicU64,
 }
 
 /// `key` as one subject token: a bucket key that is not a plugin name may hold `.` (or other
@@ -118,6 +209,8 @@ struct LoadError {
 
 impl Follower {
     async fn apply(&self, entry: Entry) {
+        self.seen
+            .fetch_max(entry.revision, std::sync::atomic::Ordering::Relaxed);
         let name = entry.key.clone();
         if let Err(e) = subjects::validate_name(&name) {
             tracing::warn!(key = %name, error = %e, "ignoring a bucket key that is not a plugin name");

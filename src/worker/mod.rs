@@ -375,6 +375,10 @@ impl Worker {
                             tracing::info!("connected to NATS");
                             reconnects.send_modify(|n| *n += 1);
                         }
+                        // Permission violations and the like: the server refused something.
+                        async_nats::Event::ServerError(e) => {
+                            tracing::error!(error = %e, "the NATS server reported an error")
+                        }
                         other => tracing::debug!(event = %other, "NATS connection event"),
                     }
                 }
@@ -412,13 +416,7 @@ impl Worker {
         wasm.set_caller(calls.clone());
         engine.set_caller(calls, tokio::runtime::Handle::current());
         let jobs = if config.jobs.enabled {
-            match crate::jobs::Jobs::open(client.clone(), &config.jobs).await {
-                Ok(jobs) => Some(Arc::new(jobs)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "durable jobs (mofa.jobs.<plugin>) not served");
-                    None
-                }
-            }
+            open_jobs(&client, &config.jobs).await
         } else {
             None
         };
@@ -657,6 +655,28 @@ impl Worker {
         tracing::info!(worker = %shared.id, "stopped");
         flushed
     }
+}
+
+/// The durable jobs streams. With JetStream on, an attempt that fails (workers of a fresh
+/// cluster all creating the streams at once can time one out) is tried twice more.
+async fn open_jobs(
+    client: &Client,
+    config: &crate::jobs::JobsConfig,
+) -> Option<Arc<crate::jobs::Jobs>> {
+    let attempts = if client.server_info().jetstream { 3 } else { 1 };
+    for attempt in 1..=attempts {
+        match crate::jobs::Jobs::open(client.clone(), config).await {
+            Ok(jobs) => return Some(Arc::new(jobs)),
+            Err(e) if attempt == attempts => {
+                tracing::warn!(error = %e, "durable jobs (mofa.jobs.<plugin>) not served");
+            }
+            Err(e) => {
+                tracing::info!(error = %e, attempt, "opening the durable jobs streams again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    None
 }
 
 /// Every plugin file in the plugins directory (and the kinds' subdirectories of it, see

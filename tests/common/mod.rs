@@ -20,6 +20,8 @@ pub struct NatsServer {
     port: u16,
     _store: tempfile::TempDir,
     jetstream: bool,
+    /// The server's environment (the shipped configs read passwords from it).
+    env: Vec<(String, String)>,
 }
 
 /// The nats-server the tests run: `$NATS_SERVER_BIN`, else the newest 2.10+ installed, else the
@@ -37,8 +39,14 @@ fn nats_server_binary() -> PathBuf {
 /// Starts nats-server with its ports file in `dir`, on `port` (or, `None`, a port the server
 /// picks itself, so parallel tests never race for one), with JetStream in `dir` when asked;
 /// returns it with its port once it accepts connections, `None` if it does not come up.
-fn spawn_server(port: Option<u16>, dir: &Path, jetstream: bool) -> Option<(Child, u16)> {
+fn spawn_server(
+    port: Option<u16>,
+    dir: &Path,
+    jetstream: bool,
+    env: &[(String, String)],
+) -> Option<(Child, u16)> {
     let mut command = Command::new(nats_server_binary());
+    command.envs(env.iter().map(|(k, v)| (k, v)));
     // Extra server settings a test put beside the store (see `NatsServer::start_with_conf`).
     let conf = dir.join("server.conf");
     if conf.exists() {
@@ -102,6 +110,63 @@ impl NatsServer {
         NatsServer::start_inner(true, Some(conf))
     }
 
+    /// Starts a server from a config in `deploy/nats/` (with the files it includes), on a
+    /// free loopback port (or `port`) with its JetStream store in a temporary directory, with
+    /// `env` in its environment (the passwords the shipped files read from it); `rewrite` may
+    /// adapt the shipped text (ports, routes) before it runs.
+    pub fn start_deploy(
+        conf: &str,
+        env: &[(&str, &str)],
+        port: Option<u16>,
+        rewrite: impl Fn(&str, &Path) -> String,
+    ) -> NatsServer {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nats");
+        for _ in 0..5 {
+            let store = tempfile::tempdir().expect("temp dir");
+            for entry in std::fs::read_dir(&deploy).expect("deploy/nats") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "conf") {
+                    let name = path.file_name().expect("name");
+                    std::fs::copy(&path, store.path().join(name)).expect("copied");
+                }
+            }
+            let shipped = std::fs::read_to_string(deploy.join(conf)).expect("the shipped config");
+            let js = store.path().join("js");
+            let text = shipped
+                .lines()
+                // The command line gives the address and port; no monitoring port in tests.
+                .filter(|l| !l.starts_with("listen:") && !l.starts_with("http:"))
+                .map(|l| {
+                    if l.trim_start().starts_with("store_dir:") {
+                        format!("  store_dir: {:?}", js.display().to_string())
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            std::fs::write(
+                store.path().join("server.conf"),
+                rewrite(&text, store.path()),
+            )
+            .expect("server config");
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            if let Some((child, port)) = spawn_server(port, store.path(), false, &env) {
+                return NatsServer {
+                    child,
+                    port,
+                    _store: store,
+                    jetstream: false,
+                    env,
+                };
+            }
+        }
+        panic!("nats-server did not start from deploy/nats/{conf}");
+    }
+
     fn start_with(jetstream: bool) -> NatsServer {
         NatsServer::start_inner(jetstream, None)
     }
@@ -112,12 +177,13 @@ impl NatsServer {
             if let Some(conf) = conf {
                 std::fs::write(store.path().join("server.conf"), conf).expect("server config");
             }
-            if let Some((child, port)) = spawn_server(None, store.path(), jetstream) {
+            if let Some((child, port)) = spawn_server(None, store.path(), jetstream, &[]) {
                 return NatsServer {
                     child,
                     port,
                     _store: store,
                     jetstream,
+                    env: Vec::new(),
                 };
             }
         }
@@ -126,12 +192,31 @@ impl NatsServer {
 
     /// Kills the server and starts it again on the same port with the same JetStream store.
     pub fn restart(&mut self, down_for: Duration) {
+        self.kill();
+        std::thread::sleep(down_for);
+        self.start_again();
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients or cluster peers).
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        std::thread::sleep(down_for);
-        let (child, _) = spawn_server(Some(self.port), self._store.path(), self.jetstream)
-            .expect("nats-server restarts");
+    }
+
+    /// Starts a killed server again on its port with its store and config.
+    pub fn start_again(&mut self) {
+        let (child, _) = spawn_server(
+            Some(self.port),
+            self._store.path(),
+            self.jetstream,
+            &self.env,
+        )
+        .expect("nats-server restarts");
         self.child = child;
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub fn url(&self) -> String {

@@ -5,8 +5,8 @@
 //! throughput at 1, 64 and 256 requests in flight, each as a ratio to the bare echo, and the
 //! responder process's CPU time per request (from /proc) against the bare responder's.
 //! `MOFA_BENCH_REQUESTS` scales the request counts (default 20000 per throughput run).
-//! `in-process`, `over-the-bus`, `analyze-sales`, `bursts`, `jobs` or `cold-start` as an
-//! argument runs only that section; `profile [PLUGIN…]` (not part of the full run) splits a
+//! `in-process`, `over-the-bus`, `analyze-sales`, `bursts`, `jobs`, `cold-start` or `tracing`
+//! as an argument runs only that section; `profile [PLUGIN…]` (not part of the full run) splits a
 //! worker's CPU per request by where `perf record`'s samples fall.
 
 #[path = "../tests/common/mod.rs"]
@@ -1017,6 +1017,7 @@ fn main() {
     let only_bursts = std::env::args().any(|a| a == "bursts");
     let only_jobs = std::env::args().any(|a| a == "jobs");
     let only_start = std::env::args().any(|a| a == "cold-start");
+    let only_tracing = std::env::args().any(|a| a == "tracing");
     let args: Vec<String> = std::env::args().collect();
     let profiled = args.iter().position(|a| a == "profile").map(|i| {
         let named: Vec<String> = args[i + 1..]
@@ -1034,7 +1035,7 @@ fn main() {
             named
         }
     });
-    if only_sales || only_bursts || only_jobs || only_start || profiled.is_some() {
+    if only_sales || only_bursts || only_jobs || only_start || only_tracing || profiled.is_some() {
         let server = NatsServer::start();
         tokio::runtime::Runtime::new()
             .expect("runtime")
@@ -1051,6 +1052,9 @@ fn main() {
                 }
                 if only_start {
                     cold_start(&server, &client).await;
+                }
+                if only_tracing {
+                    tracing_cost(&server, &client, requests).await;
                 }
                 if let Some(plugins) = &profiled {
                     profile(&server, &client, plugins, requests).await;
@@ -1181,5 +1185,139 @@ fn main() {
         bursts(&server, &client).await;
         jobs_vs_requests(&server, &client, requests / 2).await;
         cold_start(&server, &client).await;
+        tracing_cost(&server, &client, requests).await;
     });
+}
+
+/// A stand-in OTLP/HTTP collector: answers every POST with an empty 200 (what a collector
+/// answers to a full success) and counts the requests and bytes it got. Hand-written rather
+/// than a real collector so that the cost measured is the worker's alone; the telemetry tests
+/// decode what the worker sends with the official protobuf definitions.
+async fn otlp_sink() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("sink listens");
+    let port = listener.local_addr().expect("address").port();
+    let (posts, bytes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (p, b) = (posts.clone(), bytes.clone());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let (p, b) = (p.clone(), b.clone());
+            tokio::spawn(async move {
+                let mut socket = BufReader::new(socket);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match socket.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if socket.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    p.fetch_add(1, Ordering::Relaxed);
+                    b.fetch_add(length, Ordering::Relaxed);
+                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if socket.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, posts, bytes)
+}
+
+/// Throughput and CPU per request with tracing off (no endpoint: no span is made) and on
+/// (every request's span exported to [`otlp_sink`]), for a native and a Rhai plugin.
+async fn tracing_cost(server: &NatsServer, client: &Client, requests: usize) {
+    let (port, posts, bytes) = otlp_sink().await;
+    let discount = wire::encode(&Value::Map(vec![
+        (Value::from("price"), Value::from(100)),
+        (Value::from("customer_tier"), Value::from("gold")),
+    ]));
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut rows = Vec::new();
+    for (mode, env) in [
+        ("off", vec![]),
+        (
+            "on",
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                // Room for every span of a throughput run between two exports, so the figures
+                // include exporting all of them rather than dropping most.
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ],
+        ),
+    ] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mofa"));
+        command
+            .args(["worker", "--nats", &server.url(), "--plugins"])
+            .arg(common::repo_plugins())
+            .env("RUST_LOG", "warn")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::null());
+        for (k, v) in &env {
+            command.env(k, v);
+        }
+        let worker = WorkerProcess {
+            child: command.spawn().expect("worker starts"),
+        };
+        common::wait_for_plugin(client, "discount", wire::decode(&discount).expect("value")).await;
+        for plugin in ["discount_native", "discount"] {
+            let target = Target {
+                label: Box::leak(format!("{plugin}, tracing {mode}").into_boxed_str()),
+                subject: format!("mofa.exec.{plugin}"),
+                body: discount.clone(),
+                pid: worker.child.id(),
+            };
+            let figures = measure(client, &target, requests).await;
+            rows.push((plugin, mode, figures));
+        }
+        drop(worker);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!();
+    println!("tracing cost ({requests} requests per throughput run; export to a local OTLP sink):");
+    println!(
+        "  {:<16} {:>8} | {:>14} {:>10} | {:>12} {:>8}",
+        "plugin", "tracing", "256 in flight", "x off", "CPU/req", "x off"
+    );
+    for (plugin, mode, f) in &rows {
+        let off = rows
+            .iter()
+            .find(|(p, m, _)| p == plugin && *m == "off")
+            .map(|(_, _, f)| f)
+            .expect("the off row");
+        let tp = |f: &Figures| f.throughput.last().map_or(0.0, |(_, r)| *r);
+        println!(
+            "  {:<16} {:>8} | {:>12.0}/s {:>9.2}x | {:>12.1?} {:>7.2}x",
+            plugin,
+            mode,
+            tp(f),
+            tp(f) / tp(off).max(1e-9),
+            f.cpu_per_request,
+            f.cpu_per_request.as_secs_f64() / off.cpu_per_request.as_secs_f64().max(1e-12),
+        );
+    }
+    println!(
+        "  the sink got {} exports, {} KiB; target: <= 1.10x CPU/request with export on",
+        posts.load(Ordering::Relaxed),
+        bytes.load(Ordering::Relaxed) / 1024
+    );
 }

@@ -63,7 +63,7 @@ enum Command {
         #[arg(long, env = "MOFA_PLUGINS_DIR")]
         plugins: Option<PathBuf>,
         /// Worker id (also the Services API instance id); [A-Za-z0-9_-]+. Generated if absent.
-        #[arg(long)]
+        #[arg(long, env = "MOFA_WORKER_ID")]
         name: Option<String>,
         /// TOML configuration file (limits, concurrency, events); flags override it.
         #[arg(long, env = "MOFA_CONFIG")]
@@ -252,6 +252,26 @@ enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Ask workers whether they are up (Services API PING): this worker (--self, the id the
+    /// worker in this data directory recorded), one worker by id, or any.
+    ///
+    /// Exit status: 0 an answer came within --timeout (printed as JSON), 1 none did, 2 NATS is
+    /// unreachable. For health checks and Kubernetes probes.
+    Ping {
+        /// Worker id; omitted: any worker.
+        worker: Option<String>,
+        /// The worker whose id is recorded in the data directory ($MOFA_DATA_DIR, --data-dir).
+        #[arg(long = "self", conflicts_with = "worker")]
+        this: bool,
+        /// Data directory of --self [default: the worker's default data directory].
+        #[arg(long, env = "MOFA_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// How long to wait for an answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -527,6 +547,13 @@ async fn run(cli: Cli) -> ExitCode {
         Command::History { plugin, nats } => history(&nats.resolve(), &plugin).await,
         Command::Plugins { wait, json, nats } => plugins(&nats.resolve(), wait, json).await,
         Command::Stats { wait, json, nats } => stats(&nats.resolve(), wait, json).await,
+        Command::Ping {
+            worker,
+            this,
+            data_dir,
+            timeout,
+            nats,
+        } => ping(&nats.resolve(), worker, this, data_dir, timeout).await,
         Command::Tools { format, wait, nats } => tools(&nats.resolve(), format, wait).await,
         Command::Mcp { timeout, nats } => mcp(&nats.resolve(), timeout).await,
     };
@@ -571,7 +598,12 @@ async fn worker(
     } else {
         None
     };
+    let id_file = config.data_dir().join(WORKER_ID_FILE);
     let worker = mofa_bus::worker::Worker::start(config).await?;
+    // For `mofa ping --self` (container health checks and probes).
+    if let Err(e) = std::fs::write(&id_file, worker.id()) {
+        tracing::warn!(file = %id_file.display(), error = %e, "cannot record the worker id; `mofa ping --self` will not find it");
+    }
     for failure in worker.load_failures() {
         eprintln!(
             "warning: {} not served: {}",
@@ -1106,6 +1138,58 @@ async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<Exit
         }
     }
     Ok(answered(!rows.is_empty(), wait))
+}
+
+/// Where `mofa worker` records its id, in its data directory.
+const WORKER_ID_FILE: &str = "worker-id";
+
+async fn ping(
+    nats: &Nats,
+    worker: Option<String>,
+    this: bool,
+    data_dir: Option<PathBuf>,
+    timeout: Duration,
+) -> anyhow::Result<ExitCode> {
+    let worker = if this {
+        let dir = WorkerConfig {
+            data_dir: data_dir.unwrap_or_default(),
+            ..WorkerConfig::default()
+        }
+        .data_dir();
+        let file = dir.join(WORKER_ID_FILE);
+        let id = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "no worker id recorded in {} (is a worker running with this data directory?)",
+                file.display()
+            )
+        })?;
+        Some(id.trim().to_string())
+    } else {
+        worker
+    };
+    let subject = match &worker {
+        Some(id) => {
+            subjects::validate_name(id)?;
+            format!("$SRV.PING.{}.{id}", subjects::SERVICE_NAME)
+        }
+        None => format!("$SRV.PING.{}", subjects::SERVICE_NAME),
+    };
+    let client = nats.connect("mofa ping").await?;
+    let request = async_nats::Request::new().timeout(Some(timeout));
+    match client.send_request(subject, request).await {
+        Ok(reply) => {
+            println!("{}", String::from_utf8_lossy(&reply.payload));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let who = worker.map_or("no worker".to_string(), |id| format!("worker {id}"));
+            eprintln!(
+                "{who} answered $SRV.PING within {}: {e}",
+                humantime::format_duration(timeout)
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 async fn stats(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {

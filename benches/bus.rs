@@ -1241,8 +1241,9 @@ async fn otlp_sink() -> (u16, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     (port, posts, bytes)
 }
 
-/// Throughput and CPU per request with tracing off (no endpoint: no span is made) and on
-/// (every request's span exported to [`otlp_sink`]), for a native and a Rhai plugin.
+/// Throughput and CPU per request with tracing off (no endpoint: no span is made), on (every
+/// request's span exported to [`otlp_sink`]) and on with 10% of traces sampled, for a native
+/// and a Rhai plugin.
 async fn tracing_cost(server: &NatsServer, client: &Client, requests: usize) {
     let (port, posts, bytes) = otlp_sink().await;
     let discount = wire::encode(&Value::Map(vec![
@@ -1261,6 +1262,16 @@ async fn tracing_cost(server: &NatsServer, client: &Client, requests: usize) {
                 // include exporting all of them rather than dropping most.
                 ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
                 ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2048"),
+                ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+            ],
+        ),
+        (
+            "10% sampled",
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "65536"),
                 ("OTEL_BSP_SCHEDULE_DELAY", "200"),
             ],
         ),
@@ -1295,7 +1306,7 @@ async fn tracing_cost(server: &NatsServer, client: &Client, requests: usize) {
     println!();
     println!("tracing cost ({requests} requests per throughput run; export to a local OTLP sink):");
     println!(
-        "  {:<16} {:>8} | {:>14} {:>10} | {:>12} {:>8}",
+        "  {:<16} {:>12} | {:>14} {:>10} | {:>12} {:>8}",
         "plugin", "tracing", "256 in flight", "x off", "CPU/req", "x off"
     );
     for (plugin, mode, f) in &rows {
@@ -1306,7 +1317,7 @@ async fn tracing_cost(server: &NatsServer, client: &Client, requests: usize) {
             .expect("the off row");
         let tp = |f: &Figures| f.throughput.last().map_or(0.0, |(_, r)| *r);
         println!(
-            "  {:<16} {:>8} | {:>12.0}/s {:>9.2}x | {:>12.1?} {:>7.2}x",
+            "  {:<16} {:>12} | {:>12.0}/s {:>9.2}x | {:>12.1?} {:>7.2}x",
             plugin,
             mode,
             tp(f),

@@ -554,3 +554,48 @@ async fn without_an_endpoint_or_with_the_sdk_disabled_nothing_is_exported() {
         "only the control worker exports: {strangers:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_one_log_line_and_no_request() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let server = NatsServer::start();
+    let plugins = plugins_dir(&[("unheard.rhai", "fn execute(input) { input }")]);
+    let (worker, logs) = worker_process(
+        &server,
+        plugins.path(),
+        "unheard-worker",
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )],
+        &[],
+    );
+    let client = server.client().await;
+    wait_until_listed(&client, "unheard").await;
+    // Several export rounds' worth of requests, each answered.
+    for round in 0..5 {
+        for i in 0..20 {
+            assert_eq!(
+                call(&client, "unheard", Value::from(i)).await.ok(),
+                Value::from(i),
+                "round {round}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(worker);
+    let mut warnings = 0;
+    while let Some(line) = logs.try_next_within(Duration::from_secs(2)) {
+        if line.contains("not exported (is the collector up?)") {
+            warnings += 1;
+        }
+    }
+    assert_eq!(
+        warnings, 2,
+        "one line for spans, one for metrics, however many exports failed"
+    );
+}

@@ -45,6 +45,12 @@ pub(crate) use spans::{call_failed, call_span, request_span, RequestSpan};
 pub const TARGET: &str = "mofa::request";
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
+static IDS_IN_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Whether log lines show request spans (JSON logs), so their ids are worth recording.
+fn ids_in_logs() -> bool {
+    IDS_IN_LOGS.load(Ordering::Relaxed)
+}
 
 /// Whether spans are exported: the request path makes spans only then.
 pub fn enabled() -> bool {
@@ -236,6 +242,7 @@ pub fn init(setup: Setup<'_>) -> Telemetry {
         metrics::start_recording();
     }
     ENABLED.store(tracer.is_some(), Ordering::Relaxed);
+    IDS_IN_LOGS.store(setup.format == LogFormat::Json, Ordering::Relaxed);
     for error in errors {
         tracing::error!("{error}");
     }

@@ -26,6 +26,7 @@ pub(crate) struct RequestSpan(Span);
 
 /// A request's span, started at admission.
 pub(crate) fn request_span(
+    name: &str,
     subject: &str,
     plugin: &str,
     worker: &str,
@@ -38,7 +39,7 @@ pub(crate) fn request_span(
     let span = tracing::info_span!(
         target: TARGET,
         "mofa.exec",
-        otel.name = format!("mofa.exec {plugin}"),
+        otel.name = name,
         otel.kind = "consumer",
         otel.status_code = Empty,
         otel.status_description = Empty,
@@ -65,12 +66,15 @@ pub(crate) fn request_span(
             let _ = span.set_parent(parent);
         }
     }
-    // The ids as fields too, so JSON log lines written during the request carry them.
-    let context = span.context();
-    let ids = context.span().span_context().clone();
-    if ids.is_valid() {
-        span.record("trace_id", ids.trace_id().to_string());
-        span.record("span_id", ids.span_id().to_string());
+    // The ids as fields too, so JSON log lines written during the request carry them (text
+    // logs leave request spans out: no need to pay for them then).
+    if super::ids_in_logs() {
+        let context = span.context();
+        let ids = context.span().span_context().clone();
+        if ids.is_valid() {
+            span.record("trace_id", ids.trace_id().to_string());
+            span.record("span_id", ids.span_id().to_string());
+        }
     }
     RequestSpan(span)
 }

@@ -149,6 +149,8 @@ pub(crate) struct Endpoint {
     instruments: Arc<Instruments>,
     /// `mofa.plugin = <name>`, built once for the duration histogram.
     plugin_attribute: KeyValue,
+    /// `mofa.exec <name>`, the name of its requests' spans.
+    span_name: String,
 }
 
 impl Endpoint {
@@ -185,6 +187,7 @@ impl Endpoint {
             include_output: config.events.include_output,
             instruments,
             plugin_attribute: telemetry::plugin_attribute(&name_for_attribute),
+            span_name: format!("mofa.exec {name_for_attribute}"),
         }
     }
 
@@ -262,6 +265,7 @@ impl Endpoint {
         // part of it.
         let context = call_context(&message, Instant::now());
         let span = telemetry::request_span(
+            &self.span_name,
             &self.subject,
             &self.name,
             &self.worker_id,

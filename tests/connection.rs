@@ -1,5 +1,6 @@
 //! Connecting like a real NATS client, against nats-servers that demand it: a token, an nkey,
-//! and TLS with client certificates (a CA, a server and a client certificate made by rcgen).
+//! a credentials file (decentralized auth: operator, account and user JWTs), and TLS with
+//! client certificates (a CA, a server and a client certificate made by rcgen).
 //! Each is used by an in-process worker (the config's `[nats]` section) and by `mofa exec`
 //! (the flags); a connection without the credential is refused.
 
@@ -177,6 +178,89 @@ async fn tls_with_a_client_certificate() {
     assert_eq!(
         call(&requests, "echo", Value::from(3)).await.ok(),
         Value::from(3)
+    );
+    worker.shutdown().await.expect("clean stop");
+}
+
+/// A JWT of `claims` (whose `iss` is `issuer`), signed the way NATS signs them (ed25519 nkey).
+fn jwt(issuer: &nkeys::KeyPair, mut claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    claims["iss"] = issuer.public_key().into();
+    claims["iat"] = 1_700_000_000u64.into();
+    claims["jti"] = nuid::next().to_string().into();
+    let header = b64.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = b64.encode(claims.to_string());
+    let signed = format!("{header}.{body}");
+    let signature = issuer.sign(signed.as_bytes()).expect("signed");
+    format!("{signed}.{}", b64.encode(signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credentials_file() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        serde_json::json!({"name": "op", "sub": operator.public_key(),
+            "nats": {"type": "operator", "version": 2}}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        serde_json::json!({"name": "mofa", "sub": account.public_key(),
+            "nats": {"type": "account", "version": 2,
+                "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1,
+                    "exports": -1, "wildcards": true, "conn": -1, "leaf": -1}}}),
+    );
+    let user_jwt = jwt(
+        &account,
+        serde_json::json!({"name": "worker", "sub": user.public_key(),
+            "nats": {"type": "user", "version": 2, "pub": {}, "sub": {},
+                "subs": -1, "data": -1, "payload": -1}}),
+    );
+    // JetStream (which the test servers run) needs a system account in operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        serde_json::json!({"name": "SYS", "sub": system.public_key(),
+            "nats": {"type": "account", "version": 2}}),
+    );
+    let server = NatsServer::start_with_conf(&format!(
+        "operator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {acc}: {account_jwt}, {sys}: {system_jwt} }}",
+        sys = system.public_key(),
+        acc = account.public_key()
+    ));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("worker.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().expect("seed")
+        ),
+    )
+    .expect("creds written");
+    let worker = worker_with_auth(
+        &server,
+        server.url(),
+        NatsAuth {
+            creds: Some(creds.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ok = exec(&server.url(), &["--creds", creds.to_str().expect("utf-8")]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "7");
+    let refused = exec(&server.url(), &[]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let missing = exec(&server.url(), &["--creds", "/nonexistent/x.creds"]);
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/x.creds"),
+        "{missing:?}"
     );
     worker.shutdown().await.expect("clean stop");
 }

@@ -599,3 +599,48 @@ async fn a_collector_that_is_down_costs_one_log_line_and_no_request() {
         "one line for spans, one for metrics, however many exports failed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_collector_does_not_hold_up_a_stopping_worker() {
+    // Accepts connections (the kernel does, into the backlog) and never answers.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let port = hung.local_addr().expect("address").port();
+    let server = NatsServer::start();
+    let plugins = plugins_dir(&[("stuck.rhai", "fn execute(input) { input }")]);
+    let (mut worker, _logs) = worker_process(
+        &server,
+        plugins.path(),
+        "stuck-worker",
+        &[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )],
+        &[],
+    );
+    let client = server.client().await;
+    wait_until_listed(&client, "stuck").await;
+    for i in 0..20 {
+        assert_eq!(
+            call(&client, "stuck", Value::from(i)).await.ok(),
+            Value::from(i)
+        );
+    }
+    // Exports are now waiting on the collector (HTTP timeout: 10 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = Instant::now();
+    // SAFETY: kill(2) on the pid of a child this test owns.
+    unsafe { libc::kill(worker.pid(), libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = worker.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(8),
+            "the worker is still stopping after 8 s (telemetry shutdown is capped at {:?})",
+            mofa_bus::telemetry::SHUTDOWN_LIMIT
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "a clean drain exits 0: {status:?}");
+    drop(hung);
+}

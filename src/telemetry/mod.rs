@@ -41,6 +41,9 @@ pub use propagation::{inject, new_trace_parent, trace_id_of_header, HeaderExtrac
 pub use spans::trace_id;
 pub(crate) use spans::{call_failed, call_span, request_span, RequestSpan};
 
+/// The longest a process waits at exit for its telemetry to be sent.
+pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
+
 /// The target of the spans the request path makes, so a log filter can tell them apart.
 pub const TARGET: &str = "mofa::request";
 
@@ -106,14 +109,31 @@ impl Telemetry {
         self.tracer.is_some() || self.meter.is_some()
     }
 
-    /// Flushes and stops the exporters (a few seconds at most when the collector is down).
-    /// Call it outside the async runtime, or from a blocking thread.
+    /// Flushes and stops the exporters, waiting at most [`SHUTDOWN_LIMIT`]: a collector that
+    /// hangs must not hold up a stopping worker (the SDK's meter provider ignores its own
+    /// shutdown timeout, and an export in flight waits for the HTTP timeout). What is not sent
+    /// by then is dropped. Call it outside the async runtime.
     pub fn shutdown(self) {
-        if let Some(tracer) = self.tracer {
-            let _ = tracer.shutdown();
+        if !self.exporting() {
+            return;
         }
-        if let Some(meter) = self.meter {
-            let _ = meter.shutdown();
+        let (done, finished) = std::sync::mpsc::channel();
+        let flushing = std::thread::Builder::new()
+            .name("otel-shutdown".into())
+            .spawn(move || {
+                if let Some(tracer) = self.tracer {
+                    let _ = tracer.shutdown_with_timeout(SHUTDOWN_LIMIT);
+                }
+                if let Some(meter) = self.meter {
+                    let _ = meter.shutdown();
+                }
+                let _ = done.send(());
+            });
+        if flushing.is_ok() && finished.recv_timeout(SHUTDOWN_LIMIT).is_err() {
+            tracing::warn!(
+                "OpenTelemetry data not flushed within {} s at exit; dropped",
+                SHUTDOWN_LIMIT.as_secs()
+            );
         }
     }
 }

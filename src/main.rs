@@ -172,16 +172,8 @@ enum Command {
         /// SHA-256).
         #[arg(long)]
         version: Option<String>,
-        /// Sign the revisions with this nkey seed (`SU…`), or the seed in this file (see
-        /// `mofa keygen`); workers with `reload.trusted_keys` load only signed revisions.
-        #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
-        sign: Option<String>,
-        /// Copies of the plugins buckets when this command creates them: 1 on a single
-        /// server, 3 on a 3-node cluster (like the workers' reload.replicas).
-        #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
-        replicas: usize,
         #[command(flatten)]
-        nats: NatsArgs,
+        bucket: BucketArgs,
     },
     /// Make an nkey pair for signing revisions: the seed (secret) goes to FILE, or to stdout
     /// without --out; the public key, for workers' `reload.trusted_keys`, to stdout.
@@ -197,15 +189,8 @@ enum Command {
         /// Quiet time after the last write before a file is published (trailing debounce).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
-        /// Sign every revision (see `mofa publish --sign`).
-        #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
-        sign: Option<String>,
-        /// Copies of the plugins buckets when this command creates them: 1 on a single
-        /// server, 3 on a 3-node cluster (like the workers' reload.replicas).
-        #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
-        replicas: usize,
         #[command(flatten)]
-        nats: NatsArgs,
+        bucket: BucketArgs,
     },
     /// Republish an earlier revision of a plugin (default: the one before the current).
     Rollback {
@@ -524,10 +509,8 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Publish {
             files,
             version,
-            sign,
-            replicas,
-            nats,
-        } => match signing_distribution(&nats.resolve(), sign.as_deref(), replicas).await {
+            bucket,
+        } => match bucket.open().await {
             Ok(distribution) => publish(distribution, &files, version.as_deref()).await,
             Err(e) => Err(e),
         },
@@ -535,10 +518,8 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Watch {
             dir,
             debounce,
-            sign,
-            replicas,
-            nats,
-        } => match signing_distribution(&nats.resolve(), sign.as_deref(), replicas).await {
+            bucket,
+        } => match bucket.open().await {
             Ok(distribution) => watch(distribution, &dir, debounce).await,
             Err(e) => Err(e),
         },
@@ -951,27 +932,43 @@ async fn distribution(nats: &Nats) -> anyhow::Result<Distribution> {
     Ok(Distribution::open(client, &ReloadConfig::default()).await?)
 }
 
-/// The buckets (created with `replicas` copies if missing), signing what it puts when `sign`
-/// names a key.
-async fn signing_distribution(
-    nats: &Nats,
-    sign: Option<&str>,
+/// How the commands that write the plugins buckets (`publish`, `watch`) connect, sign and
+/// create them.
+#[derive(clap::Args, Debug)]
+struct BucketArgs {
+    /// Sign the revisions with this nkey seed (`SU…`), or the seed in this file (see
+    /// `mofa keygen`); workers with `reload.trusted_keys` load only signed revisions.
+    #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
+    sign: Option<String>,
+    /// Copies of the plugins buckets when this command creates them: 1 on a single
+    /// server, 3 on a 3-node cluster (like the workers' reload.replicas).
+    #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
     replicas: usize,
-) -> anyhow::Result<Distribution> {
-    let key = sign
-        .map(mofa_bus::distribution::signature::signing_key)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
-    let client = nats.connect("mofa").await?;
-    let config = ReloadConfig {
-        replicas,
-        ..ReloadConfig::default()
-    };
-    let mut distribution = Distribution::open(client, &config).await?;
-    if let Some(key) = key {
-        distribution.sign_with(key);
+    #[command(flatten)]
+    nats: NatsArgs,
+}
+
+impl BucketArgs {
+    /// The buckets (created with `replicas` copies if missing), signing what it puts when
+    /// `--sign` names a key.
+    async fn open(&self) -> anyhow::Result<Distribution> {
+        let key = self
+            .sign
+            .as_deref()
+            .map(mofa_bus::distribution::signature::signing_key)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let client = self.nats.resolve().connect("mofa").await?;
+        let config = ReloadConfig {
+            replicas: self.replicas,
+            ..ReloadConfig::default()
+        };
+        let mut distribution = Distribution::open(client, &config).await?;
+        if let Some(key) = key {
+            distribution.sign_with(key);
+        }
+        Ok(distribution)
     }
-    Ok(distribution)
 }
 
 /// `mofa keygen`: a new nkey pair for signing revisions.

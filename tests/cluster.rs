@@ -33,13 +33,6 @@ const ENV: &[(&str, &str)] = &[
 ];
 const NODES: [&str; 3] = ["nats-a", "nats-b", "nats-c"];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// The shipped node config with the cluster on loopback `routes` ports; node `i` listens on
 /// the `i`-th.
 fn node(i: usize, routes: &[u16; 3]) -> NatsServer {

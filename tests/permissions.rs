@@ -328,20 +328,18 @@ async fn a_worker_that_may_not_create_the_bucket_follows_it_once_a_publisher_has
 #[test]
 fn bad_connection_settings_are_refused_with_the_fix() {
     let server = secure_server();
-    let wrong = Command::new(env!("CARGO_BIN_EXE_mofa"))
-        .args([
+    let wrong = mofa(
+        &[
             "exec",
             "echo",
             "1",
-            "--nats",
-            &server.url(),
             "--user",
             "client",
             "--password",
             "nope",
-        ])
-        .output()
-        .expect("mofa runs");
+        ],
+        &server.url(),
+    );
     assert_eq!(wrong.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&wrong.stderr).to_lowercase();
     assert!(stderr.contains("authorization"), "{stderr}");

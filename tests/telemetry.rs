@@ -558,10 +558,7 @@ async fn without_an_endpoint_or_with_the_sdk_disabled_nothing_is_exported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_costs_one_log_line_and_no_request() {
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
+    let port = free_port();
     let server = NatsServer::start();
     let plugins = plugins_dir(&[("unheard.rhai", "fn execute(input) { input }")]);
     let (worker, logs) = worker_process(

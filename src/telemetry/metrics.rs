@@ -144,13 +144,10 @@ impl Instruments {
         if !RECORDING.load(Ordering::Relaxed) {
             return;
         }
-        let outcome = KeyValue::new(
-            "error.type",
-            match code {
-                None => "none".to_string(),
-                Some(code) => code.to_string(),
-            },
-        );
+        let outcome = match code {
+            None => KeyValue::new("error.type", "none"),
+            Some(code) => KeyValue::new("error.type", code.to_string()),
+        };
         self.duration
             .record(took.as_secs_f64(), &[plugin.clone(), outcome]);
     }

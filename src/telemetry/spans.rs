@@ -105,13 +105,9 @@ impl RequestSpan {
         }
     }
 
-    /// The request ended in the error `code`.
-    pub(crate) fn failed(&self, code: u16, message: &str) {
-        if !self.0.is_none() {
-            self.0.record("error.type", code.to_string());
-            self.0.record("otel.status_code", "ERROR");
-            self.0.record("otel.status_description", message);
-        }
+    /// The request ended in the error `code` (its message is formatted only when traced).
+    pub(crate) fn failed(&self, code: u16, message: &dyn std::fmt::Display) {
+        call_failed(&self.0, code, message);
     }
 
     /// The trace this request belongs to: its span's when tracing is on, else the caller's
@@ -149,12 +145,12 @@ pub(crate) fn call_span(plugin: &str, depth: u32, local: bool) -> Span {
     )
 }
 
-/// Marks a call span as failed with `code`.
-pub(crate) fn call_failed(span: &Span, code: u16, message: &str) {
+/// Marks a span (a request's or a call's) as failed with `code`.
+pub(crate) fn call_failed(span: &Span, code: u16, message: &dyn std::fmt::Display) {
     if !span.is_none() {
         span.record("error.type", code.to_string());
         span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", message);
+        span.record("otel.status_description", message.to_string());
     }
 }
 

@@ -50,7 +50,7 @@ impl PluginCaller for BusCaller {
                     }
                 };
                 if let Err(e) = &result {
-                    telemetry::call_failed(&traced, e.code().as_u16(), &e.to_string());
+                    telemetry::call_failed(&traced, e.code().as_u16(), e);
                 }
                 result
             }

@@ -163,13 +163,14 @@ impl Endpoint {
         instruments: Arc<Instruments>,
     ) -> Self {
         let name = served.plugin.id().to_string();
-        let name_for_attribute = name.clone();
         let max_payload = match client.server_info().max_payload {
             0 => usize::MAX,
             max => max,
         };
         Self {
             subject: subjects::exec(&name),
+            plugin_attribute: telemetry::plugin_attribute(&name),
+            span_name: format!("mofa.exec {name}"),
             event_subject: Subject::from(subjects::result_event(&name)),
             name,
             served: ArcSwap::from_pointee(served),
@@ -186,9 +187,17 @@ impl Endpoint {
             events: config.events.results,
             include_output: config.events.include_output,
             instruments,
-            plugin_attribute: telemetry::plugin_attribute(&name_for_attribute),
-            span_name: format!("mofa.exec {name_for_attribute}"),
         }
+    }
+
+    /// Counts one answered request (or job) in the Services API stats and the duration metric.
+    fn record(&self, elapsed: Duration, error: Option<&PluginError>) {
+        self.stats.record(elapsed, error);
+        self.instruments.record(
+            &self.plugin_attribute,
+            error.map(|e| e.code().as_u16()),
+            elapsed,
+        );
     }
 
     /// This endpoint's counts, for the metrics.
@@ -378,14 +387,9 @@ impl Endpoint {
             served.plugin.kind().as_str(),
             served.revision.as_ref().map(|r| r.number),
         );
-        span.failed(error.code().as_u16(), &error.to_string());
+        span.failed(error.code().as_u16(), &error);
         self.reply_error(message, &error, &served).await;
-        self.stats.record(Duration::ZERO, Some(&error));
-        self.instruments.record(
-            &self.plugin_attribute,
-            Some(error.code().as_u16()),
-            Duration::ZERO,
-        );
+        self.record(Duration::ZERO, Some(&error));
     }
 
     async fn handle(
@@ -437,20 +441,15 @@ impl Endpoint {
                         tracing::warn!(plugin = %self.name, error = %e, "reply not sent");
                     }
                 }
-                self.stats.record(elapsed, None);
+                self.record(elapsed, None);
             }
             Err(error) => {
-                span.failed(error.code().as_u16(), &error.to_string());
+                span.failed(error.code().as_u16(), error);
                 self.reply_error(&message, error, &served).await;
-                self.stats.record(elapsed, Some(error));
+                self.record(elapsed, Some(error));
             }
         }
         span.phase("mofa.reply_us", started.elapsed().saturating_sub(elapsed));
-        self.instruments.record(
-            &self.plugin_attribute,
-            result.as_ref().err().map(|e| e.code().as_u16()),
-            elapsed,
-        );
         if self.events {
             let headers = message.headers.as_ref();
             let request_id = headers
@@ -522,12 +521,7 @@ impl Endpoint {
             .await
             .map(|(output, _)| output);
         let elapsed = started.elapsed();
-        self.stats.record(elapsed, result.as_ref().err());
-        self.instruments.record(
-            &self.plugin_attribute,
-            result.as_ref().err().map(|e| e.code().as_u16()),
-            elapsed,
-        );
+        self.record(elapsed, result.as_ref().err());
         if self.events {
             self.publish_event(Some(job), None, &served, result.clone(), elapsed)
                 .await;

@@ -235,6 +235,15 @@ impl Drop for NatsServer {
     }
 }
 
+/// A loopback port nothing listens on (free when asked; a test that needs it to stay free
+/// uses it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// A plugins directory holding the given scripts.
 pub fn plugins_dir(scripts: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -4,7 +4,8 @@
 //! - `mofa exec PLUGIN [JSON]` sends one request and prints the reply as JSON.
 //! - `mofa events [PLUGIN]` prints events as JSON lines.
 //! - `mofa publish`, `watch`, `rollback`, `remove`, `history` manage plugins on the bus;
-//!   `mofa plugins` lists what every live worker serves.
+//!   `mofa plugins` lists what every live worker serves, `mofa stats` their per-plugin
+//!   counts and reload success rates, `mofa ping` whether a worker answers.
 //! - `mofa sql FILE` runs a SQL file on the database the `database` plugin uses.
 //! - `mofa submit`, `job` and `dlq` submit durable jobs, read their results and handle the
 //!   dead letters.

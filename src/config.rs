@@ -102,7 +102,12 @@ pub struct WorkerConfig {
 pub struct ReloadConfig {
     /// Follow the plugins bucket (if the server has JetStream).
     pub enabled: bool,
-    /// Key-Value bucket holding one record per plugin.
+    /// The environment this worker follows (`--env`, `MOFA_ENV`): each environment has its
+    /// own plugins bucket (see [`ReloadConfig::kv_bucket`]), so staging and production serve
+    /// their own revisions.
+    pub env: String,
+    /// Key-Value bucket holding one record per plugin (of the `production` environment; other
+    /// environments add `_<env>`).
     pub bucket: String,
     /// Object Store bucket for large modules.
     pub object_bucket: String,
@@ -124,10 +129,55 @@ pub struct ReloadConfig {
     pub trusted_keys: Vec<String>,
 }
 
+/// The environment a worker follows unless told otherwise.
+pub const PRODUCTION: &str = "production";
+
+impl ReloadConfig {
+    /// The plugins bucket of `env`: `bucket` for `production`, `<bucket>_<env>` for any other.
+    /// Environments share the module object store, whose objects are named by their SHA-256.
+    pub fn bucket_of(&self, env: &str) -> String {
+        if env == PRODUCTION {
+            self.bucket.clone()
+        } else {
+            format!("{}_{env}", self.bucket)
+        }
+    }
+
+    /// The plugins bucket of the environment this worker follows.
+    pub fn kv_bucket(&self) -> String {
+        self.bucket_of(&self.env)
+    }
+
+    /// This config, following `env` instead.
+    pub fn in_env(&self, env: &str) -> Result<ReloadConfig, ConfigError> {
+        validate_env(env)?;
+        Ok(ReloadConfig {
+            env: env.to_string(),
+            ..self.clone()
+        })
+    }
+}
+
+/// Checks an environment name: it becomes part of a bucket name.
+pub fn validate_env(env: &str) -> Result<(), ConfigError> {
+    if env.is_empty()
+        || env.len() > 64
+        || !env
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ConfigError::Invalid(format!(
+            "environment {env:?}: an environment name is 1 to 64 of [A-Za-z0-9_-] (e.g. staging, production)"
+        )));
+    }
+    Ok(())
+}
+
 impl Default for ReloadConfig {
     fn default() -> Self {
         Self {
             enabled: true,
+            env: PRODUCTION.into(),
             bucket: "mofa_plugins".into(),
             object_bucket: "mofa_modules".into(),
             history: 10,
@@ -280,6 +330,7 @@ impl WorkerConfig {
                 "wasm.max_memory_mb can be at most 2048 (the ABI addresses 2 GiB)".into(),
             ));
         }
+        validate_env(&self.reload.env)?;
         if !(1..=5).contains(&self.reload.replicas) {
             return Err(ConfigError::Invalid(format!(
                 "reload.replicas is {}: JetStream keeps 1 to 5 copies of a bucket (1 on a single server, 3 on a 3-node cluster)",

@@ -144,9 +144,37 @@ pub fn is_sandboxed(kind: PluginKind) -> bool {
     of(kind).is_some_and(|k| k.sandboxed)
 }
 
+/// The ending of a plugin's test-case file, kept beside its code (`discount.test.toml` beside
+/// `discount.rhai`; see [`crate::local::cases`]). It is not a sidecar: a worker never reads it.
+pub const CASES_SUFFIX: &str = ".test.toml";
+
+/// The case file of the plugin whose code is in `code`.
+pub fn case_file_for(code: &Path) -> PathBuf {
+    code.with_extension(&CASES_SUFFIX[1..])
+}
+
+/// The code file a case file belongs to: the file of any kind beside it with its name.
+pub fn code_for_case(case: &Path) -> Option<PathBuf> {
+    let name = case.file_name()?.to_str()?.strip_suffix(CASES_SUFFIX)?;
+    KINDS
+        .iter()
+        .map(|k| case.with_file_name(format!("{name}.{}", k.extension)))
+        .find(|code| code.is_file())
+}
+
+/// Whether `path` is a test-case file.
+pub fn is_case_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(CASES_SUFFIX))
+}
+
 /// The code file a changed `path` stands for: the file itself, or the code file beside a
-/// sidecar (editing `x.toml` stands for `x.wasm`).
+/// sidecar (editing `x.toml` stands for `x.wasm`); a test-case file stands for none.
 pub fn code_file(path: &Path) -> Option<PathBuf> {
+    if is_case_file(path) {
+        return None;
+    }
     let extension = path.extension()?.to_str()?;
     KINDS.iter().find_map(|k| {
         if k.extension == extension {
@@ -253,6 +281,7 @@ mod tests {
             Some(PathBuf::from("p/x.rhai"))
         );
         assert_eq!(code_file(Path::new("p/.x.rhai.swp")), None);
+        assert_eq!(code_file(Path::new("p/x.test.toml")), None);
         assert_eq!(code_file(Path::new("p/x.rhai~")), None);
         assert!(is_sandboxed(PluginKind::Rhai) && is_sandboxed(PluginKind::Wasm));
         assert!(!is_sandboxed(PluginKind::Native));

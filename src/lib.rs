@@ -33,8 +33,11 @@
 //! Beside the layers, for running it anywhere: [`nats_server`] finds (or installs once) a
 //! nats-server new enough for hot reload, [`pyvenv`] is the cached-venv installer it uses, and
 //! [`dev`] is `mofa worker --dev`'s local server and the runtime file the other verbs read.
-//! On the client side, [`fleet`] asks the workers what they serve and [`mcp`] offers the
-//! fleet's tools to MCP clients.
+//! [`local`] runs plugin files with no bus at all (`mofa run`, `mofa test` and the cases
+//! `mofa publish` runs first).
+//! On the client side, [`fleet`] asks the workers what they serve, [`revisions`] compares a
+//! plugin's revisions (a canary and its stable one) from their result events, and [`mcp`]
+//! offers the fleet's tools to MCP clients.
 
 pub mod config;
 pub mod connection;
@@ -43,11 +46,13 @@ pub mod distribution;
 pub mod fleet;
 pub mod jobs;
 pub mod kinds;
+pub mod local;
 pub mod mcp;
 pub mod native;
 pub mod nats_server;
 pub mod plugin;
 pub mod pyvenv;
+pub mod revisions;
 pub mod rhai;
 pub mod subjects;
 pub mod telemetry;

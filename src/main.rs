@@ -6,6 +6,9 @@
 //! - `mofa publish`, `watch`, `rollback`, `remove`, `history` manage plugins on the bus;
 //!   `mofa plugins` lists what every live worker serves, `mofa stats` their per-plugin
 //!   counts and reload success rates, `mofa ping` whether a worker answers.
+//! - `mofa run FILE [JSON]` and `mofa test [PATH…]` run plugin files locally, in the sandbox,
+//!   with no bus; `mofa promote` and `mofa canary` move revisions between environments and
+//!   run canaries (see `cmd`).
 //! - `mofa sql FILE` runs a SQL file on the database the `database` plugin uses.
 //! - `mofa submit`, `job` and `dlq` submit durable jobs, read their results and handle the
 //!   dead letters.
@@ -24,10 +27,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use mofa_bus::config::{ReloadConfig, WorkerConfig};
+use mofa_bus::config::{ReloadConfig, WorkerConfig, PRODUCTION};
 use mofa_bus::dev;
 use mofa_bus::distribution::{Distribution, Stored, INLINE_LIMIT};
 use mofa_bus::{subjects, wire};
+
+mod cmd;
 
 /// mofa-bus: serve native, Rhai and WASM plugins on NATS subjects `mofa.exec.<plugin>`.
 ///
@@ -75,6 +80,10 @@ enum Command {
         /// without --nats.
         #[arg(long)]
         dev: bool,
+        /// The environment to follow: its own plugins bucket (production: mofa_plugins;
+        /// any other: mofa_plugins_<env>) [default: the config's reload.env, production]
+        #[arg(long, env = "MOFA_ENV")]
+        env: Option<String>,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -173,8 +182,91 @@ enum Command {
         /// SHA-256).
         #[arg(long)]
         version: Option<String>,
+        /// Publish as a canary: beside the revision serving now, answering this percent of
+        /// the requests (by the hash of a request's Mofa-Route-Key header, else at random),
+        /// until `mofa promote` or `mofa rollback`.
+        #[arg(long, value_name = "PERCENT")]
+        canary: Option<f64>,
+        /// With --canary: a worker drops the canary once its error rate there exceeds this
+        /// percent, announced as a rolled_back reload event.
+        #[arg(long, value_name = "PERCENT", requires = "canary")]
+        max_error_rate: Option<f64>,
+        /// With --max-error-rate: requests the canary answers on a worker before its error
+        /// rate counts.
+        #[arg(long, default_value_t = 20, requires = "max_error_rate")]
+        min_requests: u64,
+        /// Publish without running the plugin's test cases (FILE.test.toml); the record says
+        /// it was not tested.
+        #[arg(long)]
+        no_test: bool,
+        /// The worker configuration whose limits the test cases run under.
+        #[arg(long, env = "MOFA_CONFIG")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         bucket: BucketArgs,
+    },
+    /// Run a plugin file once, locally, in the same sandbox and limits as a worker (no NATS):
+    /// a script (plain, tool or rule set) or a module with its manifest. Prints the output as
+    /// JSON on stdout, and the time taken (or the error code and message) on stderr.
+    ///
+    /// `call_plugin` reaches the native plugins (echo, discount_native, database on the
+    /// configured database). Exit status: 0 on an output, 1 on an error, 2 when the file
+    /// does not load.
+    Run {
+        /// The .rhai or .wasm file.
+        file: PathBuf,
+        /// Input as JSON (converted to MessagePack). Omitted: nil.
+        input: Option<String>,
+        /// The worker configuration whose limits apply.
+        #[arg(long, env = "MOFA_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Run plugins' test cases: FILE.test.toml beside FILE.rhai or FILE.wasm (see the README).
+    /// Each case file runs on a fresh embedded SQLite database, with its `sql` files loaded.
+    ///
+    /// Exit status: 0 every case passed, 1 a case failed or a case file is broken.
+    Test {
+        /// Plugin files, case files or directories [default: the plugins directory].
+        paths: Vec<PathBuf>,
+        /// The worker configuration whose limits apply.
+        #[arg(long, env = "MOFA_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Make the canary of PLUGIN the only revision (its exact record, without the canary);
+    /// or, with --from and --to, copy the revision serving in one environment to another
+    /// (same code, SHA-256 and signature).
+    Promote {
+        /// Plugin name.
+        plugin: String,
+        /// The environment whose canary is promoted.
+        #[arg(long, env = "MOFA_ENV", default_value = PRODUCTION, conflicts_with_all = ["from", "to"])]
+        env: String,
+        /// Copy from this environment...
+        #[arg(long, requires = "to")]
+        from: Option<String>,
+        /// ...to this one.
+        #[arg(long, requires = "from")]
+        to: Option<String>,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Compare a plugin's canary with its stable revision live, from the fleet's result
+    /// events: requests, errors, error rate, p50 and p99 per revision.
+    Canary {
+        /// Plugin name.
+        plugin: String,
+        /// How long to watch.
+        #[arg(long = "for", default_value = "10s", value_parser = humantime::parse_duration)]
+        watch_for: Duration,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        env: EnvArgs,
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Make an nkey pair for signing revisions: the seed (secret) goes to FILE, or to stdout
     /// without --out; the public key, for workers' `reload.trusted_keys`, to stdout.
@@ -193,13 +285,16 @@ enum Command {
         #[command(flatten)]
         bucket: BucketArgs,
     },
-    /// Republish an earlier revision of a plugin (default: the one before the current).
+    /// Republish an earlier revision of a plugin (default: the one before the current); when
+    /// a canary runs, drop it (its stable revision serves everything again).
     Rollback {
         /// Plugin name.
         plugin: String,
         /// Revision to return to (see `mofa history`).
         #[arg(long)]
         to: Option<u64>,
+        #[command(flatten)]
+        env: EnvArgs,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -208,12 +303,16 @@ enum Command {
         /// Plugin name.
         plugin: String,
         #[command(flatten)]
+        env: EnvArgs,
+        #[command(flatten)]
         nats: NatsArgs,
     },
     /// List the stored revisions of a plugin, oldest first.
     History {
         /// Plugin name.
         plugin: String,
+        #[command(flatten)]
+        env: EnvArgs,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -467,8 +566,9 @@ async fn run(cli: Cli) -> ExitCode {
             name,
             config,
             dev,
+            env,
             database,
-        } => worker(nats, plugins, name, config, dev, database).await,
+        } => worker(nats, plugins, name, config, dev, env, database).await,
         Command::Sql {
             file,
             config,
@@ -510,11 +610,47 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Publish {
             files,
             version,
+            canary,
+            max_error_rate,
+            min_requests,
+            no_test,
+            config,
             bucket,
-        } => match bucket.open().await {
-            Ok(distribution) => publish(distribution, &files, version.as_deref()).await,
+        } => {
+            let options = cmd::rollout::PublishOptions {
+                version,
+                canary,
+                max_error_rate,
+                min_requests,
+                no_test,
+                config,
+            };
+            cmd::rollout::publish(bucket, &files, options).await
+        }
+        Command::Run {
+            file,
+            input,
+            config,
+            database,
+        } => match database.over(config.as_deref()) {
+            Ok(config) => cmd::local::run(&file, input.as_deref(), &config).await,
             Err(e) => Err(e),
         },
+        Command::Test { paths, config } => cmd::local::test(&paths, config.as_deref()).await,
+        Command::Promote {
+            plugin,
+            env,
+            from,
+            to,
+            nats,
+        } => cmd::rollout::promote(&nats.resolve(), &plugin, &env, from.zip(to)).await,
+        Command::Canary {
+            plugin,
+            watch_for,
+            json,
+            env,
+            nats,
+        } => cmd::rollout::canary(&nats.resolve(), &plugin, &env.env, watch_for, json).await,
         Command::Keygen { out } => keygen(out.as_deref()),
         Command::Watch {
             dir,
@@ -524,9 +660,16 @@ async fn run(cli: Cli) -> ExitCode {
             Ok(distribution) => watch(distribution, &dir, debounce).await,
             Err(e) => Err(e),
         },
-        Command::Rollback { plugin, to, nats } => rollback(&nats.resolve(), &plugin, to).await,
-        Command::Remove { plugin, nats } => remove(&nats.resolve(), &plugin).await,
-        Command::History { plugin, nats } => history(&nats.resolve(), &plugin).await,
+        Command::Rollback {
+            plugin,
+            to,
+            env,
+            nats,
+        } => rollback(&nats.resolve(), &plugin, to, &env.env).await,
+        Command::Remove { plugin, env, nats } => remove(&nats.resolve(), &plugin, &env.env).await,
+        Command::History { plugin, env, nats } => {
+            history(&nats.resolve(), &plugin, &env.env).await
+        }
         Command::Plugins { wait, json, nats } => plugins(&nats.resolve(), wait, json).await,
         Command::Stats { wait, json, nats } => stats(&nats.resolve(), wait, json).await,
         Command::Ping {
@@ -554,6 +697,7 @@ async fn worker(
     name: Option<String>,
     config_file: Option<PathBuf>,
     dev: bool,
+    env: Option<String>,
     database: DatabaseArgs,
 ) -> anyhow::Result<ExitCode> {
     // From here on a signal stops the worker in order, even one that comes while it starts.
@@ -574,6 +718,9 @@ async fn worker(
     }
     if name.is_some() {
         config.worker_id = name;
+    }
+    if let Some(env) = env {
+        config.reload = config.reload.in_env(&env)?;
     }
     let _server = if dev {
         dev_server(&mut config).await?
@@ -928,9 +1075,19 @@ async fn events(nats: &Nats, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn distribution(nats: &Nats) -> anyhow::Result<Distribution> {
+/// The plugins bucket of `env`.
+async fn distribution(nats: &Nats, env: &str) -> anyhow::Result<Distribution> {
     let client = nats.connect("mofa").await?;
-    Ok(Distribution::open(client, &ReloadConfig::default()).await?)
+    let config = ReloadConfig::default().in_env(env)?;
+    Ok(Distribution::open(client, &config).await?)
+}
+
+/// The environment a bucket command works on.
+#[derive(clap::Args, Debug)]
+struct EnvArgs {
+    /// The environment whose plugins bucket this is (see `mofa worker --env`).
+    #[arg(long, env = "MOFA_ENV", default_value = PRODUCTION)]
+    env: String,
 }
 
 /// How the commands that write the plugins buckets (`publish`, `watch`) connect, sign and
@@ -945,6 +1102,8 @@ struct BucketArgs {
     /// server, 3 on a 3-node cluster (like the workers' reload.replicas).
     #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
     replicas: usize,
+    #[command(flatten)]
+    env: EnvArgs,
     #[command(flatten)]
     nats: NatsArgs,
 }
@@ -963,7 +1122,8 @@ impl BucketArgs {
         let config = ReloadConfig {
             replicas: self.replicas,
             ..ReloadConfig::default()
-        };
+        }
+        .in_env(&self.env.env)?;
         let mut distribution = Distribution::open(client, &config).await?;
         if let Some(key) = key {
             distribution.sign_with(key);
@@ -994,20 +1154,6 @@ fn keygen(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         None => println!("seed: {seed}"),
     }
     println!("public key: {}", key.public_key());
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn publish(
-    distribution: Distribution,
-    files: &[PathBuf],
-    version: Option<&str>,
-) -> anyhow::Result<ExitCode> {
-    for file in files {
-        let (plugin, revision) = distribution
-            .publish_file(file, version, INLINE_LIMIT)
-            .await?;
-        println!("published {plugin} as revision {revision}");
-    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1046,39 +1192,62 @@ async fn watch(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rollback(nats: &Nats, plugin: &str, to: Option<u64>) -> anyhow::Result<ExitCode> {
+async fn rollback(
+    nats: &Nats,
+    plugin: &str,
+    to: Option<u64>,
+    env: &str,
+) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    let (revision, from) = distribution(nats).await?.rollback(plugin, to).await?;
+    let (revision, from) = distribution(nats, env).await?.rollback(plugin, to).await?;
     println!("rolled {plugin} back to revision {from} (published as revision {revision})");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn remove(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
+async fn remove(nats: &Nats, plugin: &str, env: &str) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    distribution(nats).await?.remove(plugin).await?;
+    distribution(nats, env).await?.remove(plugin).await?;
     println!("removed {plugin}");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn history(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
+async fn history(nats: &Nats, plugin: &str, env: &str) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    let history = distribution(nats).await?.history(plugin).await?;
+    let history = distribution(nats, env).await?.history(plugin).await?;
     if history.is_empty() {
         anyhow::bail!("{plugin} was never published");
     }
     for (revision, stored) in history {
         match stored {
-            Stored::Record(r) => println!(
-                "{revision}\t{}\t{}\t{}\t{}\t{}{}",
-                r.kind.as_str(),
-                r.version,
-                r.sha256.chars().take(12).collect::<String>(),
-                r.publisher,
-                r.published_ms,
-                r.rollback_of
-                    .map(|rev| format!("\trollback of {rev}"))
-                    .unwrap_or_default()
-            ),
+            Stored::Record(r) => {
+                let mut notes = Vec::new();
+                if let Some(rev) = r.rollback_of {
+                    notes.push(format!("rollback of {rev}"));
+                }
+                if let Some(canary) = &r.canary {
+                    notes.push(format!("canary {}% beside {}", canary.percent, canary.stable));
+                }
+                if let Some(from) = &r.promoted_from {
+                    notes.push(format!("promoted from {from}"));
+                }
+                match &r.tests {
+                    Some(tests) if tests.skipped => notes.push("published untested (--no-test)".into()),
+                    Some(tests) => notes.push(format!("{} test cases passed", tests.passed)),
+                    None => {}
+                }
+                println!(
+                    "{revision}\t{}\t{}\t{}\t{}\t{}{}",
+                    r.kind.as_str(),
+                    r.version,
+                    r.sha256.chars().take(12).collect::<String>(),
+                    r.publisher,
+                    r.published_ms,
+                    notes
+                        .iter()
+                        .map(|note| format!("\t{note}"))
+                        .collect::<String>()
+                )
+            }
             Stored::Deleted => println!("{revision}\tdeleted"),
             Stored::Unreadable(e) => println!("{revision}\tunreadable\t{e}"),
         }

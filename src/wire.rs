@@ -27,6 +27,11 @@ pub const HEADER_REQUEST_ID: &str = "Mofa-Request-Id";
 /// Reply header naming the bucket revision of the plugin that answered (plugins distributed
 /// over the bus only).
 pub const HEADER_REVISION: &str = "Mofa-Revision";
+/// Optional request header: a caller-chosen key (a customer id, say) that places the request
+/// on one side of a canary by its hash, so one key always sees one variant.
+pub const HEADER_ROUTE_KEY: &str = "Mofa-Route-Key";
+/// Reply header set when a canary revision answered: `true`.
+pub const HEADER_CANARY: &str = "Mofa-Canary";
 /// Request header set on plugin-to-plugin calls over the bus: the depth of the call.
 pub const HEADER_CALL_DEPTH: &str = "Mofa-Call-Depth";
 
@@ -310,6 +315,9 @@ pub struct ResultEvent<'a> {
     /// Bucket revision that executed it (plugins distributed over the bus only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
+    /// Set when a canary revision executed it (see `mofa publish --canary`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub canary: bool,
     /// Id of the worker that executed the request.
     pub worker: Cow<'a, str>,
     /// The caller's `Mofa-Request-Id` header, or an id the worker generated.

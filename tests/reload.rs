@@ -524,6 +524,9 @@ async fn a_module_that_cannot_be_fetched_is_retried_max_attempts_times() {
             rollback_of: None,
             signer: None,
             signature: None,
+            canary: None,
+            tests: None,
+            promoted_from: None,
         };
         dist.put("ghost", &record).await.expect("put");
         let failed = loop {

@@ -42,9 +42,33 @@ pub struct ReloadEvent {
     /// Compile + load time in microseconds (`completed`, `failed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_us: Option<u64>,
-    /// Why (`failed`).
+    /// Why (`failed`; `rolled_back` when a canary was dropped for its error rate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A canary: `completed` for a canary revision names the stable revision it serves beside;
+    /// `rolled_back` for a dropped canary names the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_of: Option<u64>,
     /// Unix time in milliseconds.
     pub timestamp_ms: u64,
+}
+
+impl ReloadEvent {
+    /// An event of `status` about `revision` of `plugin` on `worker`, stamped now.
+    pub fn new(status: ReloadStatus, plugin: &str, worker: &str, revision: u64) -> Self {
+        Self {
+            event: "reload".to_string(),
+            status,
+            plugin: plugin.to_string(),
+            worker: worker.to_string(),
+            revision,
+            sha256: String::new(),
+            kind: None,
+            version: None,
+            duration_us: None,
+            error: None,
+            canary_of: None,
+            timestamp_ms: crate::wire::unix_ms(),
+        }
+    }
 }

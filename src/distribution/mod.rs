@@ -15,5 +15,5 @@ mod store;
 pub mod watch;
 
 pub use events::{ReloadEvent, ReloadStatus};
-pub use record::{PluginRecord, Revision, INLINE_LIMIT};
+pub use record::{Canary, PluginRecord, Revision, TestsRun, INLINE_LIMIT};
 pub use store::{Distribution, DistributionError, Stored};

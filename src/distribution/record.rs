@@ -42,6 +42,68 @@ pub struct PluginRecord {
     /// The signature, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Set on a canary revision: it serves a share of the requests beside a stable revision
+    /// (`mofa publish --canary`) until it is promoted or dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// What the publisher's test cases said before it was published (`mofa publish` runs the
+    /// plugin's `.test.toml` cases first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tests: Option<TestsRun>,
+    /// Set when this revision was copied from another environment (`mofa promote --from`):
+    /// `ENV@REVISION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_from: Option<String>,
+}
+
+/// How a canary revision shares the traffic with the stable one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Canary {
+    /// Share of the requests the canary answers, in percent (more than 0, at most 100).
+    /// A request with a `Mofa-Route-Key` header is placed by a hash of that key, so one key
+    /// always sees one variant; other requests are placed at random.
+    pub percent: f64,
+    /// The bucket revision of the same key that answers the other requests.
+    pub stable: u64,
+    /// Automatic rollback: a worker stops routing to the canary once its error rate (error
+    /// replies / requests answered by the canary on that worker) exceeds this fraction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// Requests the canary must have answered on a worker before `max_error_rate` applies.
+    #[serde(default)]
+    pub min_requests: u64,
+}
+
+impl Eq for Canary {}
+
+impl Canary {
+    /// Checks the numbers a publisher chose.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.percent > 0.0 && self.percent <= 100.0) {
+            return Err(format!(
+                "canary percent is {}: give a share of the requests above 0 and at most 100",
+                self.percent
+            ));
+        }
+        if let Some(rate) = self.max_error_rate {
+            if !(0.0..1.0).contains(&rate) {
+                return Err(format!(
+                    "canary max error rate is {rate}: give a fraction from 0 (any error) to below 1"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The test cases run before a publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestsRun {
+    /// Cases that passed (all of them, or the publish is refused).
+    pub passed: u32,
+    /// Published with `--no-test`: the cases were not run.
+    #[serde(default)]
+    pub skipped: bool,
 }
 
 impl PluginRecord {

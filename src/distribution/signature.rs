@@ -93,6 +93,9 @@ mod tests {
             rollback_of: None,
             signer: None,
             signature: None,
+            canary: None,
+            tests: None,
+            promoted_from: None,
         }
     }
 

@@ -6,7 +6,7 @@ use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::record::{sha256_hex, PluginRecord};
+use super::record::{sha256_hex, Canary, PluginRecord};
 use crate::config::ReloadConfig;
 use crate::kinds;
 use crate::subjects;
@@ -67,6 +67,8 @@ pub struct Distribution {
     kv: kv::Store,
     objects: object_store::ObjectStore,
     object_bucket: String,
+    /// The environment whose bucket this is.
+    env: String,
     /// Signs every record this handle puts (`mofa publish --sign`).
     signer: Option<std::sync::Arc<nkeys::KeyPair>>,
 }
@@ -90,13 +92,16 @@ impl Distribution {
             bucket: bucket.to_string(),
             message: e,
         };
-        let kv = match js.get_key_value(&config.bucket).await {
+        let bucket = config.kv_bucket();
+        let kv = match js.get_key_value(&bucket).await {
             Ok(kv) => kv,
             Err(_) => match js
                 .create_key_value(kv::Config {
-                    bucket: config.bucket.clone(),
-                    description: "mofa-bus plugins: one key per plugin, history for rollback"
-                        .into(),
+                    bucket: bucket.clone(),
+                    description: format!(
+                        "mofa-bus plugins of the {} environment: one key per plugin, history for rollback",
+                        config.env
+                    ),
                     history: config.history,
                     num_replicas: config.replicas,
                     storage: jetstream::stream::StorageType::File,
@@ -107,9 +112,9 @@ impl Distribution {
                 Ok(kv) => kv,
                 // Another worker may have created it meanwhile.
                 Err(create) => js
-                    .get_key_value(&config.bucket)
+                    .get_key_value(&bucket)
                     .await
-                    .map_err(|_| bucket_error(&config.bucket, create.to_string()))?,
+                    .map_err(|_| bucket_error(&bucket, create.to_string()))?,
             },
         };
         let objects = match js.get_object_store(&config.object_bucket).await {
@@ -137,6 +142,7 @@ impl Distribution {
             kv,
             objects,
             object_bucket: config.object_bucket.clone(),
+            env: config.env.clone(),
             signer: None,
         })
     }
@@ -149,6 +155,11 @@ impl Distribution {
     /// The plugins bucket.
     pub fn kv(&self) -> &kv::Store {
         &self.kv
+    }
+
+    /// The environment whose bucket this is.
+    pub fn env(&self) -> &str {
+        &self.env
     }
 
     /// Builds the record for a plugin file of any kind in [`crate::kinds::KINDS`] (a module
@@ -188,6 +199,9 @@ impl Distribution {
             rollback_of: None,
             signer: None,
             signature: None,
+            canary: None,
+            tests: None,
+            promoted_from: None,
         };
         if kind.text {
             record.source = Some(
@@ -238,20 +252,14 @@ impl Distribution {
     /// Puts a record under `name` (signed, when this handle signs); returns the new revision.
     /// A record put unsigned keeps the signature it carries (a rollback).
     pub async fn put(&self, name: &str, record: &PluginRecord) -> Result<u64, DistributionError> {
-        subjects::validate_name(name).map_err(|e| DistributionError::Operation(e.to_string()))?;
-        let bytes = match &self.signer {
+        match &self.signer {
             Some(key) => {
                 let mut signed = record.clone();
                 super::signature::sign(name, &mut signed, key).map_err(op(name))?;
-                signed.encode()
+                self.put_as_is(name, &signed).await
             }
-            None => record.encode(),
+            None => self.put_as_is(name, record).await,
         }
-        .map_err(op("encode"))?;
-        self.kv
-            .put(name, bytes.into())
-            .await
-            .map_err(|e| DistributionError::Operation(format!("publish {name}: {e}")))
     }
 
     /// The current record and revision of `name`, if any.
@@ -302,6 +310,13 @@ impl Distribution {
         name: &str,
         to: Option<u64>,
     ) -> Result<(u64, u64), DistributionError> {
+        if to.is_none() {
+            if let Some((_, current)) = self.current(name).await? {
+                if let Some(canary) = &current.canary {
+                    return self.drop_canary(name, canary.stable).await;
+                }
+            }
+        }
         let history = self.history(name).await?;
         let puts: Vec<(u64, PluginRecord)> = history
             .into_iter()
@@ -333,12 +348,129 @@ impl Distribution {
                 })?
             }
         };
-        let (rev, mut record) = target;
+        let (rev, record) = target;
+        self.republish(name, rev, record).await
+    }
+
+    /// Puts revision `rev` (`record`) of `name` again as the only revision (no canary);
+    /// returns `(new revision, rev)`.
+    async fn republish(
+        &self,
+        name: &str,
+        rev: u64,
+        mut record: PluginRecord,
+    ) -> Result<(u64, u64), DistributionError> {
         record.rollback_of = Some(rev);
+        record.canary = None;
         record.publisher = publisher();
         record.published_ms = wire::unix_ms();
-        let new = self.put(name, &record).await?;
+        let new = self.put_as_is(name, &record).await?;
         Ok((new, rev))
+    }
+
+    /// Drops the canary of `name`: its stable revision `stable` serves everything again.
+    async fn drop_canary(&self, name: &str, stable: u64) -> Result<(u64, u64), DistributionError> {
+        let record = self.revision(name, stable).await?;
+        self.republish(name, stable, record).await
+    }
+
+    /// Revision `rev` of `name`, which must hold a plugin record.
+    pub async fn revision(&self, name: &str, rev: u64) -> Result<PluginRecord, DistributionError> {
+        let entry = self
+            .kv
+            .entry_for_revision(name, rev)
+            .await
+            .map_err(|e| DistributionError::Operation(format!("read {name} revision {rev}: {e}")))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                PluginRecord::decode(&e.value).map_err(op(name))
+            }
+            _ => Err(DistributionError::Operation(format!(
+                "{name} has no stored revision {rev} in the {} bucket (it may be older than the bucket's history)",
+                self.env
+            ))),
+        }
+    }
+
+    /// Publishes `record` of `name` as a canary beside the revision serving now (or beside
+    /// the stable revision of the canary serving now, which it replaces). Returns the new
+    /// revision and the stable one.
+    pub async fn publish_canary(
+        &self,
+        name: &str,
+        mut record: PluginRecord,
+        mut canary: Canary,
+    ) -> Result<(u64, u64), DistributionError> {
+        let Some((current, serving)) = self.current(name).await? else {
+            return Err(DistributionError::Operation(format!(
+                "{name} has no revision in the {} environment to run a canary beside; publish it without --canary first",
+                self.env
+            )));
+        };
+        canary.stable = serving.canary.map_or(current, |c| c.stable);
+        canary.validate().map_err(op(name))?;
+        let stable = canary.stable;
+        record.canary = Some(canary);
+        let revision = self.put(name, &record).await?;
+        Ok((revision, stable))
+    }
+
+    /// Makes the canary of `name` the only revision: its record is put again without the
+    /// canary (same code, SHA-256 and signature). Returns the new revision and the canary's.
+    pub async fn promote_canary(&self, name: &str) -> Result<(u64, u64), DistributionError> {
+        let Some((current, mut record)) = self.current(name).await? else {
+            return Err(DistributionError::Operation(format!(
+                "{name} is not published in the {} environment",
+                self.env
+            )));
+        };
+        if record.canary.take().is_none() {
+            return Err(DistributionError::Operation(format!(
+                "{name} has no canary in the {} environment (revision {current} serves every request); to copy it to another environment, use --from and --to",
+                self.env
+            )));
+        }
+        record.publisher = publisher();
+        record.published_ms = wire::unix_ms();
+        let revision = self.put_as_is(name, &record).await?;
+        Ok((revision, current))
+    }
+
+    /// Copies the revision of `name` serving in `from` into this environment, exactly: same
+    /// code, SHA-256 and signature. Returns the new revision here and the one copied.
+    pub async fn promote_from(
+        &self,
+        from: &Distribution,
+        name: &str,
+    ) -> Result<(u64, u64), DistributionError> {
+        let Some((revision, mut record)) = from.current(name).await? else {
+            return Err(DistributionError::Operation(format!(
+                "{name} is not published in the {} environment",
+                from.env
+            )));
+        };
+        if record.canary.is_some() {
+            return Err(DistributionError::Operation(format!(
+                "{name} runs a canary in the {env} environment (revision {revision}); promote or roll it back there first (`mofa promote {name} --env {env}` or `mofa rollback {name} --env {env}`)",
+                env = from.env
+            )));
+        }
+        record.promoted_from = Some(format!("{}@{revision}", from.env));
+        record.rollback_of = None;
+        record.publisher = publisher();
+        record.published_ms = wire::unix_ms();
+        let new = self.put_as_is(name, &record).await?;
+        Ok((new, revision))
+    }
+
+    /// Puts `record` with the signature it carries, whether or not this handle signs.
+    async fn put_as_is(&self, name: &str, record: &PluginRecord) -> Result<u64, DistributionError> {
+        subjects::validate_name(name).map_err(|e| DistributionError::Operation(e.to_string()))?;
+        let bytes = record.encode().map_err(op("encode"))?;
+        self.kv
+            .put(name, bytes.into())
+            .await
+            .map_err(|e| DistributionError::Operation(format!("publish {name}: {e}")))
     }
 
     /// Deletes `name`: every worker removes its endpoint.

@@ -24,12 +24,13 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::distribution::Revision;
+use super::canary::CanaryRoute;
+use crate::distribution::{ReloadEvent, ReloadStatus, Revision};
 use crate::plugin::{
     block_on, panic_message, CallContext, ManagedPlugin, PluginError, SandboxPool,
 };
 use crate::subjects;
-use crate::telemetry::{self, Instruments, PluginSnapshot, RequestSpan};
+use crate::telemetry::{self, Instruments, PluginSnapshot, ReloadCounts, RequestSpan};
 use crate::wire::{self, ResultEvent, Value};
 
 /// Counters for the Services API `STATS` reply. Updated with atomics; the last error takes a
@@ -114,6 +115,8 @@ pub(crate) struct Served {
     pub(crate) revision: Option<Revision>,
     /// `Mofa-Revision` header value, precomputed.
     revision_header: Option<String>,
+    /// A canary revision answering a share of the requests beside this one.
+    pub(crate) canary: Option<(Box<Served>, CanaryRoute)>,
 }
 
 impl Served {
@@ -123,6 +126,27 @@ impl Served {
             plugin,
             revision,
             revision_header,
+            canary: None,
+        }
+    }
+
+    /// This revision with `canary` beside it, routed as `route` says.
+    pub(crate) fn with_canary(mut self, canary: Served, route: CanaryRoute) -> Self {
+        self.canary = Some((Box::new(canary), route));
+        self
+    }
+
+    /// This revision alone (its canary dropped).
+    fn alone(&self) -> Served {
+        Served::new(self.plugin.clone(), self.revision.clone())
+    }
+
+    /// The variant that answers a request of `plugin` with this route key: the canary's, with
+    /// its route, or this one.
+    fn pick(&self, plugin: &str, route_key: Option<&str>) -> (&Served, Option<&CanaryRoute>) {
+        match &self.canary {
+            Some((canary, route)) if route.takes(plugin, route_key) => (canary, Some(route)),
+            _ => (self, None),
         }
     }
 }
@@ -147,6 +171,8 @@ pub(crate) struct Endpoint {
     events: bool,
     include_output: bool,
     instruments: Arc<Instruments>,
+    /// Reload outcomes, where a canary dropped for its error rate counts as rolled back.
+    reloads: Arc<ReloadCounts>,
     /// `mofa.plugin = <name>`, built once for the duration histogram.
     plugin_attribute: KeyValue,
     /// `mofa.exec <name>`, the name of its requests' spans.
@@ -161,6 +187,7 @@ impl Endpoint {
         worker_id: Arc<str>,
         pool: Arc<SandboxPool>,
         instruments: Arc<Instruments>,
+        reloads: Arc<ReloadCounts>,
     ) -> Self {
         let name = served.plugin.id().to_string();
         let max_payload = match client.server_info().max_payload {
@@ -187,6 +214,7 @@ impl Endpoint {
             events: config.events.results,
             include_output: config.events.include_output,
             instruments,
+            reloads,
         }
     }
 
@@ -415,23 +443,32 @@ impl Endpoint {
             self.refuse(&message, error, &span).await;
             return;
         }
+        let route_key = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(wire::HEADER_ROUTE_KEY))
+            .map(|v| v.as_str());
+        let (variant, canary) = served.pick(&self.name, route_key);
         span.served(
-            served.plugin.kind().as_str(),
-            served.revision.as_ref().map(|r| r.number),
+            variant.plugin.kind().as_str(),
+            variant.revision.as_ref().map(|r| r.number),
         );
         let result = self
-            .execute(&served, &message.payload, context, &span)
+            .execute(variant, &message.payload, context, &span)
             .await;
         drop(permit);
         let elapsed = started.elapsed();
         match &result {
             Ok((_, body)) => {
                 if let Some(reply) = &message.reply {
-                    let sent = match &served.revision_header {
+                    let sent = match &variant.revision_header {
                         None => self.client.publish(reply.clone(), body.clone()).await,
                         Some(revision) => {
                             let mut headers = HeaderMap::new();
                             headers.insert(wire::HEADER_REVISION, revision.as_str());
+                            if canary.is_some() {
+                                headers.insert(wire::HEADER_CANARY, "true");
+                            }
                             self.client
                                 .publish_with_headers(reply.clone(), headers, body.clone())
                                 .await
@@ -445,21 +482,67 @@ impl Endpoint {
             }
             Err(error) => {
                 span.failed(error.code().as_u16(), error);
-                self.reply_error(&message, error, &served).await;
+                self.reply_error(&message, error, variant).await;
                 self.record(elapsed, Some(error));
             }
         }
         span.phase("mofa.reply_us", started.elapsed().saturating_sub(elapsed));
+        let failed = result.is_err();
         if self.events {
             let headers = message.headers.as_ref();
             let request_id = headers
                 .and_then(|h| h.get(wire::HEADER_REQUEST_ID))
                 .map(|v| v.as_str());
             let trace_id = span.trace_id(headers);
-            let result = result.map(|(output, _)| output);
-            self.publish_event(request_id, trace_id, &served, result, elapsed)
-                .await;
+            let output = result.map(|(output, _)| output);
+            self.publish_event(
+                request_id,
+                trace_id,
+                variant,
+                canary.is_some(),
+                output,
+                elapsed,
+            )
+            .await;
         }
+        if let Some(reason) = canary.and_then(|route| route.tally(failed)) {
+            self.drop_canary(&served, reason).await;
+        }
+    }
+
+    /// Stops routing to the canary `served` carries (unless a reload replaced it meanwhile)
+    /// and announces it as a `rolled_back` reload event.
+    async fn drop_canary(&self, served: &Arc<Served>, reason: String) {
+        let mut dropped = false;
+        self.served.rcu(|current| {
+            dropped = Arc::ptr_eq(current, served);
+            if dropped {
+                Arc::new(current.alone())
+            } else {
+                current.clone()
+            }
+        });
+        if !dropped {
+            return;
+        }
+        let canary = served.canary.as_ref().and_then(|(c, _)| c.revision.as_ref());
+        tracing::warn!(
+            plugin = %self.name,
+            canary = canary.map(|r| r.number),
+            "canary dropped: {reason}"
+        );
+        let stable = served.revision.as_ref();
+        let mut event = ReloadEvent::new(
+            ReloadStatus::RolledBack,
+            &self.name,
+            &self.worker_id,
+            stable.map_or(0, |r| r.number),
+        );
+        event.sha256 = stable.map(|r| r.sha256.clone()).unwrap_or_default();
+        event.version = stable.map(|r| r.version.clone());
+        event.canary_of = canary.map(|r| r.number);
+        event.error = Some(reason);
+        super::follower::announce(&self.client, &self.reloads, event).await;
     }
 
     /// Decodes `payload` and runs it on `served`. A plugin that panics answers 500 (the sandbox
@@ -523,7 +606,7 @@ impl Endpoint {
         let elapsed = started.elapsed();
         self.record(elapsed, result.as_ref().err());
         if self.events {
-            self.publish_event(Some(job), None, &served, result.clone(), elapsed)
+            self.publish_event(Some(job), None, &served, false, result.clone(), elapsed)
                 .await;
         }
         (result, served.revision.as_ref().map(|r| r.number))
@@ -558,6 +641,7 @@ impl Endpoint {
         request_id: Option<&str>,
         trace_id: Option<String>,
         served: &Served,
+        canary: bool,
         result: Result<Value, PluginError>,
         elapsed: Duration,
     ) {
@@ -578,6 +662,7 @@ impl Endpoint {
             plugin: self.name.as_str().into(),
             kind: served.plugin.kind().as_str().into(),
             revision: served.revision.as_ref().map(|r| r.number),
+            canary,
             worker: (*self.worker_id).into(),
             request_id,
             trace_id,

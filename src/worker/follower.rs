@@ -16,13 +16,16 @@ use async_nats::jetstream::kv::{self, Entry, Operation};
 use futures::StreamExt;
 use tokio::task::JoinHandle;
 
+use super::canary::CanaryRoute;
+use super::endpoint::Served;
 use super::Shared;
 use crate::distribution::{
-    signature, Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision, Stored,
+    signature, Canary, Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision, Stored,
 };
 use crate::kinds::{self, Code};
 use crate::plugin::{ManagedPlugin, PluginError};
 use crate::subjects;
+use crate::telemetry::{ReloadCounts, ReloadOutcome};
 use crate::wire;
 
 /// How long a starting worker waits for the bucket's current values.
@@ -261,6 +264,7 @@ impl Follower {
             ev.sha256 = record.sha256.clone();
             ev.kind = Some(record.kind.as_str().to_string());
             ev.version = Some(record.version.clone());
+            ev.canary_of = record.canary.as_ref().map(|c| c.stable);
         };
         self.event(name, ReloadStatus::Started, entry.revision, describe)
             .await;
@@ -281,13 +285,14 @@ impl Follower {
             }
         };
         let duration_us = Some(started.elapsed().as_micros() as u64);
-        let served = match loaded {
-            Ok(plugin) => self
+        let served = match (loaded, &record.canary) {
+            (Ok(plugin), None) => self
                 .shared
-                .serve(plugin, Some(revision))
+                .serve(Served::new(plugin, Some(revision)))
                 .await
                 .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            (Ok(plugin), Some(canary)) => self.serve_canary(name, plugin, revision, canary).await,
+            (Err(e), _) => Err(e.to_string()),
         };
         match served {
             Ok(()) => {
@@ -355,7 +360,7 @@ impl Follower {
                 };
                 if self
                     .shared
-                    .serve(plugin, Some(revision.clone()))
+                    .serve(Served::new(plugin, Some(revision.clone())))
                     .await
                     .is_ok()
                 {
@@ -365,6 +370,51 @@ impl Follower {
             }
         }
         None
+    }
+
+    /// Serves `plugin` (at `revision`) as a canary beside the stable revision the record names:
+    /// the one serving now when it is that revision, else that revision from the bucket's
+    /// history (a worker that starts while a canary runs).
+    async fn serve_canary(
+        &self,
+        name: &str,
+        plugin: Arc<ManagedPlugin>,
+        revision: Revision,
+        canary: &Canary,
+    ) -> Result<(), String> {
+        let stable = match self.shared.served(name) {
+            Some((serving, Some(serving_revision))) if serving_revision.number == canary.stable => {
+                Served::new(serving, Some(serving_revision))
+            }
+            _ => {
+                let unusable = |e: String| {
+                    format!(
+                        "the canary's stable revision {} cannot serve: {e}",
+                        canary.stable
+                    )
+                };
+                let record = self
+                    .distribution
+                    .revision(name, canary.stable)
+                    .await
+                    .map_err(|e| unusable(e.to_string()))?;
+                let stable = self
+                    .load(name, &record)
+                    .await
+                    .map_err(|e| unusable(e.error.to_string()))?;
+                let number = canary.stable;
+                Served::new(
+                    stable,
+                    Some(Revision {
+                        number,
+                        sha256: record.sha256,
+                        version: record.version,
+                    }),
+                )
+            }
+        };
+        let served = stable.with_canary(Served::new(plugin, Some(revision)), CanaryRoute::new(canary));
+        self.shared.serve(served).await.map_err(|e| e.to_string())
     }
 
     /// Builds and starts the plugin a record describes, beside whatever serves now.
@@ -426,42 +476,33 @@ impl Follower {
         revision: u64,
         fill: impl FnOnce(&mut ReloadEvent),
     ) {
-        use crate::telemetry::ReloadOutcome;
-        let outcome = match status {
-            ReloadStatus::Completed => Some(ReloadOutcome::Completed),
-            ReloadStatus::Failed => Some(ReloadOutcome::Failed),
-            ReloadStatus::RolledBack => Some(ReloadOutcome::RolledBack),
-            ReloadStatus::Started | ReloadStatus::Removed => None,
-        };
-        if let Some(outcome) = outcome {
-            self.shared.reloads.record(plugin, outcome);
-        }
-        let mut event = ReloadEvent {
-            event: "reload".to_string(),
-            status,
-            plugin: plugin.to_string(),
-            worker: self.shared.id.to_string(),
-            revision,
-            sha256: String::new(),
-            kind: None,
-            version: None,
-            duration_us: None,
-            error: None,
-            timestamp_ms: wire::unix_ms(),
-        };
+        let mut event = ReloadEvent::new(status, plugin, &self.shared.id, revision);
         fill(&mut event);
-        match wire::encode_named(&event) {
-            Ok(body) => {
-                if let Err(e) = self
-                    .shared
-                    .client
-                    .publish(subjects::reload_event(&subject_token(plugin)), body)
-                    .await
-                {
-                    tracing::warn!(plugin, error = %e, "reload event not sent");
-                }
+        announce(&self.shared.client, &self.shared.reloads, event).await;
+    }
+}
+
+/// Counts a reload event's outcome and publishes it on `mofa.events.reload.<plugin>`.
+pub(crate) async fn announce(client: &async_nats::Client, reloads: &ReloadCounts, event: ReloadEvent) {
+    let outcome = match event.status {
+        ReloadStatus::Completed => Some(ReloadOutcome::Completed),
+        ReloadStatus::Failed => Some(ReloadOutcome::Failed),
+        ReloadStatus::RolledBack => Some(ReloadOutcome::RolledBack),
+        ReloadStatus::Started | ReloadStatus::Removed => None,
+    };
+    if let Some(outcome) = outcome {
+        reloads.record(&event.plugin, outcome);
+    }
+    let plugin = event.plugin.as_str();
+    match wire::encode_named(&event) {
+        Ok(body) => {
+            if let Err(e) = client
+                .publish(subjects::reload_event(&subject_token(plugin)), body)
+                .await
+            {
+                tracing::warn!(plugin, error = %e, "reload event not sent");
             }
-            Err(e) => tracing::warn!(plugin, error = %e, "reload event not encoded"),
         }
+        Err(e) => tracing::warn!(plugin, error = %e, "reload event not encoded"),
     }
 }

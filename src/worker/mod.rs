@@ -9,6 +9,7 @@
 //! the connection closes.
 
 mod caller;
+mod canary;
 mod endpoint;
 mod follower;
 mod jobs;
@@ -172,13 +173,12 @@ impl Shared {
         })
     }
 
-    /// Serves a running plugin: a new endpoint, or an atomic swap on the existing one.
-    pub(crate) async fn serve(
-        &self,
-        plugin: Arc<ManagedPlugin>,
-        revision: Option<Revision>,
-    ) -> Result<(), WorkerError> {
+    /// Serves a running plugin (and its canary, if any): a new endpoint, or an atomic swap on
+    /// the existing one.
+    pub(crate) async fn serve(&self, served: Served) -> Result<(), WorkerError> {
+        let plugin = served.plugin.clone();
         let name = plugin.id().to_string();
+        // Local calls from other plugins go to the stable revision.
         self.manager.adopt(plugin.clone());
         let existing = self
             .endpoints
@@ -188,16 +188,17 @@ impl Shared {
             .map(|slot| slot.endpoint.clone());
         if let Some(endpoint) = existing {
             // The replaced revision is dropped once its last in-flight request finishes.
-            endpoint.swap(Served::new(plugin, revision));
+            endpoint.swap(served);
             return Ok(());
         }
         let endpoint = Arc::new(Endpoint::new(
-            Served::new(plugin.clone(), revision),
+            served,
             self.client.clone(),
             &self.config,
             self.id.clone(),
             self.engine.pool().clone(),
             self.instruments.clone(),
+            self.reloads.clone(),
         ));
         let subject = subjects::exec(&name);
         let requests = self
@@ -493,7 +494,7 @@ impl Worker {
             };
             sources.insert(id.clone(), source);
             match managed.activate().await {
-                Ok(()) => shared.serve(managed, None).await?,
+                Ok(()) => shared.serve(Served::new(managed, None)).await?,
                 Err(e) => {
                     tracing::error!(plugin = %id, error = %e, "plugin not served");
                     failures.push(LoadFailure {

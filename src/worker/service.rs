@@ -77,6 +77,12 @@ impl ServiceInfo {
                         metadata.insert("revision".to_string(), revision.number.to_string());
                         metadata.insert("sha256".to_string(), revision.sha256.clone());
                     }
+                    if let Some((canary, route)) = &served.canary {
+                        if let Some(revision) = &canary.revision {
+                            metadata.insert("canary_revision".to_string(), revision.number.to_string());
+                        }
+                        metadata.insert("canary_percent".to_string(), route.percent.to_string());
+                    }
                     let meta = served.plugin.metadata();
                     if !meta.description.is_empty() {
                         metadata.insert("description".to_string(), meta.description.clone());

@@ -1,0 +1,164 @@
+//! `mofa run FILE [JSON]` and `mofa test [PATH…]`: plugin files run locally in the worker's
+//! sandbox and limits, with no bus (see [`mofa_bus::local`]); `mofa publish` runs the same
+//! cases through [`check`] before a revision leaves the machine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use mofa_bus::config::WorkerConfig;
+use mofa_bus::kinds;
+use mofa_bus::local::cases::{self, CaseFile};
+use mofa_bus::local::LocalRunner;
+use mofa_bus::wire;
+
+/// `mofa run`.
+pub(crate) async fn run(
+    file: &Path,
+    input: Option<&str>,
+    config: &WorkerConfig,
+) -> anyhow::Result<ExitCode> {
+    let input = crate::json_input(input)?;
+    let natives = mofa_bus::native::builtin(&config.database, &config.data_dir());
+    let runner = LocalRunner::new(config, natives).await?;
+    let plugin = match runner.load(file).await {
+        Ok(plugin) => plugin,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (result, elapsed) = runner.run(&plugin, input).await;
+    match result {
+        Ok(output) => {
+            println!("{}", wire::to_json(&output));
+            eprintln!("{} answered in {}", plugin.id(), micros(elapsed));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "error {}: {e} ({} after {})",
+                e.code().as_u16(),
+                plugin.id(),
+                micros(elapsed)
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// What a plugin's cases said.
+pub(crate) enum Checked {
+    /// No case file beside the code.
+    NoCases,
+    /// Every case passed: how many.
+    Passed(u32),
+    /// A case failed, or the case file or the plugin is broken (reported already).
+    Failed,
+}
+
+/// Runs the cases beside `code` (if any) under `config`, writing one line per case to `out`.
+pub(crate) async fn check(code: &Path, config: &WorkerConfig, out: &mut impl Write) -> Checked {
+    let case_path = kinds::case_file_for(code);
+    if !case_path.is_file() {
+        return Checked::NoCases;
+    }
+    let file = match CaseFile::read(&case_path) {
+        Ok(file) => file,
+        Err(e) => {
+            let _ = writeln!(out, "FAIL  {e}");
+            return Checked::Failed;
+        }
+    };
+    let _ = writeln!(out, "{} ({})", code.display(), case_path.display());
+    let outcomes = match cases::run(code, &file, config).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let _ = writeln!(out, "  FAIL  no case ran: {e}");
+            return Checked::Failed;
+        }
+    };
+    let mut passed = 0;
+    for outcome in &outcomes {
+        match &outcome.failure {
+            None => {
+                passed += 1;
+                let _ = writeln!(out, "  ok    {} ({})", outcome.case, micros(outcome.elapsed));
+            }
+            Some(why) => {
+                let _ = writeln!(out, "  FAIL  {}: {why}", outcome.case);
+            }
+        }
+    }
+    if passed == outcomes.len() {
+        Checked::Passed(passed as u32)
+    } else {
+        Checked::Failed
+    }
+}
+
+/// `mofa test`.
+pub(crate) async fn test(paths: &[PathBuf], config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = match config_file {
+        Some(path) => WorkerConfig::from_file(path)?,
+        None => WorkerConfig::default(),
+    };
+    let paths = if paths.is_empty() {
+        let dir = std::env::var_os("MOFA_PLUGINS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| config.plugins_dir.clone());
+        vec![dir]
+    } else {
+        paths.to_vec()
+    };
+    let mut code_files = Vec::new();
+    for path in &paths {
+        if path.is_dir() {
+            code_files.extend(kinds::code_files(path));
+        } else if kinds::is_case_file(path) {
+            match kinds::code_for_case(path) {
+                Some(code) => code_files.push(code),
+                None => anyhow::bail!(
+                    "{}: no plugin file beside it with its name",
+                    path.display()
+                ),
+            }
+        } else if path.is_file() {
+            code_files.push(path.clone());
+        } else {
+            anyhow::bail!("{}: no such file or directory", path.display());
+        }
+    }
+    let (mut passed, mut failed, mut without) = (0, 0, Vec::new());
+    let mut out = std::io::stdout();
+    for code in &code_files {
+        match check(code, &config, &mut out).await {
+            Checked::NoCases => without.push(code.display().to_string()),
+            Checked::Passed(n) => passed += n,
+            Checked::Failed => failed += 1,
+        }
+    }
+    if !without.is_empty() {
+        println!("no cases: {}", without.join(", "));
+    }
+    println!(
+        "{passed} cases passed; {failed} plugin(s) failed; {} plugin(s) without cases",
+        without.len()
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `1.23 ms`, `456 µs`.
+fn micros(elapsed: Duration) -> String {
+    let us = elapsed.as_micros();
+    if us >= 1000 {
+        format!("{:.2} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}

@@ -1,0 +1,130 @@
+//! Running plugin files without a bus: the plugin author's inner loop (`mofa run`, `mofa test`)
+//! and the check `mofa publish` makes before a revision leaves the machine.
+//!
+//! A [`LocalRunner`] holds what a worker holds minus NATS: the sandbox pool, the Rhai engine
+//! and the wasmtime runtime built from the same configuration (so the same limits and
+//! deadlines apply), and a plugin manager with the native plugins. A plugin file is built by
+//! its kind's entry in [`crate::kinds`], exactly as a worker builds it, and `call_plugin`
+//! reaches the native plugins and the other files loaded here, never the bus.
+
+pub mod cases;
+
+use std::path::Path;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+
+use crate::config::WorkerConfig;
+use crate::kinds;
+use crate::plugin::{
+    AgentPlugin, CallContext, ManagedPlugin, PluginCaller, PluginError, PluginManager,
+    PluginState, SandboxPool, Value,
+};
+use crate::rhai::ScriptEngine;
+use crate::wasm::WasmRuntime;
+
+/// Plugins run in the worker's sandbox, with no bus.
+pub struct LocalRunner {
+    manager: Arc<PluginManager>,
+    engine: Arc<ScriptEngine>,
+    wasm: Arc<WasmRuntime>,
+}
+
+impl std::fmt::Debug for LocalRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalRunner").finish_non_exhaustive()
+    }
+}
+
+impl LocalRunner {
+    /// A runner with `config`'s limits, serving `natives` to `call_plugin`. Call it inside a
+    /// tokio runtime.
+    pub async fn new(
+        config: &WorkerConfig,
+        natives: Vec<Arc<dyn AgentPlugin>>,
+    ) -> Result<LocalRunner, PluginError> {
+        let manager = Arc::new(PluginManager::new());
+        let pool = SandboxPool::new(config.sandbox_threads);
+        let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool.clone()));
+        let wasm = WasmRuntime::new(config.wasm.clone(), pool)?;
+        let caller: Arc<dyn PluginCaller> = Arc::new(LocalCaller {
+            manager: Arc::downgrade(&manager),
+        });
+        wasm.set_caller(caller.clone());
+        engine.set_caller(caller, tokio::runtime::Handle::current());
+        for native in natives {
+            manager.register(native)?.activate().await?;
+        }
+        Ok(LocalRunner {
+            manager,
+            engine,
+            wasm,
+        })
+    }
+
+    /// Builds the plugin in `path` (a script, or a module with its manifest) as a worker would,
+    /// and starts it. It replaces an earlier plugin of the same name.
+    pub async fn load(&self, path: &Path) -> Result<Arc<ManagedPlugin>, PluginError> {
+        let (kind, code) = kinds::read(path)?;
+        let runtimes = kinds::Runtimes {
+            engine: self.engine.clone(),
+            wasm: self.wasm.clone(),
+            state: Default::default(),
+        };
+        let plugin = tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
+            .await
+            .map_err(|e| PluginError::Load(format!("build task failed: {e}")))??;
+        let managed = Arc::new(ManagedPlugin::new(plugin));
+        managed.activate().await?;
+        self.manager.adopt(managed.clone());
+        Ok(managed)
+    }
+
+    /// Runs `plugin` once on `input`, its deadline counted from now; the result and the time
+    /// it took.
+    pub async fn run(
+        &self,
+        plugin: &ManagedPlugin,
+        input: Value,
+    ) -> (Result<Value, PluginError>, Duration) {
+        let started = Instant::now();
+        let context = CallContext {
+            depth: 0,
+            deadline: None,
+            admitted: Some(started),
+        };
+        let result = plugin.execute_in(input, context).await;
+        (result, started.elapsed())
+    }
+}
+
+/// `call_plugin` for a [`LocalRunner`]: the plugins it holds, or a 503 naming the bus it
+/// does not have.
+struct LocalCaller {
+    manager: Weak<PluginManager>,
+}
+
+impl PluginCaller for LocalCaller {
+    fn call(
+        &self,
+        plugin: &str,
+        input: Value,
+        context: CallContext,
+    ) -> BoxFuture<'static, Result<Value, PluginError>> {
+        let local = self
+            .manager
+            .upgrade()
+            .and_then(|m| m.get(plugin))
+            .filter(|p| p.state() == PluginState::Running);
+        let name = plugin.to_string();
+        Box::pin(async move {
+            match local {
+                Some(local) => local.execute_in(input, context).await,
+                None => Err(PluginError::Unavailable(format!(
+                    "call_plugin({name}): no plugin {name} here; a local run serves the native plugins and the files it was given, not the bus"
+                ))),
+            }
+        })
+    }
+}

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! `input_json` and `output_json` take JSON text instead (for `null`, which TOML lacks); a
-//! case without an input gets nil. Numbers compare by value (`80` equals `80.0`). Each case file
+//! case without an input gets nil. Floats equal within a relative 1e-9. `includes = { status = "approved" }` checks only the
+//! fields it names of a map output (for outputs that hold a time or a random number). Numbers compare by value (`80` equals `80.0`). Each case file
 //! runs in a fresh [`LocalRunner`] whose `database` plugin is an embedded SQLite database in a
 //! new temporary directory, so cases never touch a real database and never see each other's
 //! files.
@@ -38,6 +39,8 @@ pub use crate::kinds::{case_file_for, is_case_file};
 pub enum Expect {
     /// This output (as JSON).
     Output(serde_json::Value),
+    /// A map output with at least these fields, of these values.
+    Includes(serde_json::Map<String, serde_json::Value>),
     /// An error reply with this code, and a message containing `message` when given.
     Error {
         /// The error code.
@@ -86,6 +89,7 @@ struct CaseSpec {
     input_json: Option<String>,
     output: Option<toml::Value>,
     output_json: Option<String>,
+    includes: Option<toml::Table>,
     error: Option<u16>,
     message: Option<String>,
 }
@@ -130,16 +134,25 @@ impl CaseSpec {
             (None, Some(text)) => wire::from_json(&json("input_json", &text)?),
             (None, None) => Value::Nil,
         };
-        let expect = match (self.output, self.output_json, self.error) {
-            (Some(value), None, None) => Expect::Output(toml_to_json(value)),
-            (None, Some(text), None) => Expect::Output(json("output_json", &text)?),
-            (None, None, Some(code)) => Expect::Error {
+        if self.message.is_some() && self.error.is_none() {
+            return Err(format!("case {name:?}: message goes with error"));
+        }
+        let expect = match (self.output, self.output_json, self.includes, self.error) {
+            (Some(value), None, None, None) => Expect::Output(toml_to_json(value)),
+            (None, Some(text), None, None) => Expect::Output(json("output_json", &text)?),
+            (None, None, Some(fields), None) => {
+                match toml_to_json(toml::Value::Table(fields)) {
+                    serde_json::Value::Object(fields) => Expect::Includes(fields),
+                    _ => return Err(format!("case {name:?}: includes must be a table")),
+                }
+            }
+            (None, None, None, Some(code)) => Expect::Error {
                 code,
                 message: self.message,
             },
             _ => {
                 return Err(format!(
-                    "case {name:?}: give exactly one of output, output_json or error"
+                    "case {name:?}: give exactly one of output, output_json, includes or error"
                 ))
             }
         };
@@ -222,8 +235,23 @@ pub fn judge(expect: &Expect, result: &Result<Value, PluginError>) -> Option<Str
             let got = wire::to_json(got);
             (!same(want, &got)).then(|| format!("expected {want}, got {got}"))
         }
+        (Expect::Includes(want), Ok(got)) => {
+            let got = wire::to_json(got);
+            let missing: Vec<String> = want
+                .iter()
+                .filter(|(key, value)| !got.get(key.as_str()).is_some_and(|v| same(value, v)))
+                .map(|(key, value)| format!("{key} = {value}"))
+                .collect();
+            (!missing.is_empty())
+                .then(|| format!("expected a map with {}, got {got}", missing.join(", ")))
+        }
         (Expect::Output(want), Err(e)) => Some(format!(
             "expected {want}, got error {}: {e}",
+            e.code().as_u16()
+        )),
+        (Expect::Includes(want), Err(e)) => Some(format!(
+            "expected a map with {}, got error {}: {e}",
+            serde_json::Value::Object(want.clone()),
             e.code().as_u16()
         )),
         (Expect::Error { code, .. }, Ok(got)) => Some(format!(
@@ -249,14 +277,21 @@ pub fn judge(expect: &Expect, result: &Result<Value, PluginError>) -> Option<Str
     }
 }
 
+/// How far apart, relative to the larger, two floats may be and still be equal: a sum of
+/// decimal amounts (`5175.62`) comes out of binary floating point as `5175.620000000001`.
+const FLOAT_TOLERANCE: f64 = 1e-9;
+
 /// JSON equality where numbers compare by value, so `80` (an integer in TOML) equals the
-/// `80.0` a script returns.
+/// `80.0` a script returns, and floats within [`FLOAT_TOLERANCE`] are equal.
 fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
     use serde_json::Value as J;
     match (a, b) {
         (J::Number(x), J::Number(y)) => match (x.as_i64(), y.as_i64()) {
             (Some(x), Some(y)) => x == y,
-            _ => x.as_f64() == y.as_f64(),
+            _ => match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => (x - y).abs() <= FLOAT_TOLERANCE * x.abs().max(y.abs()),
+                _ => false,
+            },
         },
         (J::Array(x), J::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
         (J::Object(x), J::Object(y)) => {
@@ -314,6 +349,8 @@ mod tests {
     fn a_case_must_say_what_it_expects_once() {
         let both = file("[[case]]\nname = \"x\"\noutput = 1\nerror = 400\n").expect_err("both");
         assert!(both.contains("exactly one of output"), "{both}");
+        let stray = file("[[case]]\nname = \"x\"\noutput = 1\nmessage = \"m\"\n").expect_err("stray");
+        assert!(stray.contains("message goes with error"), "{stray}");
         let none = file("[[case]]\nname = \"x\"\n").expect_err("none");
         assert!(none.contains("exactly one of output"), "{none}");
         let unknown = file("[[case]]\nname = \"x\"\noutput = 1\nexpected = 2\n").expect_err("typo");
@@ -326,7 +363,9 @@ mod tests {
         let want = Expect::Output(serde_json::json!({"total": 80, "items": [1, 2.5]}));
         let got = wire::from_json(&serde_json::json!({"total": 80.0, "items": [1.0, 2.5]}));
         assert_eq!(judge(&want, &Ok(got)), None);
-        let wrong = wire::from_json(&serde_json::json!({"total": 81.0, "items": [1.0, 2.5]}));
+        let sum = wire::from_json(&serde_json::json!({"total": 80.00000000000001, "items": [1.0, 2.5]}));
+        assert_eq!(judge(&want, &Ok(sum)), None, "a float rounding error is no difference");
+        let wrong = wire::from_json(&serde_json::json!({"total": 80.001, "items": [1.0, 2.5]}));
         assert!(judge(&want, &Ok(wrong)).is_some());
         let error = Expect::Error {
             code: 400,
@@ -336,6 +375,16 @@ mod tests {
         assert_eq!(judge(&error, &Err(bad)), None);
         let other = PluginError::BadInput("something else".into());
         assert!(judge(&error, &Err(other)).is_some());
+        let includes = Expect::Includes(
+            serde_json::json!({"status": "approved"})
+                .as_object()
+                .cloned()
+                .expect("a map"),
+        );
+        let approved = wire::from_json(&serde_json::json!({"status": "approved", "t": 17}));
+        assert_eq!(judge(&includes, &Ok(approved)), None);
+        let pending = wire::from_json(&serde_json::json!({"status": "pending"}));
+        assert!(judge(&includes, &Ok(pending)).is_some());
         let failed = PluginError::Failed("boom".into());
         assert!(judge(&error, &Err(failed)).expect("code differs").contains("500"));
     }

@@ -129,8 +129,7 @@ pub struct ReloadConfig {
     pub trusted_keys: Vec<String>,
 }
 
-/// The environment a worker follows unless told otherwise.
-pub const PRODUCTION: &str = "production";
+pub use crate::subjects::PRODUCTION;
 
 impl ReloadConfig {
     /// The plugins bucket of `env`: `bucket` for `production`, `<bucket>_<env>` for any other.
@@ -146,6 +145,11 @@ impl ReloadConfig {
     /// The plugins bucket of the environment this worker follows.
     pub fn kv_bucket(&self) -> String {
         self.bucket_of(&self.env)
+    }
+
+    /// The subjects of the environment this worker follows.
+    pub fn namespace(&self) -> crate::subjects::Namespace {
+        crate::subjects::Namespace::of(&self.env)
     }
 
     /// This config, following `env` instead.

@@ -1,5 +1,6 @@
-//! What the live fleet serves, asked the way any NATS client would: one `$SRV.INFO.mofa`
-//! request, answered by every worker, collected for a short while.
+//! What the live fleet of one environment serves, asked the way any NATS client would: one
+//! `$SRV.INFO.mofa` request (`$SRV.INFO.mofa-<env>` outside production), answered by every
+//! worker, collected for a short while.
 //!
 //! `mofa plugins` lists the endpoints; `mofa tools` and `mofa mcp` take the tools among them
 //! and render them in the shapes LLM APIs accept; `mofa stats` sums every worker's
@@ -11,7 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::plugin::ToolSpec;
-use crate::subjects::SERVICE_NAME;
+use crate::subjects::Namespace;
 use crate::worker::{TOOL_DESCRIPTION, TOOL_PARAMETERS};
 
 /// One plugin one worker serves.
@@ -29,6 +30,7 @@ pub struct Endpoint {
 /// that do not decode are skipped).
 async fn ask_all<T: serde::de::DeserializeOwned>(
     client: &async_nats::Client,
+    namespace: &Namespace,
     verb: &str,
     wait: Duration,
 ) -> Result<Vec<T>, async_nats::Error> {
@@ -36,7 +38,7 @@ async fn ask_all<T: serde::de::DeserializeOwned>(
     let mut replies = client.subscribe(inbox.clone()).await?;
     client
         .publish_with_reply(
-            format!("$SRV.{verb}.{SERVICE_NAME}"),
+            format!("$SRV.{verb}.{}", namespace.service_name()),
             inbox,
             bytes::Bytes::new(),
         )
@@ -56,10 +58,11 @@ async fn ask_all<T: serde::de::DeserializeOwned>(
 /// and worker.
 pub async fn endpoints(
     client: &async_nats::Client,
+    namespace: &Namespace,
     wait: Duration,
 ) -> Result<Vec<Endpoint>, async_nats::Error> {
     let mut found = Vec::new();
-    for info in ask_all::<async_nats::service::Info>(client, "INFO", wait).await? {
+    for info in ask_all::<async_nats::service::Info>(client, namespace, "INFO", wait).await? {
         found.extend(info.endpoints.into_iter().map(|e| Endpoint {
             worker: info.id.clone(),
             plugin: e.name,
@@ -107,10 +110,11 @@ impl PluginStats {
 /// sorted by plugin.
 pub async fn stats(
     client: &async_nats::Client,
+    namespace: &Namespace,
     wait: Duration,
 ) -> Result<Vec<PluginStats>, async_nats::Error> {
     let mut plugins: BTreeMap<String, (PluginStats, Duration)> = BTreeMap::new();
-    for answer in ask_all::<async_nats::service::Stats>(client, "STATS", wait).await? {
+    for answer in ask_all::<async_nats::service::Stats>(client, namespace, "STATS", wait).await? {
         for e in answer.endpoints {
             let (row, time) = plugins.entry(e.name.clone()).or_insert_with(|| {
                 (

@@ -80,10 +80,6 @@ enum Command {
         /// without --nats.
         #[arg(long)]
         dev: bool,
-        /// The environment to follow: its own plugins bucket (production: mofa_plugins;
-        /// any other: mofa_plugins_<env>) [default: the config's reload.env, production]
-        #[arg(long, env = "MOFA_ENV")]
-        env: Option<String>,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -116,6 +112,10 @@ enum Command {
         /// Print the trace id, the revision that answered and the round-trip time on stderr.
         #[arg(long, short)]
         verbose: bool,
+        /// Sent as the Mofa-Route-Key header: while a canary runs, one key always reaches
+        /// the same revision.
+        #[arg(long)]
+        route_key: Option<String>,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -240,9 +240,6 @@ enum Command {
     Promote {
         /// Plugin name.
         plugin: String,
-        /// The environment whose canary is promoted.
-        #[arg(long, env = "MOFA_ENV", default_value = PRODUCTION, conflicts_with_all = ["from", "to"])]
-        env: String,
         /// Copy from this environment...
         #[arg(long, requires = "to")]
         from: Option<String>,
@@ -263,8 +260,6 @@ enum Command {
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
-        #[command(flatten)]
-        env: EnvArgs,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -294,8 +289,6 @@ enum Command {
         #[arg(long)]
         to: Option<u64>,
         #[command(flatten)]
-        env: EnvArgs,
-        #[command(flatten)]
         nats: NatsArgs,
     },
     /// Delete a plugin from the bucket: every worker removes its endpoint.
@@ -303,16 +296,12 @@ enum Command {
         /// Plugin name.
         plugin: String,
         #[command(flatten)]
-        env: EnvArgs,
-        #[command(flatten)]
         nats: NatsArgs,
     },
     /// List the stored revisions of a plugin, oldest first.
     History {
         /// Plugin name.
         plugin: String,
-        #[command(flatten)]
-        env: EnvArgs,
         #[command(flatten)]
         nats: NatsArgs,
     },
@@ -465,6 +454,12 @@ struct NatsArgs {
     /// Start TLS before the server's greeting (servers with `handshake_first`).
     #[arg(long)]
     tls_first: bool,
+    /// The environment: its own plugins bucket (mofa_plugins in production,
+    /// mofa_plugins_<env> otherwise) and its own subjects (mofa.exec.<plugin> in production,
+    /// mofa-<env>.exec.<plugin> otherwise) [default: production; for a worker, the config's
+    /// reload.env]
+    #[arg(long, env = "MOFA_ENV")]
+    env: Option<String>,
 }
 
 impl NatsArgs {
@@ -483,11 +478,12 @@ impl NatsArgs {
         }
     }
 
-    /// The URL (or the `--dev` server's) with the credentials.
+    /// The URL (or the `--dev` server's) with the credentials and the environment.
     fn resolve(&self) -> Nats {
         Nats {
             url: dev::resolve_url(self.nats.clone()),
             auth: self.auth(),
+            env: self.env.clone().unwrap_or_else(|| PRODUCTION.to_string()),
         }
     }
 }
@@ -496,9 +492,23 @@ impl NatsArgs {
 struct Nats {
     url: String,
     auth: mofa_bus::connection::NatsAuth,
+    env: String,
 }
 
 impl Nats {
+    /// The environment's subjects.
+    fn namespace(&self) -> anyhow::Result<subjects::Namespace> {
+        mofa_bus::config::validate_env(&self.env)?;
+        Ok(subjects::Namespace::of(&self.env))
+    }
+
+    /// The environment's plugins bucket.
+    async fn distribution(&self) -> anyhow::Result<Distribution> {
+        let client = self.connect("mofa").await?;
+        let config = ReloadConfig::default().in_env(&self.env)?;
+        Ok(Distribution::open(client, &config).await?)
+    }
+
     /// Connects as `name` (shown by the server's monitoring).
     async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
         let servers = mofa_bus::connection::servers(&self.url)?;
@@ -566,9 +576,8 @@ async fn run(cli: Cli) -> ExitCode {
             name,
             config,
             dev,
-            env,
             database,
-        } => worker(nats, plugins, name, config, dev, env, database).await,
+        } => worker(nats, plugins, name, config, dev, database).await,
         Command::Sql {
             file,
             config,
@@ -579,8 +588,16 @@ async fn run(cli: Cli) -> ExitCode {
             input,
             timeout,
             verbose,
+            route_key,
             nats,
-        } => exec(&nats.resolve(), &plugin, input.as_deref(), timeout, verbose).await,
+        } => {
+            let options = ExecOptions {
+                timeout,
+                verbose,
+                route_key,
+            };
+            exec(&nats.resolve(), &plugin, input.as_deref(), options).await
+        }
         Command::Submit {
             plugin,
             input,
@@ -639,18 +656,16 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Test { paths, config } => cmd::local::test(&paths, config.as_deref()).await,
         Command::Promote {
             plugin,
-            env,
             from,
             to,
             nats,
-        } => cmd::rollout::promote(&nats.resolve(), &plugin, &env, from.zip(to)).await,
+        } => cmd::rollout::promote(&nats.resolve(), &plugin, from.zip(to)).await,
         Command::Canary {
             plugin,
             watch_for,
             json,
-            env,
             nats,
-        } => cmd::rollout::canary(&nats.resolve(), &plugin, &env.env, watch_for, json).await,
+        } => cmd::rollout::canary(&nats.resolve(), &plugin, watch_for, json).await,
         Command::Keygen { out } => keygen(out.as_deref()),
         Command::Watch {
             dir,
@@ -660,16 +675,9 @@ async fn run(cli: Cli) -> ExitCode {
             Ok(distribution) => watch(distribution, &dir, debounce).await,
             Err(e) => Err(e),
         },
-        Command::Rollback {
-            plugin,
-            to,
-            env,
-            nats,
-        } => rollback(&nats.resolve(), &plugin, to, &env.env).await,
-        Command::Remove { plugin, env, nats } => remove(&nats.resolve(), &plugin, &env.env).await,
-        Command::History { plugin, env, nats } => {
-            history(&nats.resolve(), &plugin, &env.env).await
-        }
+        Command::Rollback { plugin, to, nats } => rollback(&nats.resolve(), &plugin, to).await,
+        Command::Remove { plugin, nats } => remove(&nats.resolve(), &plugin).await,
+        Command::History { plugin, nats } => history(&nats.resolve(), &plugin).await,
         Command::Plugins { wait, json, nats } => plugins(&nats.resolve(), wait, json).await,
         Command::Stats { wait, json, nats } => stats(&nats.resolve(), wait, json).await,
         Command::Ping {
@@ -697,7 +705,6 @@ async fn worker(
     name: Option<String>,
     config_file: Option<PathBuf>,
     dev: bool,
-    env: Option<String>,
     database: DatabaseArgs,
 ) -> anyhow::Result<ExitCode> {
     // From here on a signal stops the worker in order, even one that comes while it starts.
@@ -719,8 +726,8 @@ async fn worker(
     if name.is_some() {
         config.worker_id = name;
     }
-    if let Some(env) = env {
-        config.reload = config.reload.in_env(&env)?;
+    if let Some(env) = &nats.env {
+        config.reload = config.reload.in_env(env)?;
     }
     let _server = if dev {
         dev_server(&mut config).await?
@@ -807,17 +814,29 @@ async fn dev_server(config: &mut WorkerConfig) -> anyhow::Result<Option<dev::Dev
     Ok(Some(server))
 }
 
+/// `mofa exec`'s choices beside the plugin and its input.
+struct ExecOptions {
+    timeout: Duration,
+    verbose: bool,
+    route_key: Option<String>,
+}
+
 async fn exec(
     nats: &Nats,
     plugin: &str,
     input: Option<&str>,
-    timeout: Duration,
-    verbose: bool,
+    options: ExecOptions,
 ) -> anyhow::Result<ExitCode> {
+    let ExecOptions {
+        timeout,
+        verbose,
+        route_key,
+    } = options;
     use mofa_bus::telemetry;
     use tracing::Instrument;
     subjects::validate_name(plugin)?;
     let value = json_input(input)?;
+    let subject = nats.namespace()?.exec(plugin);
     let client = nats.connect("mofa").await?;
     // Every request starts a trace: the CLI's own span when it exports, else a fresh
     // traceparent, so the worker's span and result event carry an id to look up.
@@ -829,7 +848,7 @@ async fn exec(
             otel.kind = "client",
             messaging.system = "nats",
             messaging.operation.type = "send",
-            messaging.destination.name = subjects::exec(plugin),
+            messaging.destination.name = subject.as_str(),
         )
     } else {
         tracing::Span::none()
@@ -847,13 +866,16 @@ async fn exec(
             trace_id
         }
     };
+    if let Some(key) = &route_key {
+        headers.insert(wire::HEADER_ROUTE_KEY, key.as_str());
+    }
     let request = async_nats::Request::new()
         .headers(headers)
         .payload(wire::encode(&value))
         .timeout(Some(timeout));
     let sent = std::time::Instant::now();
     let answer = client
-        .send_request(subjects::exec(plugin), request)
+        .send_request(subject.clone(), request)
         .instrument(span)
         .await;
     if verbose {
@@ -866,8 +888,7 @@ async fn exec(
             use async_nats::RequestErrorKind;
             let why = match e.kind() {
                 RequestErrorKind::NoResponders => format!(
-                    "no worker serves plugin {plugin:?} (no responders on {})",
-                    subjects::exec(plugin)
+                    "no worker serves plugin {plugin:?} (no responders on {subject})"
                 ),
                 RequestErrorKind::TimedOut => {
                     format!(
@@ -886,7 +907,11 @@ async fn exec(
             .as_ref()
             .and_then(|h| h.get(wire::HEADER_REVISION))
             .map_or("- (not from the bucket)", |v| v.as_str());
-        eprintln!("revision: {revision}");
+        let canary = reply
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(wire::HEADER_CANARY).is_some());
+        eprintln!("revision: {revision}{}", if canary { " (canary)" } else { "" });
     }
     if let Some((code, message)) = wire::reply_error(reply.headers.as_ref()) {
         eprintln!("error {code}: {message}");
@@ -1038,12 +1063,13 @@ async fn dlq(
 }
 
 async fn events(nats: &Nats, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
+    let namespace = nats.namespace()?;
     let subject = match plugin {
         Some(p) => {
             subjects::validate_name(p)?;
-            subjects::result_event(p)
+            namespace.result_event(p)
         }
-        None => "mofa.events.>".to_string(),
+        None => namespace.events(),
     };
     let client = nats.connect("mofa").await?;
     let mut sub = client.subscribe(subject).await?;
@@ -1075,20 +1101,7 @@ async fn events(nats: &Nats, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The plugins bucket of `env`.
-async fn distribution(nats: &Nats, env: &str) -> anyhow::Result<Distribution> {
-    let client = nats.connect("mofa").await?;
-    let config = ReloadConfig::default().in_env(env)?;
-    Ok(Distribution::open(client, &config).await?)
-}
 
-/// The environment a bucket command works on.
-#[derive(clap::Args, Debug)]
-struct EnvArgs {
-    /// The environment whose plugins bucket this is (see `mofa worker --env`).
-    #[arg(long, env = "MOFA_ENV", default_value = PRODUCTION)]
-    env: String,
-}
 
 /// How the commands that write the plugins buckets (`publish`, `watch`) connect, sign and
 /// create them.
@@ -1103,8 +1116,6 @@ struct BucketArgs {
     #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
     replicas: usize,
     #[command(flatten)]
-    env: EnvArgs,
-    #[command(flatten)]
     nats: NatsArgs,
 }
 
@@ -1118,12 +1129,13 @@ impl BucketArgs {
             .map(mofa_bus::distribution::signature::signing_key)
             .transpose()
             .map_err(anyhow::Error::msg)?;
-        let client = self.nats.resolve().connect("mofa").await?;
+        let nats = self.nats.resolve();
+        let client = nats.connect("mofa").await?;
         let config = ReloadConfig {
             replicas: self.replicas,
             ..ReloadConfig::default()
         }
-        .in_env(&self.env.env)?;
+        .in_env(&nats.env)?;
         let mut distribution = Distribution::open(client, &config).await?;
         if let Some(key) = key {
             distribution.sign_with(key);
@@ -1192,28 +1204,23 @@ async fn watch(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rollback(
-    nats: &Nats,
-    plugin: &str,
-    to: Option<u64>,
-    env: &str,
-) -> anyhow::Result<ExitCode> {
+async fn rollback(nats: &Nats, plugin: &str, to: Option<u64>) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    let (revision, from) = distribution(nats, env).await?.rollback(plugin, to).await?;
+    let (revision, from) = nats.distribution().await?.rollback(plugin, to).await?;
     println!("rolled {plugin} back to revision {from} (published as revision {revision})");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn remove(nats: &Nats, plugin: &str, env: &str) -> anyhow::Result<ExitCode> {
+async fn remove(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    distribution(nats, env).await?.remove(plugin).await?;
+    nats.distribution().await?.remove(plugin).await?;
     println!("removed {plugin}");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn history(nats: &Nats, plugin: &str, env: &str) -> anyhow::Result<ExitCode> {
+async fn history(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
-    let history = distribution(nats, env).await?.history(plugin).await?;
+    let history = nats.distribution().await?.history(plugin).await?;
     if history.is_empty() {
         anyhow::bail!("{plugin} was never published");
     }
@@ -1257,7 +1264,7 @@ async fn history(nats: &Nats, plugin: &str, env: &str) -> anyhow::Result<ExitCod
 
 async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
     let client = nats.connect("mofa").await?;
-    let rows: Vec<serde_json::Value> = mofa_bus::fleet::endpoints(&client, wait)
+    let rows: Vec<serde_json::Value> = mofa_bus::fleet::endpoints(&client, &nats.namespace()?, wait)
         .await
         .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?
         .into_iter()
@@ -1334,12 +1341,13 @@ async fn ping(
     } else {
         worker
     };
+    let service = nats.namespace()?.service_name().to_string();
     let subject = match &worker {
         Some(id) => {
             subjects::validate_name(id)?;
-            format!("$SRV.PING.{}.{id}", subjects::SERVICE_NAME)
+            format!("$SRV.PING.{service}.{id}")
         }
-        None => format!("$SRV.PING.{}", subjects::SERVICE_NAME),
+        None => format!("$SRV.PING.{service}"),
     };
     let client = nats.connect("mofa ping").await?;
     let request = async_nats::Request::new().timeout(Some(timeout));
@@ -1361,7 +1369,7 @@ async fn ping(
 
 async fn stats(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
     let client = nats.connect("mofa").await?;
-    let rows = mofa_bus::fleet::stats(&client, wait)
+    let rows = mofa_bus::fleet::stats(&client, &nats.namespace()?, wait)
         .await
         .map_err(|e| anyhow::anyhow!("$SRV.STATS: {e}"))?;
     if json {
@@ -1422,7 +1430,7 @@ async fn tools(
     wait: Duration,
 ) -> anyhow::Result<ExitCode> {
     let client = nats.connect("mofa").await?;
-    let endpoints = mofa_bus::fleet::endpoints(&client, wait)
+    let endpoints = mofa_bus::fleet::endpoints(&client, &nats.namespace()?, wait)
         .await
         .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?;
     let tools = mofa_bus::fleet::tools(&endpoints);
@@ -1449,6 +1457,7 @@ async fn mcp(nats: &Nats, timeout: Duration) -> anyhow::Result<ExitCode> {
     let client = nats.connect("mofa mcp").await?;
     let options = mofa_bus::mcp::McpOptions {
         call_timeout: timeout,
+        namespace: nats.namespace()?,
         ..Default::default()
     };
     mofa_bus::mcp::serve_stdio(client, options, mofa_bus::worker::shutdown::signal())

@@ -32,6 +32,8 @@ pub struct McpOptions {
     pub gather: Duration,
     /// How often the fleet is polled for tools that appear or go.
     pub poll: Duration,
+    /// The environment whose workers' tools are offered.
+    pub namespace: subjects::Namespace,
 }
 
 impl Default for McpOptions {
@@ -40,6 +42,7 @@ impl Default for McpOptions {
             call_timeout: Duration::from_secs(30),
             gather: Duration::from_millis(300),
             poll: Duration::from_secs(2),
+            namespace: subjects::Namespace::production(),
         }
     }
 }
@@ -66,7 +69,7 @@ impl McpServer {
 
     /// The fleet's tools now; remembers them, and says whether they changed.
     async fn refresh(&self) -> (Vec<ToolSpec>, bool) {
-        let tools = match fleet::endpoints(&self.client, self.options.gather).await {
+        let tools = match fleet::endpoints(&self.client, &self.options.namespace, self.options.gather).await {
             Ok(endpoints) => fleet::tools(&endpoints),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot ask the fleet for its tools");
@@ -88,7 +91,7 @@ impl McpServer {
     async fn follow(self) {
         let mut reloads = match self
             .client
-            .subscribe(format!("{}.>", subjects::RELOAD_EVENT_PREFIX))
+            .subscribe(self.options.namespace.reload_events())
             .await
         {
             Ok(s) => Some(s),
@@ -132,7 +135,7 @@ impl McpServer {
             .timeout(Some(self.options.call_timeout));
         let reply = match self
             .client
-            .send_request(subjects::exec(name), request)
+            .send_request(self.options.namespace.exec(name), request)
             .await
         {
             Ok(reply) => reply,

@@ -3,6 +3,11 @@
 //! Every subject the service uses is built here, so `subjects.md` and the code cannot drift
 //! apart silently. Plugin names become subject tokens, so they are restricted to
 //! `[A-Za-z0-9_-]+` (no dots, wildcards or spaces).
+//!
+//! Each environment (see `mofa worker --env`) has its own [`Namespace`]: production's subjects
+//! begin with `mofa`, another environment's with `mofa-<env>`, so a staging worker never takes
+//! a production request (nor answers its Services API) even on the same NATS server. The free
+//! functions below are production's.
 
 /// Prefix of the per-plugin request subjects.
 pub const EXEC_PREFIX: &str = "mofa.exec";
@@ -21,19 +26,76 @@ pub const QUEUE_GROUP: &str = "mofa";
 /// Service name announced on the NATS Services API (`$SRV.*.mofa`).
 pub const SERVICE_NAME: &str = "mofa";
 
-/// `mofa.exec.<plugin>`
+/// The environment a worker follows unless told otherwise.
+pub const PRODUCTION: &str = "production";
+
+/// `mofa.exec.<plugin>` (production's)
 pub fn exec(plugin: &str) -> String {
     format!("{EXEC_PREFIX}.{plugin}")
 }
 
-/// `mofa.events.result.<plugin>`
+/// `mofa.events.result.<plugin>` (production's)
 pub fn result_event(plugin: &str) -> String {
     format!("{RESULT_EVENT_PREFIX}.{plugin}")
 }
 
-/// `mofa.events.reload.<plugin>`
+/// `mofa.events.reload.<plugin>` (production's)
 pub fn reload_event(plugin: &str) -> String {
     format!("{RELOAD_EVENT_PREFIX}.{plugin}")
+}
+
+/// The request and event subjects and the Services API name of one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// `mofa`, or `mofa-<env>`: the first token of every subject, and the service name.
+    root: String,
+}
+
+impl Namespace {
+    /// The namespace of `env` (a name of `[A-Za-z0-9_-]`, checked by the config).
+    pub fn of(env: &str) -> Namespace {
+        let root = if env == PRODUCTION {
+            SERVICE_NAME.to_string()
+        } else {
+            format!("{SERVICE_NAME}-{env}")
+        };
+        Namespace { root }
+    }
+
+    /// Production's: `mofa.…`.
+    pub fn production() -> Namespace {
+        Self::of(PRODUCTION)
+    }
+
+    /// `<root>.exec.<plugin>`
+    pub fn exec(&self, plugin: &str) -> String {
+        format!("{}.exec.{plugin}", self.root)
+    }
+
+    /// `<root>.events.result.<plugin>`
+    pub fn result_event(&self, plugin: &str) -> String {
+        format!("{}.events.result.{plugin}", self.root)
+    }
+
+    /// `<root>.events.reload.<plugin>`
+    pub fn reload_event(&self, plugin: &str) -> String {
+        format!("{}.events.reload.{plugin}", self.root)
+    }
+
+    /// `<root>.events.reload.>`: every reload event.
+    pub fn reload_events(&self) -> String {
+        format!("{}.events.reload.>", self.root)
+    }
+
+    /// `<root>.events.>`: every event.
+    pub fn events(&self) -> String {
+        format!("{}.events.>", self.root)
+    }
+
+    /// The name workers answer the Services API by: `mofa`, or `mofa-<env>`.
+    pub fn service_name(&self) -> &str {
+        &self.root
+    }
 }
 
 /// `mofa.jobs.<plugin>`
@@ -93,5 +155,18 @@ mod tests {
         }
         assert_eq!(exec("echo"), "mofa.exec.echo");
         assert_eq!(result_event("echo"), "mofa.events.result.echo");
+    }
+
+    #[test]
+    fn production_keeps_the_mofa_subjects_and_other_environments_get_their_own() {
+        let production = Namespace::production();
+        assert_eq!(production.exec("echo"), exec("echo"));
+        assert_eq!(production.result_event("echo"), result_event("echo"));
+        assert_eq!(production.reload_event("echo"), reload_event("echo"));
+        assert_eq!(production.service_name(), SERVICE_NAME);
+        let staging = Namespace::of("staging");
+        assert_eq!(staging.exec("echo"), "mofa-staging.exec.echo");
+        assert_eq!(staging.events(), "mofa-staging.events.>");
+        assert_eq!(staging.service_name(), "mofa-staging");
     }
 }

@@ -82,7 +82,11 @@ fn worker_on(
 
 /// The revision of `plugin` each answering worker serves, by worker id.
 async fn serving(client: &async_nats::Client, plugin: &str) -> Vec<(String, String)> {
-    mofa_bus::fleet::endpoints(client, Duration::from_millis(300))
+    mofa_bus::fleet::endpoints(
+        client,
+        &mofa_bus::subjects::Namespace::production(),
+        Duration::from_millis(300),
+    )
         .await
         .unwrap_or_default()
         .into_iter()

@@ -137,14 +137,13 @@ async fn bucket_of(client: &async_nats::Client, env: &str) -> anyhow::Result<Dis
 pub(crate) async fn promote(
     nats: &Nats,
     plugin: &str,
-    env: &str,
     from_to: Option<(String, String)>,
 ) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
     let client = nats.connect("mofa").await?;
     match from_to {
         None => {
-            let distribution = bucket_of(&client, env).await?;
+            let distribution = bucket_of(&client, &nats.env).await?;
             let (revision, canary) = distribution.promote_canary(plugin).await?;
             println!(
                 "promoted {plugin}'s canary (revision {canary}) as revision {revision}{}; it serves every request",
@@ -168,13 +167,13 @@ pub(crate) async fn promote(
 pub(crate) async fn canary(
     nats: &Nats,
     plugin: &str,
-    env: &str,
     watch_for: Duration,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     subjects::validate_name(plugin)?;
+    let namespace = nats.namespace()?;
     let client = nats.connect("mofa").await?;
-    let distribution = bucket_of(&client, env).await?;
+    let distribution = bucket_of(&client, &nats.env).await?;
     match distribution.current(plugin).await? {
         Some((revision, record)) => match &record.canary {
             Some(canary) => eprintln!(
@@ -201,7 +200,7 @@ pub(crate) async fn canary(
             in_env(&distribution)
         ),
     }
-    let mut events = client.subscribe(subjects::result_event(plugin)).await?;
+    let mut events = client.subscribe(namespace.result_event(plugin)).await?;
     client.flush().await?;
     eprintln!(
         "watching result events for {}...",

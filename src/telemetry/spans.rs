@@ -122,9 +122,9 @@ impl RequestSpan {
     }
 }
 
-/// The span of one call from a plugin to `plugin`, a child of the current span; `local` when
-/// this worker serves the callee (no bus hop).
-pub(crate) fn call_span(plugin: &str, depth: u32, local: bool) -> Span {
+/// The span of one call from a plugin to `plugin` (on `subject`), a child of the current span;
+/// `local` when this worker serves the callee (no bus hop).
+pub(crate) fn call_span(plugin: &str, subject: &str, depth: u32, local: bool) -> Span {
     if !enabled() {
         return Span::none();
     }
@@ -137,7 +137,7 @@ pub(crate) fn call_span(plugin: &str, depth: u32, local: bool) -> Span {
         otel.status_description = Empty,
         messaging.system = "nats",
         messaging.operation.type = "send",
-        messaging.destination.name = crate::subjects::exec(plugin),
+        messaging.destination.name = subject,
         mofa.plugin = plugin,
         mofa.call.depth = i64::from(depth),
         mofa.call.local = local,

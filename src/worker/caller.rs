@@ -20,6 +20,8 @@ pub(crate) struct BusCaller {
     pub(crate) manager: Weak<PluginManager>,
     pub(crate) client: Client,
     pub(crate) timeout: Duration,
+    /// The environment's subjects: a call stays in the caller's environment.
+    pub(crate) namespace: subjects::Namespace,
 }
 
 impl PluginCaller for BusCaller {
@@ -35,7 +37,8 @@ impl PluginCaller for BusCaller {
             .and_then(|m| m.get(plugin))
             .filter(|p| p.state() == PluginState::Running);
         // Made here, on the calling plugin's thread, where its request's span is current.
-        let span = telemetry::call_span(plugin, context.depth, local.is_some());
+        let subject = self.namespace.exec(plugin);
+        let span = telemetry::call_span(plugin, &subject, context.depth, local.is_some());
         let (client, plugin, timeout) = (self.client.clone(), plugin.to_string(), self.timeout);
         let traced = span.clone();
         Box::pin(
@@ -46,7 +49,7 @@ impl PluginCaller for BusCaller {
                         let timeout = context.deadline.map_or(timeout, |d| {
                             d.saturating_duration_since(std::time::Instant::now())
                         });
-                        remote(client, &plugin, input, context.depth, timeout).await
+                        remote(client, subject, &plugin, input, context.depth, timeout).await
                     }
                 };
                 if let Err(e) = &result {
@@ -61,6 +64,7 @@ impl PluginCaller for BusCaller {
 
 async fn remote(
     client: Client,
+    subject: String,
     plugin: &str,
     input: Value,
     depth: u32,
@@ -75,7 +79,7 @@ async fn remote(
         .payload(wire::encode(&input))
         .timeout(Some(timeout));
     let reply = client
-        .send_request(subjects::exec(plugin), request)
+        .send_request(subject, request)
         .await
         .map_err(|e| match e.kind() {
             RequestErrorKind::NoResponders => {
@@ -98,10 +102,12 @@ pub(crate) fn new(
     manager: &Arc<PluginManager>,
     client: Client,
     timeout: Duration,
+    namespace: subjects::Namespace,
 ) -> Arc<BusCaller> {
     Arc::new(BusCaller {
         manager: Arc::downgrade(manager),
         client,
         timeout,
+        namespace,
     })
 }

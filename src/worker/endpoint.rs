@@ -29,7 +29,7 @@ use crate::distribution::{ReloadEvent, ReloadStatus, Revision};
 use crate::plugin::{
     block_on, panic_message, CallContext, ManagedPlugin, PluginError, SandboxPool,
 };
-use crate::subjects;
+use crate::subjects::Namespace;
 use crate::telemetry::{self, Instruments, PluginSnapshot, ReloadCounts, RequestSpan};
 use crate::wire::{self, ResultEvent, Value};
 
@@ -171,6 +171,8 @@ pub(crate) struct Endpoint {
     events: bool,
     include_output: bool,
     instruments: Arc<Instruments>,
+    /// The environment's subjects.
+    namespace: Namespace,
     /// Reload outcomes, where a canary dropped for its error rate counts as rolled back.
     reloads: Arc<ReloadCounts>,
     /// `mofa.plugin = <name>`, built once for the duration histogram.
@@ -190,15 +192,17 @@ impl Endpoint {
         reloads: Arc<ReloadCounts>,
     ) -> Self {
         let name = served.plugin.id().to_string();
+        let namespace = config.reload.namespace();
         let max_payload = match client.server_info().max_payload {
             0 => usize::MAX,
             max => max,
         };
         Self {
-            subject: subjects::exec(&name),
+            subject: namespace.exec(&name),
             plugin_attribute: telemetry::plugin_attribute(&name),
             span_name: format!("mofa.exec {name}"),
-            event_subject: Subject::from(subjects::result_event(&name)),
+            event_subject: Subject::from(namespace.result_event(&name)),
+            namespace,
             name,
             served: ArcSwap::from_pointee(served),
             stats: Arc::new(EndpointStats::default()),
@@ -542,7 +546,7 @@ impl Endpoint {
         event.version = stable.map(|r| r.version.clone());
         event.canary_of = canary.map(|r| r.number);
         event.error = Some(reason);
-        super::follower::announce(&self.client, &self.reloads, event).await;
+        super::follower::announce(&self.client, &self.reloads, &self.namespace, event).await;
     }
 
     /// Decodes `payload` and runs it on `served`. A plugin that panics answers 500 (the sandbox

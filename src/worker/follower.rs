@@ -478,12 +478,18 @@ impl Follower {
     ) {
         let mut event = ReloadEvent::new(status, plugin, &self.shared.id, revision);
         fill(&mut event);
-        announce(&self.shared.client, &self.shared.reloads, event).await;
+        let namespace = self.shared.config.reload.namespace();
+        announce(&self.shared.client, &self.shared.reloads, &namespace, event).await;
     }
 }
 
 /// Counts a reload event's outcome and publishes it on `mofa.events.reload.<plugin>`.
-pub(crate) async fn announce(client: &async_nats::Client, reloads: &ReloadCounts, event: ReloadEvent) {
+pub(crate) async fn announce(
+    client: &async_nats::Client,
+    reloads: &ReloadCounts,
+    namespace: &subjects::Namespace,
+    event: ReloadEvent,
+) {
     let outcome = match event.status {
         ReloadStatus::Completed => Some(ReloadOutcome::Completed),
         ReloadStatus::Failed => Some(ReloadOutcome::Failed),
@@ -497,7 +503,7 @@ pub(crate) async fn announce(client: &async_nats::Client, reloads: &ReloadCounts
     match wire::encode_named(&event) {
         Ok(body) => {
             if let Err(e) = client
-                .publish(subjects::reload_event(&subject_token(plugin)), body)
+                .publish(namespace.reload_event(&subject_token(plugin)), body)
                 .await
             {
                 tracing::warn!(plugin, error = %e, "reload event not sent");

@@ -37,7 +37,7 @@ use crate::plugin::{
     AgentPlugin, Lifecycle, ManagedPlugin, PluginError, PluginManager, SandboxPool,
 };
 use crate::rhai::{ScriptEngine, StateMap};
-use crate::subjects::{self, QUEUE_GROUP};
+use crate::subjects::QUEUE_GROUP;
 use crate::telemetry::{Instruments, PluginSnapshot, ReloadCounts};
 use crate::wasm::WasmRuntime;
 use endpoint::{Endpoint, Served};
@@ -200,7 +200,7 @@ impl Shared {
             self.instruments.clone(),
             self.reloads.clone(),
         ));
-        let subject = subjects::exec(&name);
+        let subject = endpoint.subject.clone();
         let requests = self
             .client
             .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string())
@@ -413,13 +413,17 @@ impl Worker {
             &manager,
             client.clone(),
             Duration::from_millis(config.wasm.timeout_ms),
+            config.reload.namespace(),
         );
         wasm.set_caller(calls.clone());
         engine.set_caller(calls, tokio::runtime::Handle::current());
-        let jobs = if config.jobs.enabled {
-            open_jobs(&client, &config.jobs).await
-        } else {
+        let jobs = if !config.jobs.enabled {
             None
+        } else if config.reload.env != crate::config::PRODUCTION {
+            tracing::info!(env = %config.reload.env, "durable jobs (mofa.jobs.<plugin>) are served in the production environment only");
+            None
+        } else {
+            open_jobs(&client, &config.jobs).await
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
@@ -507,6 +511,8 @@ impl Worker {
 
         let info = Arc::new(service::ServiceInfo {
             id: id.to_string(),
+            service: shared.config.reload.namespace().service_name().to_string(),
+            env: shared.config.reload.env.clone(),
             endpoints: Box::new({
                 let shared = Arc::downgrade(&shared);
                 move || {

@@ -15,7 +15,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 
 use super::endpoint::Endpoint;
-use crate::subjects::{QUEUE_GROUP, SERVICE_NAME};
+use crate::subjects::QUEUE_GROUP;
 
 /// Endpoint metadata key of a tool's description.
 pub const TOOL_DESCRIPTION: &str = "tool_description";
@@ -28,6 +28,10 @@ pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the Services API responder knows about this worker.
 pub(crate) struct ServiceInfo {
     pub(crate) id: String,
+    /// The service name: `mofa`, or `mofa-<env>` outside production.
+    pub(crate) service: String,
+    /// The environment this worker follows.
+    pub(crate) env: String,
     /// The endpoints served right now (they come and go with hot reload).
     pub(crate) endpoints: Box<dyn Fn() -> Vec<Arc<Endpoint>> + Send + Sync>,
     /// Reload outcomes per plugin on this worker.
@@ -36,13 +40,16 @@ pub(crate) struct ServiceInfo {
 
 impl ServiceInfo {
     fn metadata(&self) -> HashMap<String, String> {
-        HashMap::from([("worker".to_string(), self.id.clone())])
+        HashMap::from([
+            ("worker".to_string(), self.id.clone()),
+            ("env".to_string(), self.env.clone()),
+        ])
     }
 
     fn ping(&self) -> PingResponse {
         PingResponse {
             kind: "io.nats.micro.v1.ping_response".to_string(),
-            name: SERVICE_NAME.to_string(),
+            name: self.service.clone(),
             id: self.id.clone(),
             version: SERVICE_VERSION.to_string(),
             metadata: self.metadata(),
@@ -52,7 +59,7 @@ impl ServiceInfo {
     fn info(&self) -> Info {
         Info {
             kind: "io.nats.micro.v1.info_response".to_string(),
-            name: SERVICE_NAME.to_string(),
+            name: self.service.clone(),
             id: self.id.clone(),
             description:
                 "mofa-bus plugin worker: native, Rhai and WASM plugins on mofa.exec.<plugin>"
@@ -105,7 +112,7 @@ impl ServiceInfo {
     fn stats(&self, started: async_nats::datetime::DateTime) -> Stats {
         Stats {
             kind: "io.nats.micro.v1.stats_response".to_string(),
-            name: SERVICE_NAME.to_string(),
+            name: self.service.clone(),
             id: self.id.clone(),
             version: SERVICE_VERSION.to_string(),
             started,
@@ -163,8 +170,8 @@ pub(crate) async fn subscribe(
     for verb in ["PING", "INFO", "STATS"] {
         for subject in [
             format!("$SRV.{verb}"),
-            format!("$SRV.{verb}.{SERVICE_NAME}"),
-            format!("$SRV.{verb}.{SERVICE_NAME}.{}", info.id),
+            format!("$SRV.{verb}.{}", info.service),
+            format!("$SRV.{verb}.{}.{}", info.service, info.id),
         ] {
             let sub = client.subscribe(subject).await?;
             subscriptions.push(sub.map(move |m| (verb, m)));

@@ -887,9 +887,9 @@ async fn exec(
         Err(e) => {
             use async_nats::RequestErrorKind;
             let why = match e.kind() {
-                RequestErrorKind::NoResponders => format!(
-                    "no worker serves plugin {plugin:?} (no responders on {subject})"
-                ),
+                RequestErrorKind::NoResponders => {
+                    format!("no worker serves plugin {plugin:?} (no responders on {subject})")
+                }
                 RequestErrorKind::TimedOut => {
                     format!(
                         "no reply from plugin {plugin:?} within {}",
@@ -911,7 +911,10 @@ async fn exec(
             .headers
             .as_ref()
             .is_some_and(|h| h.get(wire::HEADER_CANARY).is_some());
-        eprintln!("revision: {revision}{}", if canary { " (canary)" } else { "" });
+        eprintln!(
+            "revision: {revision}{}",
+            if canary { " (canary)" } else { "" }
+        );
     }
     if let Some((code, message)) = wire::reply_error(reply.headers.as_ref()) {
         eprintln!("error {code}: {message}");
@@ -1101,8 +1104,6 @@ async fn events(nats: &Nats, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-
-
 /// How the commands that write the plugins buckets (`publish`, `watch`) connect, sign and
 /// create them.
 #[derive(clap::Args, Debug)]
@@ -1232,13 +1233,18 @@ async fn history(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
                     notes.push(format!("rollback of {rev}"));
                 }
                 if let Some(canary) = &r.canary {
-                    notes.push(format!("canary {}% beside {}", canary.percent, canary.stable));
+                    notes.push(format!(
+                        "canary {}% beside {}",
+                        canary.percent, canary.stable
+                    ));
                 }
                 if let Some(from) = &r.promoted_from {
                     notes.push(format!("promoted from {from}"));
                 }
                 match &r.tests {
-                    Some(tests) if tests.skipped => notes.push("published untested (--no-test)".into()),
+                    Some(tests) if tests.skipped => {
+                        notes.push("published untested (--no-test)".into())
+                    }
                     Some(tests) => notes.push(format!("{} test cases passed", tests.passed)),
                     None => {}
                 }
@@ -1264,22 +1270,23 @@ async fn history(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
 
 async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
     let client = nats.connect("mofa").await?;
-    let rows: Vec<serde_json::Value> = mofa_bus::fleet::endpoints(&client, &nats.namespace()?, wait)
-        .await
-        .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?
-        .into_iter()
-        .map(|e| {
-            let meta = |k: &str| e.metadata.get(k).cloned().unwrap_or_default();
-            serde_json::json!({
-                "worker": e.worker,
-                "plugin": e.plugin,
-                "kind": meta("kind"),
-                "revision": meta("revision"),
-                "version": meta("version"),
-                "sha256": meta("sha256"),
+    let rows: Vec<serde_json::Value> =
+        mofa_bus::fleet::endpoints(&client, &nats.namespace()?, wait)
+            .await
+            .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?
+            .into_iter()
+            .map(|e| {
+                let meta = |k: &str| e.metadata.get(k).cloned().unwrap_or_default();
+                serde_json::json!({
+                    "worker": e.worker,
+                    "plugin": e.plugin,
+                    "kind": meta("kind"),
+                    "revision": meta("revision"),
+                    "version": meta("version"),
+                    "sha256": meta("sha256"),
+                })
             })
-        })
-        .collect();
+            .collect();
     if json {
         for row in &rows {
             println!("{row}");

@@ -69,7 +69,13 @@ impl McpServer {
 
     /// The fleet's tools now; remembers them, and says whether they changed.
     async fn refresh(&self) -> (Vec<ToolSpec>, bool) {
-        let tools = match fleet::endpoints(&self.client, &self.options.namespace, self.options.gather).await {
+        let tools = match fleet::endpoints(
+            &self.client,
+            &self.options.namespace,
+            self.options.gather,
+        )
+        .await
+        {
             Ok(endpoints) => fleet::tools(&endpoints),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot ask the fleet for its tools");

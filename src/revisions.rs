@@ -134,7 +134,12 @@ mod tests {
         assert_eq!(comparison.total(), 110);
         assert_eq!(rows.len(), 2);
         assert_eq!(
-            (rows[0].revision, rows[0].canary, rows[0].requests, rows[0].errors),
+            (
+                rows[0].revision,
+                rows[0].canary,
+                rows[0].requests,
+                rows[0].errors
+            ),
             (Some(3), false, 100, 0)
         );
         assert_eq!((rows[0].p50_us, rows[0].p99_us), (50, 99));

@@ -87,17 +87,17 @@ async fn serving(client: &async_nats::Client, plugin: &str) -> Vec<(String, Stri
         &mofa_bus::subjects::Namespace::production(),
         Duration::from_millis(300),
     )
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.plugin == plugin)
-        .map(|e| {
-            (
-                e.worker,
-                e.metadata.get("revision").cloned().unwrap_or_default(),
-            )
-        })
-        .collect()
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .filter(|e| e.plugin == plugin)
+    .map(|e| {
+        (
+            e.worker,
+            e.metadata.get("revision").cloned().unwrap_or_default(),
+        )
+    })
+    .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

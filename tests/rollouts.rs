@@ -51,16 +51,29 @@ fn mofa_run_answers_like_a_worker_in_the_same_sandbox() {
         let out = run(&[plugin, gold]);
         assert!(out.status.success(), "{plugin}: {}", text(&out.stderr));
         assert_eq!(text(&out.stdout).trim(), "80.0", "{plugin}");
-        assert!(text(&out.stderr).contains("answered in"), "{plugin}: the time taken");
+        assert!(
+            text(&out.stderr).contains("answered in"),
+            "{plugin}: the time taken"
+        );
     }
-    let rules = run(&["plugins/rules/content_moderation.rhai", r#"{"text": "well damn"}"#]);
+    let rules = run(&[
+        "plugins/rules/content_moderation.rhai",
+        r#"{"text": "well damn"}"#,
+    ]);
     assert!(text(&rules.stdout).contains(r#""rule":"block_profanity""#));
     let tool = run(&["plugins/tools/weather.rhai", r#"{"city": 7}"#]);
     assert_eq!(tool.status.code(), Some(1));
     let stderr = text(&tool.stderr);
-    assert!(stderr.contains("error 400") && stderr.contains("not of type"), "{stderr}");
+    assert!(
+        stderr.contains("error 400") && stderr.contains("not of type"),
+        "{stderr}"
+    );
     let words = run(&["plugins/wordcount.wasm", r#"{"text": "a b a"}"#]);
-    assert!(text(&words.stdout).contains(r#""words":3"#), "{}", text(&words.stderr));
+    assert!(
+        text(&words.stdout).contains(r#""words":3"#),
+        "{}",
+        text(&words.stderr)
+    );
 
     // The worker's limits: a runaway script ends as a 408 at the configured deadline.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -77,7 +90,11 @@ fn mofa_run_answers_like_a_worker_in_the_same_sandbox() {
         dir.path(),
     );
     assert_eq!(spin.status.code(), Some(1), "{}", text(&spin.stderr));
-    assert!(text(&spin.stderr).contains("error 408"), "{}", text(&spin.stderr));
+    assert!(
+        text(&spin.stderr).contains("error 408"),
+        "{}",
+        text(&spin.stderr)
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     let broken = mofa_here(&["run", "broken.rhai"], dir.path());
     assert_eq!(broken.status.code(), Some(2), "a file that does not load");
@@ -104,7 +121,11 @@ fn mofa_run_answers_like_a_worker_in_the_same_sandbox() {
 fn mofa_test_passes_every_shipped_case_and_fails_on_a_wrong_one() {
     let shipped = mofa_here(&["test"], repo());
     let stdout = text(&shipped.stdout);
-    assert!(shipped.status.success(), "{stdout}\n{}", text(&shipped.stderr));
+    assert!(
+        shipped.status.success(),
+        "{stdout}\n{}",
+        text(&shipped.stderr)
+    );
     assert!(
         stdout.contains("0 plugin(s) failed; 0 plugin(s) without cases"),
         "every example plugin has cases: {stdout}"
@@ -122,7 +143,10 @@ fn mofa_test_passes_every_shipped_case_and_fails_on_a_wrong_one() {
     let stdout = text(&failed.stdout);
     assert_eq!(failed.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("ok    two"), "{stdout}");
-    assert!(stdout.contains("FAIL  wrong: expected 5, got 4"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL  wrong: expected 5, got 4"),
+        "{stdout}"
+    );
 
     std::fs::write(
         dir.path().join("double.test.toml"),
@@ -163,20 +187,29 @@ async fn a_failing_case_blocks_a_publish_and_the_record_says_how_it_was_tested()
 
     let untested = mofa(&["publish", script, "--no-test"], &server.url());
     assert!(untested.status.success(), "{}", text(&untested.stderr));
-    let (_, record) = dist.current("double").await.expect("read").expect("published");
+    let (_, record) = dist
+        .current("double")
+        .await
+        .expect("read")
+        .expect("published");
     let tests = record.tests.expect("tests recorded");
     assert!(tests.skipped && tests.passed == 0, "{tests:?}");
 
     std::fs::write(dir.path().join("double.rhai"), "fn execute(x) { x * 2 }").expect("fixed");
     let tested = mofa(&["publish", script], &server.url());
     assert!(tested.status.success(), "{}", text(&tested.stderr));
-    let (_, record) = dist.current("double").await.expect("read").expect("published");
+    let (_, record) = dist
+        .current("double")
+        .await
+        .expect("read")
+        .expect("published");
     let tests = record.tests.expect("tests recorded");
     assert!(!tests.skipped && tests.passed == 2, "{tests:?}");
     let history = mofa(&["history", "double"], &server.url());
     let history = text(&history.stdout);
     assert!(
-        history.contains("published untested (--no-test)") && history.contains("2 test cases passed"),
+        history.contains("published untested (--no-test)")
+            && history.contains("2 test cases passed"),
         "{history}"
     );
 }
@@ -263,7 +296,11 @@ async fn staging_and_production_serve_their_own_revisions_and_promote_copies_the
     let v2 = returning(files.path(), "greet", "v2");
     let out = mofa(&["publish", &v2, "--sign", &seed, "--env", "staging"], &url);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("in staging"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("in staging"),
+        "{}",
+        text(&out.stdout)
+    );
 
     let client = server.client().await;
     let production_subject = Namespace::production().exec("greet");
@@ -273,15 +310,36 @@ async fn staging_and_production_serve_their_own_revisions_and_promote_copies_the
     answers(&client, &staging_subject, "v2").await;
     // Each environment only ever answers its own subjects.
     for _ in 0..50 {
-        let (value, _) = ask(&client, &production_subject, None).await.expect("reply");
+        let (value, _) = ask(&client, &production_subject, None)
+            .await
+            .expect("reply");
         assert_eq!(value, Value::from("v1"));
     }
     let exec = mofa(&["exec", "greet", "--env", "staging"], &url);
-    assert_eq!(text(&exec.stdout).trim(), "\"v2\"", "{}", text(&exec.stderr));
+    assert_eq!(
+        text(&exec.stdout).trim(),
+        "\"v2\"",
+        "{}",
+        text(&exec.stderr)
+    );
     let listed = mofa(&["plugins", "--env", "staging", "--json"], &url);
-    assert!(text(&listed.stdout).contains("greet"), "{}", text(&listed.stdout));
+    assert!(
+        text(&listed.stdout).contains("greet"),
+        "{}",
+        text(&listed.stdout)
+    );
 
-    let promoted = mofa(&["promote", "greet", "--from", "staging", "--to", "production"], &url);
+    let promoted = mofa(
+        &[
+            "promote",
+            "greet",
+            "--from",
+            "staging",
+            "--to",
+            "production",
+        ],
+        &url,
+    );
     assert!(promoted.status.success(), "{}", text(&promoted.stderr));
     answers(&client, &production_subject, "v2").await;
     let (_, in_staging) = bucket(&server, "staging")
@@ -304,7 +362,10 @@ async fn staging_and_production_serve_their_own_revisions_and_promote_copies_the
         .expect("promoted");
     assert_eq!(in_production.sha256, in_staging.sha256);
     assert_eq!(in_production.signature, in_staging.signature);
-    assert!(in_production.signature.is_some(), "signed, and the signature kept");
+    assert!(
+        in_production.signature.is_some(),
+        "signed, and the signature kept"
+    );
     assert_eq!(
         in_production.promoted_from.as_deref(),
         Some(format!("staging@{staged_revision}").as_str())
@@ -441,8 +502,15 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
     let canary = returning(files.path(), "greet", "canary");
     let out = mofa(&["publish", &canary, "--canary", "20"], &url);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("20% canary beside revision 1"), "{}", text(&out.stdout));
-    reload_events(&mut reloads, ReloadStatus::Completed, 2, |e| e.canary_of == Some(1)).await;
+    assert!(
+        text(&out.stdout).contains("20% canary beside revision 1"),
+        "{}",
+        text(&out.stdout)
+    );
+    reload_events(&mut reloads, ReloadStatus::Completed, 2, |e| {
+        e.canary_of == Some(1)
+    })
+    .await;
 
     // 2,000 requests: 20% to the canary, within five standard deviations (±89).
     let mut by_value: BTreeMap<String, u64> = BTreeMap::new();
@@ -489,7 +557,9 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
             seen.insert(value.as_str().expect("string").to_string());
         }
         assert_eq!(seen.len(), 1, "{key} saw {seen:?}");
-        *sides.entry(seen.into_iter().next().expect("one")).or_insert(0) += 1;
+        *sides
+            .entry(seen.into_iter().next().expect("one"))
+            .or_insert(0) += 1;
     }
     assert_eq!(sides.len(), 2, "60 keys land on both sides: {sides:?}");
 
@@ -502,8 +572,13 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
         .expect("mofa canary");
     let stderr = common::Lines::of(watcher.stderr.take().expect("stderr"), "mofa canary");
     let header = stderr.next_within(Duration::from_secs(10));
-    assert!(header.contains("canary revision 2 answers 20% beside stable revision 1"), "{header}");
-    assert!(stderr.next_within(Duration::from_secs(10)).contains("watching"));
+    assert!(
+        header.contains("canary revision 2 answers 20% beside stable revision 1"),
+        "{header}"
+    );
+    assert!(stderr
+        .next_within(Duration::from_secs(10))
+        .contains("watching"));
     for _ in 0..5 {
         let calls = (0..100).map(|_| ask(&client, &subject, None));
         futures::future::join_all(calls).await;
@@ -523,8 +598,12 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
         (rows[1]["revision"].clone(), rows[1]["canary"].clone()),
         (2.into(), true.into())
     );
-    let counted = rows[0]["requests"].as_u64().expect("n") + rows[1]["requests"].as_u64().expect("n");
-    assert!((500..=502).contains(&counted), "{counted} events for 500 requests");
+    let counted =
+        rows[0]["requests"].as_u64().expect("n") + rows[1]["requests"].as_u64().expect("n");
+    assert!(
+        (500..=502).contains(&counted),
+        "{counted} events for 500 requests"
+    );
 
     // Promote under load: the canary becomes the only revision; no request fails.
     let load = Load::start(&client, &subject, 8);
@@ -538,7 +617,11 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
     until_answered(&load, "canary", 200).await;
     let stable_before = load.count("stable");
     until_answered(&load, "canary", 500).await;
-    assert_eq!(load.count("stable"), stable_before, "the promoted canary answers everything");
+    assert_eq!(
+        load.count("stable"),
+        stable_before,
+        "the promoted canary answers everything"
+    );
     let (failures, answers) = load.finish().await;
     assert_eq!(failures, 0, "{answers:?}");
 
@@ -546,12 +629,19 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
     let next = returning(files.path(), "greet", "next");
     let out = mofa(&["publish", &next, "--canary", "50"], &url);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    reload_events(&mut reloads, ReloadStatus::Completed, 2, |e| e.canary_of == Some(3)).await;
+    reload_events(&mut reloads, ReloadStatus::Completed, 2, |e| {
+        e.canary_of == Some(3)
+    })
+    .await;
     let load = Load::start(&client, &subject, 8);
     until_answered(&load, "next", 100).await;
     let out = mofa(&["rollback", "greet"], &url);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("back to revision 3"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("back to revision 3"),
+        "{}",
+        text(&out.stdout)
+    );
     reload_events(&mut reloads, ReloadStatus::Completed, 2, |e| {
         e.revision == 5 && e.canary_of.is_none()
     })
@@ -560,7 +650,11 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
     until_answered(&load, "canary", 200).await;
     let next_before = load.count("next");
     until_answered(&load, "canary", 500).await;
-    assert_eq!(load.count("next"), next_before, "the dropped canary answers nothing");
+    assert_eq!(
+        load.count("next"),
+        next_before,
+        "the dropped canary answers nothing"
+    );
     let (failures, answers) = load.finish().await;
     assert_eq!(failures, 0, "{answers:?}");
 }
@@ -598,24 +692,38 @@ async fn a_canary_that_throws_is_dropped_at_its_error_rate_and_announced() {
         &url,
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    reload_events(&mut reloads, ReloadStatus::Completed, 1, |e| e.canary_of == Some(1)).await;
+    reload_events(&mut reloads, ReloadStatus::Completed, 1, |e| {
+        e.canary_of == Some(1)
+    })
+    .await;
 
     // Sequential requests: the canary fails every one it takes until its 20th, then is gone.
     let mut failed = 0;
     for _ in 0..300 {
         if let Err(e) = ask(&client, &subject, None).await {
-            assert!(e.contains("500") && e.contains("the canary is broken"), "{e}");
+            assert!(
+                e.contains("500") && e.contains("the canary is broken"),
+                "{e}"
+            );
             failed += 1;
         }
     }
-    assert_eq!(failed, 20, "the canary answers min_requests requests, all errors, then stops");
+    assert_eq!(
+        failed, 20,
+        "the canary answers min_requests requests, all errors, then stops"
+    );
     let dropped = reload_events(&mut reloads, ReloadStatus::RolledBack, 1, |_| true).await;
     let event = &dropped[0];
     assert_eq!((event.revision, event.canary_of), (1, Some(2)));
     let why = event.error.as_deref().unwrap_or_default();
-    assert!(why.contains("max_error_rate of 10.0%") && why.contains("100.0% over 20"), "{why}");
+    assert!(
+        why.contains("max_error_rate of 10.0%") && why.contains("100.0% over 20"),
+        "{why}"
+    );
     for _ in 0..100 {
-        let (value, _) = ask(&client, &subject, None).await.expect("the stable revision");
+        let (value, _) = ask(&client, &subject, None)
+            .await
+            .expect("the stable revision");
         assert_eq!(value, Value::from("stable"));
     }
     // The worker counts it as a rollback in its reload outcomes.

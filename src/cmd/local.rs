@@ -84,7 +84,12 @@ pub(crate) async fn check(code: &Path, config: &WorkerConfig, out: &mut impl Wri
         match &outcome.failure {
             None => {
                 passed += 1;
-                let _ = writeln!(out, "  ok    {} ({})", outcome.case, micros(outcome.elapsed));
+                let _ = writeln!(
+                    out,
+                    "  ok    {} ({})",
+                    outcome.case,
+                    micros(outcome.elapsed)
+                );
             }
             Some(why) => {
                 let _ = writeln!(out, "  FAIL  {}: {why}", outcome.case);
@@ -99,7 +104,10 @@ pub(crate) async fn check(code: &Path, config: &WorkerConfig, out: &mut impl Wri
 }
 
 /// `mofa test`.
-pub(crate) async fn test(paths: &[PathBuf], config_file: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub(crate) async fn test(
+    paths: &[PathBuf],
+    config_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let config = match config_file {
         Some(path) => WorkerConfig::from_file(path)?,
         None => WorkerConfig::default(),
@@ -119,10 +127,7 @@ pub(crate) async fn test(paths: &[PathBuf], config_file: Option<&Path>) -> anyho
         } else if kinds::is_case_file(path) {
             match kinds::code_for_case(path) {
                 Some(code) => code_files.push(code),
-                None => anyhow::bail!(
-                    "{}: no plugin file beside it with its name",
-                    path.display()
-                ),
+                None => anyhow::bail!("{}: no plugin file beside it with its name", path.display()),
             }
         } else if path.is_file() {
             code_files.push(path.clone());

@@ -157,7 +157,9 @@ pub(crate) async fn promote(
             let source = bucket_of(&client, &from).await?;
             let target = bucket_of(&client, &to).await?;
             let (revision, copied) = target.promote_from(&source, plugin).await?;
-            println!("promoted {plugin} revision {copied} of {from} to {to} as revision {revision}");
+            println!(
+                "promoted {plugin} revision {copied} of {from} to {to} as revision {revision}"
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -376,11 +376,9 @@ impl Distribution {
 
     /// Revision `rev` of `name`, which must hold a plugin record.
     pub async fn revision(&self, name: &str, rev: u64) -> Result<PluginRecord, DistributionError> {
-        let entry = self
-            .kv
-            .entry_for_revision(name, rev)
-            .await
-            .map_err(|e| DistributionError::Operation(format!("read {name} revision {rev}: {e}")))?;
+        let entry = self.kv.entry_for_revision(name, rev).await.map_err(|e| {
+            DistributionError::Operation(format!("read {name} revision {rev}: {e}"))
+        })?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
                 PluginRecord::decode(&e.value).map_err(op(name))

@@ -126,9 +126,7 @@ impl CaseSpec {
         };
         let input = match (self.input, self.input_json) {
             (Some(_), Some(_)) => {
-                return Err(format!(
-                    "case {name:?}: give input or input_json, not both"
-                ))
+                return Err(format!("case {name:?}: give input or input_json, not both"))
             }
             (Some(value), None) => wire::from_json(&toml_to_json(value)),
             (None, Some(text)) => wire::from_json(&json("input_json", &text)?),
@@ -140,12 +138,10 @@ impl CaseSpec {
         let expect = match (self.output, self.output_json, self.includes, self.error) {
             (Some(value), None, None, None) => Expect::Output(toml_to_json(value)),
             (None, Some(text), None, None) => Expect::Output(json("output_json", &text)?),
-            (None, None, Some(fields), None) => {
-                match toml_to_json(toml::Value::Table(fields)) {
-                    serde_json::Value::Object(fields) => Expect::Includes(fields),
-                    _ => return Err(format!("case {name:?}: includes must be a table")),
-                }
-            }
+            (None, None, Some(fields), None) => match toml_to_json(toml::Value::Table(fields)) {
+                serde_json::Value::Object(fields) => Expect::Includes(fields),
+                _ => return Err(format!("case {name:?}: includes must be a table")),
+            },
             (None, None, None, Some(code)) => Expect::Error {
                 code,
                 message: self.message,
@@ -182,7 +178,11 @@ pub struct Outcome {
 /// Runs `file`'s cases against the plugin in `code`, with `config`'s limits, in a fresh
 /// runner with its own temporary data directory. An `Err` is a plugin that does not load or
 /// a SQL file that does not run: no case ran.
-pub async fn run(code: &Path, file: &CaseFile, config: &WorkerConfig) -> Result<Vec<Outcome>, String> {
+pub async fn run(
+    code: &Path,
+    file: &CaseFile,
+    config: &WorkerConfig,
+) -> Result<Vec<Outcome>, String> {
     let data_dir = std::env::temp_dir().join(format!("mofa-test-{}", nuid::next()));
     std::fs::create_dir_all(&data_dir)
         .map_err(|e| format!("cannot make {}: {e}", data_dir.display()))?;
@@ -199,8 +199,7 @@ async fn run_in(
 ) -> Result<Vec<Outcome>, String> {
     let mut database = crate::native::database::DatabaseConfig::default();
     for sql in &file.sql {
-        let script = std::fs::read_to_string(sql)
-            .map_err(|e| format!("{}: {e}", sql.display()))?;
+        let script = std::fs::read_to_string(sql).map_err(|e| format!("{}: {e}", sql.display()))?;
         let writable = crate::native::database::DatabaseConfig {
             allow_writes: true,
             ..database.clone()
@@ -254,10 +253,9 @@ pub fn judge(expect: &Expect, result: &Result<Value, PluginError>) -> Option<Str
             serde_json::Value::Object(want.clone()),
             e.code().as_u16()
         )),
-        (Expect::Error { code, .. }, Ok(got)) => Some(format!(
-            "expected error {code}, got {}",
-            wire::to_json(got)
-        )),
+        (Expect::Error { code, .. }, Ok(got)) => {
+            Some(format!("expected error {code}, got {}", wire::to_json(got)))
+        }
         (Expect::Error { code, message }, Err(e)) => {
             let text = e.to_string();
             if e.code().as_u16() != *code {
@@ -293,7 +291,9 @@ fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
                 _ => false,
             },
         },
-        (J::Array(x), J::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (J::Array(x), J::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
         (J::Object(x), J::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
         }
@@ -349,7 +349,8 @@ mod tests {
     fn a_case_must_say_what_it_expects_once() {
         let both = file("[[case]]\nname = \"x\"\noutput = 1\nerror = 400\n").expect_err("both");
         assert!(both.contains("exactly one of output"), "{both}");
-        let stray = file("[[case]]\nname = \"x\"\noutput = 1\nmessage = \"m\"\n").expect_err("stray");
+        let stray =
+            file("[[case]]\nname = \"x\"\noutput = 1\nmessage = \"m\"\n").expect_err("stray");
         assert!(stray.contains("message goes with error"), "{stray}");
         let none = file("[[case]]\nname = \"x\"\n").expect_err("none");
         assert!(none.contains("exactly one of output"), "{none}");
@@ -363,8 +364,13 @@ mod tests {
         let want = Expect::Output(serde_json::json!({"total": 80, "items": [1, 2.5]}));
         let got = wire::from_json(&serde_json::json!({"total": 80.0, "items": [1.0, 2.5]}));
         assert_eq!(judge(&want, &Ok(got)), None);
-        let sum = wire::from_json(&serde_json::json!({"total": 80.00000000000001, "items": [1.0, 2.5]}));
-        assert_eq!(judge(&want, &Ok(sum)), None, "a float rounding error is no difference");
+        let sum =
+            wire::from_json(&serde_json::json!({"total": 80.00000000000001, "items": [1.0, 2.5]}));
+        assert_eq!(
+            judge(&want, &Ok(sum)),
+            None,
+            "a float rounding error is no difference"
+        );
         let wrong = wire::from_json(&serde_json::json!({"total": 80.001, "items": [1.0, 2.5]}));
         assert!(judge(&want, &Ok(wrong)).is_some());
         let error = Expect::Error {
@@ -386,7 +392,9 @@ mod tests {
         let pending = wire::from_json(&serde_json::json!({"status": "pending"}));
         assert!(judge(&includes, &Ok(pending)).is_some());
         let failed = PluginError::Failed("boom".into());
-        assert!(judge(&error, &Err(failed)).expect("code differs").contains("500"));
+        assert!(judge(&error, &Err(failed))
+            .expect("code differs")
+            .contains("500"));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use futures::future::BoxFuture;
 use crate::config::WorkerConfig;
 use crate::kinds;
 use crate::plugin::{
-    AgentPlugin, CallContext, ManagedPlugin, PluginCaller, PluginError, PluginManager,
-    PluginState, SandboxPool, Value,
+    AgentPlugin, CallContext, ManagedPlugin, PluginCaller, PluginError, PluginManager, PluginState,
+    SandboxPool, Value,
 };
 use crate::rhai::ScriptEngine;
 use crate::wasm::WasmRuntime;

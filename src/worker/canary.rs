@@ -116,7 +116,10 @@ mod tests {
         let canaried = (0..10_000)
             .filter(|i| route.takes("discount", Some(&format!("customer-{i}"))))
             .count();
-        assert!((2_700..3_300).contains(&canaried), "{canaried} of 10,000 keys");
+        assert!(
+            (2_700..3_300).contains(&canaried),
+            "{canaried} of 10,000 keys"
+        );
     }
 
     #[test]
@@ -134,7 +137,10 @@ mod tests {
             assert_eq!(route.tally(true), None, "under min_requests");
         }
         let reason = route.tally(true).expect("trips at the 10th");
-        assert!(reason.contains("100.0%") && reason.contains("20.0%"), "{reason}");
+        assert!(
+            reason.contains("100.0%") && reason.contains("20.0%"),
+            "{reason}"
+        );
         assert_eq!(route.tally(true), None, "trips once");
         let healthy = canary(50.0, Some(0.5), 10);
         assert!((0..100).all(|i| healthy.tally(i % 4 == 0).is_none()));

@@ -529,7 +529,10 @@ impl Endpoint {
         if !dropped {
             return;
         }
-        let canary = served.canary.as_ref().and_then(|(c, _)| c.revision.as_ref());
+        let canary = served
+            .canary
+            .as_ref()
+            .and_then(|(c, _)| c.revision.as_ref());
         tracing::warn!(
             plugin = %self.name,
             canary = canary.map(|r| r.number),

@@ -413,7 +413,10 @@ impl Follower {
                 )
             }
         };
-        let served = stable.with_canary(Served::new(plugin, Some(revision)), CanaryRoute::new(canary));
+        let served = stable.with_canary(
+            Served::new(plugin, Some(revision)),
+            CanaryRoute::new(canary),
+        );
         self.shared.serve(served).await.map_err(|e| e.to_string())
     }
 

@@ -86,7 +86,8 @@ impl ServiceInfo {
                     }
                     if let Some((canary, route)) = &served.canary {
                         if let Some(revision) = &canary.revision {
-                            metadata.insert("canary_revision".to_string(), revision.number.to_string());
+                            metadata
+                                .insert("canary_revision".to_string(), revision.number.to_string());
                         }
                         metadata.insert("canary_percent".to_string(), route.percent.to_string());
                     }

@@ -178,30 +178,8 @@ enum Command {
         /// Files to publish; each plugin is named after its file stem.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Version label stored with the revision (default: the first 12 hex digits of its
-        /// SHA-256).
-        #[arg(long)]
-        version: Option<String>,
-        /// Publish as a canary: beside the revision serving now, answering this percent of
-        /// the requests (by the hash of a request's Mofa-Route-Key header, else at random),
-        /// until `mofa promote` or `mofa rollback`.
-        #[arg(long, value_name = "PERCENT")]
-        canary: Option<f64>,
-        /// With --canary: a worker drops the canary once its error rate there exceeds this
-        /// percent, announced as a rolled_back reload event.
-        #[arg(long, value_name = "PERCENT", requires = "canary")]
-        max_error_rate: Option<f64>,
-        /// With --max-error-rate: requests the canary answers on a worker before its error
-        /// rate counts.
-        #[arg(long, default_value_t = 20, requires = "max_error_rate")]
-        min_requests: u64,
-        /// Publish without running the plugin's test cases (FILE.test.toml); the record says
-        /// it was not tested.
-        #[arg(long)]
-        no_test: bool,
-        /// The worker configuration whose limits the test cases run under.
-        #[arg(long, env = "MOFA_CONFIG")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        options: cmd::rollout::PublishOptions,
         #[command(flatten)]
         bucket: BucketArgs,
     },
@@ -626,24 +604,9 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Events { plugin, nats } => events(&nats.resolve(), plugin.as_deref()).await,
         Command::Publish {
             files,
-            version,
-            canary,
-            max_error_rate,
-            min_requests,
-            no_test,
-            config,
+            options,
             bucket,
-        } => {
-            let options = cmd::rollout::PublishOptions {
-                version,
-                canary,
-                max_error_rate,
-                min_requests,
-                no_test,
-                config,
-            };
-            cmd::rollout::publish(bucket, &files, options).await
-        }
+        } => cmd::rollout::publish(bucket, &files, options).await,
         Command::Run {
             file,
             input,

@@ -16,7 +16,7 @@ use async_nats::Client;
 use common::{config, mofa, worker, NatsServer};
 use futures::StreamExt;
 use mofa_bus::config::ReloadConfig;
-use mofa_bus::distribution::{Distribution, ReloadEvent, ReloadStatus};
+use mofa_bus::distribution::{Distribution, PluginRecord, ReloadEvent, ReloadStatus};
 use mofa_bus::subjects::Namespace;
 use mofa_bus::wire::{self, Value};
 
@@ -165,6 +165,16 @@ async fn bucket(server: &NatsServer, env: &str) -> Distribution {
         .expect("bucket")
 }
 
+/// The revision of `plugin` serving in `env`, which must exist.
+async fn current(server: &NatsServer, env: &str, plugin: &str) -> (u64, PluginRecord) {
+    bucket(server, env)
+        .await
+        .current(plugin)
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("{plugin} is published in {env}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_case_blocks_a_publish_and_the_record_says_how_it_was_tested() {
     let server = NatsServer::start();
@@ -187,22 +197,14 @@ async fn a_failing_case_blocks_a_publish_and_the_record_says_how_it_was_tested()
 
     let untested = mofa(&["publish", script, "--no-test"], &server.url());
     assert!(untested.status.success(), "{}", text(&untested.stderr));
-    let (_, record) = dist
-        .current("double")
-        .await
-        .expect("read")
-        .expect("published");
+    let (_, record) = current(&server, "production", "double").await;
     let tests = record.tests.expect("tests recorded");
     assert!(tests.skipped && tests.passed == 0, "{tests:?}");
 
     std::fs::write(dir.path().join("double.rhai"), "fn execute(x) { x * 2 }").expect("fixed");
     let tested = mofa(&["publish", script], &server.url());
     assert!(tested.status.success(), "{}", text(&tested.stderr));
-    let (_, record) = dist
-        .current("double")
-        .await
-        .expect("read")
-        .expect("published");
+    let (_, record) = current(&server, "production", "double").await;
     let tests = record.tests.expect("tests recorded");
     assert!(!tests.skipped && tests.passed == 2, "{tests:?}");
     let history = mofa(&["history", "double"], &server.url());
@@ -342,24 +344,8 @@ async fn staging_and_production_serve_their_own_revisions_and_promote_copies_the
     );
     assert!(promoted.status.success(), "{}", text(&promoted.stderr));
     answers(&client, &production_subject, "v2").await;
-    let (_, in_staging) = bucket(&server, "staging")
-        .await
-        .current("greet")
-        .await
-        .expect("read")
-        .expect("staged");
-    let (staged_revision, _) = bucket(&server, "staging")
-        .await
-        .current("greet")
-        .await
-        .expect("read")
-        .expect("staged");
-    let (_, in_production) = bucket(&server, "production")
-        .await
-        .current("greet")
-        .await
-        .expect("read")
-        .expect("promoted");
+    let (staged_revision, in_staging) = current(&server, "staging", "greet").await;
+    let (_, in_production) = current(&server, "production", "greet").await;
     assert_eq!(in_production.sha256, in_staging.sha256);
     assert_eq!(in_production.signature, in_staging.signature);
     assert!(
@@ -472,6 +458,18 @@ async fn until_answered(load: &Load, value: &str, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// After a swap every worker has announced: `now` answers every request and `gone` none, and
+/// no request of `load` failed. Requests that picked `gone` just before the swap finish on it,
+/// so the count of `gone` is taken once 200 answers of `now` have come back.
+async fn only_answers(load: Load, now: &str, gone: &str) {
+    until_answered(&load, now, 200).await;
+    let gone_before = load.count(gone);
+    until_answered(&load, now, 500).await;
+    assert_eq!(load.count(gone), gone_before, "{gone} still answers");
+    let (failures, answers) = load.finish().await;
+    assert_eq!(failures, 0, "{answers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -614,16 +612,7 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
         e.revision == 3 && e.canary_of.is_none()
     })
     .await;
-    until_answered(&load, "canary", 200).await;
-    let stable_before = load.count("stable");
-    until_answered(&load, "canary", 500).await;
-    assert_eq!(
-        load.count("stable"),
-        stable_before,
-        "the promoted canary answers everything"
-    );
-    let (failures, answers) = load.finish().await;
-    assert_eq!(failures, 0, "{answers:?}");
+    only_answers(load, "canary", "stable").await;
 
     // Rollback under load: a new canary beside the promoted revision is dropped.
     let next = returning(files.path(), "greet", "next");
@@ -646,17 +635,7 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
         e.revision == 5 && e.canary_of.is_none()
     })
     .await;
-    // Requests that picked the canary before the swap finish on it; later ones cannot.
-    until_answered(&load, "canary", 200).await;
-    let next_before = load.count("next");
-    until_answered(&load, "canary", 500).await;
-    assert_eq!(
-        load.count("next"),
-        next_before,
-        "the dropped canary answers nothing"
-    );
-    let (failures, answers) = load.finish().await;
-    assert_eq!(failures, 0, "{answers:?}");
+    only_answers(load, "canary", "next").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -16,16 +16,33 @@ use mofa_bus::wire::ResultEvent;
 use super::local::{self, Checked};
 use crate::{BucketArgs, Nats};
 
-/// `mofa publish`'s choices beside the files.
+/// `mofa publish`'s choices beside the files and the bucket.
+#[derive(clap::Args, Debug)]
 pub(crate) struct PublishOptions {
-    pub(crate) version: Option<String>,
-    /// Percent of the requests for a canary.
-    pub(crate) canary: Option<f64>,
-    /// Percent.
-    pub(crate) max_error_rate: Option<f64>,
-    pub(crate) min_requests: u64,
-    pub(crate) no_test: bool,
-    pub(crate) config: Option<PathBuf>,
+    /// Version label stored with the revision (default: the first 12 hex digits of its
+    /// SHA-256).
+    #[arg(long)]
+    version: Option<String>,
+    /// Publish as a canary: beside the revision serving now, answering this percent of
+    /// the requests (by the hash of a request's Mofa-Route-Key header, else at random),
+    /// until `mofa promote` or `mofa rollback`.
+    #[arg(long, value_name = "PERCENT")]
+    canary: Option<f64>,
+    /// With --canary: a worker drops the canary once its error rate there exceeds this
+    /// percent, announced as a rolled_back reload event.
+    #[arg(long, value_name = "PERCENT", requires = "canary")]
+    max_error_rate: Option<f64>,
+    /// With --max-error-rate: requests the canary answers on a worker before its error
+    /// rate counts.
+    #[arg(long, default_value_t = 20, requires = "max_error_rate")]
+    min_requests: u64,
+    /// Publish without running the plugin's test cases (FILE.test.toml); the record says
+    /// it was not tested.
+    #[arg(long)]
+    no_test: bool,
+    /// The worker configuration whose limits the test cases run under.
+    #[arg(long, env = "MOFA_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 impl PublishOptions {

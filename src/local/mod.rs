@@ -18,8 +18,8 @@ use futures::future::BoxFuture;
 use crate::config::WorkerConfig;
 use crate::kinds;
 use crate::plugin::{
-    AgentPlugin, CallContext, ManagedPlugin, PluginCaller, PluginError, PluginManager, PluginState,
-    SandboxPool, Value,
+    AgentPlugin, CallContext, ManagedPlugin, PluginCaller, PluginError, PluginManager, SandboxPool,
+    Value,
 };
 use crate::rhai::ScriptEngine;
 use crate::wasm::WasmRuntime;
@@ -112,11 +112,7 @@ impl PluginCaller for LocalCaller {
         input: Value,
         context: CallContext,
     ) -> BoxFuture<'static, Result<Value, PluginError>> {
-        let local = self
-            .manager
-            .upgrade()
-            .and_then(|m| m.get(plugin))
-            .filter(|p| p.state() == PluginState::Running);
+        let local = self.manager.upgrade().and_then(|m| m.running(plugin));
         let name = plugin.to_string();
         Box::pin(async move {
             match local {

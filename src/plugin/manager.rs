@@ -194,6 +194,12 @@ impl PluginManager {
             .cloned()
     }
 
+    /// The plugin registered under `id` if it is running: what a call to it may use.
+    pub fn running(&self, id: &str) -> Option<Arc<ManagedPlugin>> {
+        self.get(id)
+            .filter(|p| p.state() == super::PluginState::Running)
+    }
+
     fn require(&self, id: &str) -> Result<Arc<ManagedPlugin>, PluginError> {
         self.get(id)
             .ok_or_else(|| PluginError::NotFound(id.to_string()))

@@ -10,7 +10,7 @@ use async_nats::{Client, HeaderMap, RequestErrorKind};
 use futures::future::BoxFuture;
 use tracing::Instrument;
 
-use crate::plugin::{CallContext, PluginCaller, PluginError, PluginManager, PluginState, Value};
+use crate::plugin::{CallContext, PluginCaller, PluginError, PluginManager, Value};
 use crate::subjects;
 use crate::telemetry;
 use crate::wire;
@@ -31,11 +31,7 @@ impl PluginCaller for BusCaller {
         input: Value,
         context: CallContext,
     ) -> BoxFuture<'static, Result<Value, PluginError>> {
-        let local = self
-            .manager
-            .upgrade()
-            .and_then(|m| m.get(plugin))
-            .filter(|p| p.state() == PluginState::Running);
+        let local = self.manager.upgrade().and_then(|m| m.running(plugin));
         // Made here, on the calling plugin's thread, where its request's span is current.
         let subject = self.namespace.exec(plugin);
         let span = telemetry::call_span(plugin, &subject, context.depth, local.is_some());

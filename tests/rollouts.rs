@@ -68,6 +68,18 @@ fn mofa_run_answers_like_a_worker_in_the_same_sandbox() {
         stderr.contains("error 400") && stderr.contains("not of type"),
         "{stderr}"
     );
+    let pricing = run(&[
+        "plugins/order_pricing.rhai",
+        r#"{"id": "A-1", "quantity": 12, "price": 10}"#,
+    ]);
+    assert!(text(&pricing.stdout).contains(r#""total":114.0"#));
+    let processor = run(&[
+        "plugins/order_processor.rhai",
+        r#"{"id": "A-2", "quantity": 3, "price": 400}"#,
+    ]);
+    assert!(text(&processor.stdout).contains(r#""next_agent":"manager""#));
+    let hello = run(&["plugins/hello_wasi.wasm", r#"{"name": "ada"}"#]);
+    assert!(text(&hello.stdout).contains(r#""greeting":"hello, ada""#));
     let words = run(&["plugins/wordcount.wasm", r#"{"text": "a b a"}"#]);
     assert!(
         text(&words.stdout).contains(r#""words":3"#),

@@ -474,3 +474,69 @@ async fn a_rule_set_publishes_and_hot_reloads_from_its_subdirectory() {
     assert_eq!(out["rule"], Value::from("spam"));
     worker.shutdown().await.expect("drains");
 }
+
+/// Short scripts start on the thread that received the request and move to a sandbox thread
+/// only when they act (`state_set`, `call_plugin`) or run long: either way a call acts once,
+/// and a runaway still ends at its deadline while the others keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_that_start_inline_act_exactly_once_and_long_ones_still_end_at_their_deadline() {
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[
+        (
+            "count.rhai",
+            "fn execute(x) { let n = state_get(\"n\") ?? 0; state_set(\"n\", n + 1); n }",
+        ),
+        (
+            "spin_count.rhai",
+            "fn execute(x) { let i = 0; while i < 30000 { i += 1; } let n = state_get(\"n\") ?? 0; state_set(\"n\", n + 1); n }",
+        ),
+        ("double.rhai", "fn execute(x) { x * 2 }"),
+        ("runaway.rhai", "fn execute(x) { loop {} }"),
+    ]);
+    let mut config = config(&server, dir.path());
+    config.rhai.timeout_ms = 300;
+    config.rhai.max_operations = 0;
+    let _worker = worker(config).await;
+    let client = server.client().await;
+    wait_until_listed(&client, "count").await;
+    for plugin in ["count", "spin_count"] {
+        for expected in 0..150 {
+            let reply = call(&client, plugin, Value::Nil).await;
+            assert_eq!(
+                reply.ok(),
+                Value::from(expected),
+                "{plugin}: each call counts once"
+            );
+        }
+    }
+    let runaway = tokio::spawn({
+        let client = client.clone();
+        async move {
+            expect_error(
+                &client,
+                "runaway",
+                Value::Nil,
+                408,
+                "deadline",
+                Duration::from_secs(3),
+            )
+            .await
+        }
+    });
+    for i in 0..200i64 {
+        assert_eq!(
+            call(&client, "double", Value::from(i)).await.ok(),
+            Value::from(i * 2)
+        );
+    }
+    runaway.await.expect("runaway answered 408");
+    expect_error(
+        &client,
+        "runaway",
+        Value::Nil,
+        408,
+        "deadline",
+        Duration::from_secs(3),
+    )
+    .await;
+}

@@ -63,6 +63,11 @@ impl ManagedPlugin {
         self.plugin.timeout()
     }
 
+    /// Whether its calls start where they are received (see [`AgentPlugin::starts_inline`]).
+    pub fn starts_inline(&self) -> bool {
+        self.plugin.starts_inline()
+    }
+
     /// The current lifecycle state.
     pub fn state(&self) -> PluginState {
         self.state.get()

@@ -225,6 +225,14 @@ pub trait AgentPlugin: Send + Sync + 'static {
         None
     }
 
+    /// For a sandboxed plugin: whether its calls start on the thread that received the request
+    /// (and move to the sandbox pool only if they must), rather than being handed to the pool
+    /// first. A plugin says yes only while its calls are short and it bounds what runs there
+    /// (see `ScriptEngine::try_inline`). Native plugins always run where they are called.
+    fn starts_inline(&self) -> bool {
+        false
+    }
+
     /// Report health.
     fn health(&self) -> Health {
         Health::Healthy

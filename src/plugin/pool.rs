@@ -178,6 +178,11 @@ impl SandboxPool {
         }
     }
 
+    /// Whether this thread is one of the pool's (or a stand-in).
+    pub fn on_pool_thread() -> bool {
+        ON_POOL_THREAD.with(|on| on.get())
+    }
+
     /// Stand-in threads running now.
     pub fn stand_ins(&self) -> usize {
         self.stand_ins.running.load(Ordering::Acquire)

@@ -10,6 +10,14 @@
 //!
 //! [`ScriptEngine::compile`] decides a script's shape once, at load; [`ScriptEngine::call_until`]
 //! binds a request to it (arguments, tool schema, rule set) on every call.
+//!
+//! [`ScriptEngine::try_inline`] runs a call where the request arrived instead of on a sandbox
+//! thread, saving the two thread hand-offs that cost more than a short script itself. It may
+//! take at most [`INLINE_LIMIT`] there, and it may do nothing anyone else can see: the first
+//! `state_set`, `state_remove` or `call_plugin`, or the limit passing, stops it before it acts
+//! (a termination a script cannot catch), and the caller runs the call again from the start
+//! on the pool. Everything the script did until then was computation on its own values, so
+//! running it twice is not observable. The deadline and every other limit hold as always.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -26,6 +34,14 @@ use crate::plugin::{call_nested, PluginCaller, PluginError, SandboxPool, Value};
 /// How many operations pass between two deadline checks (a power of two).
 pub const DEADLINE_CHECK_EVERY: u64 = 256;
 
+/// Longest a call may run inline (see [`ScriptEngine::try_inline`]) before it moves to the
+/// sandbox pool: well above a short rule (1–10 µs), well below what would hold up the other
+/// requests of the async thread it runs on.
+pub const INLINE_LIMIT: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// The termination token of a call that must continue on the pool.
+const DEFER: &str = "mofa: continue on the sandbox pool";
+
 /// A plugin's state map, shared by its calls (and, with `preserve_state`, by its revisions).
 pub type StateMap = Arc<Mutex<rhai::Map>>;
 
@@ -36,6 +52,37 @@ thread_local! {
     static STATE: RefCell<Option<StateMap>> = const { RefCell::new(None) };
     /// How many plugin-to-plugin calls deep the call running on this thread is.
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// While a call runs inline: when it must move to the pool.
+    static INLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Set when the inline call on this thread was stopped to continue on the pool.
+    static DEFERRED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Stops an inline call before it does something visible (see [`ScriptEngine::try_inline`]);
+/// `Ok` outside inline calls.
+fn not_inline() -> Result<(), Box<EvalAltResult>> {
+    if INLINE.with(|i| i.get()).is_none() {
+        return Ok(());
+    }
+    DEFERRED.with(|d| d.set(true));
+    Err(EvalAltResult::ErrorTerminated(Dynamic::from(DEFER), rhai::Position::NONE).into())
+}
+
+/// Marks this thread's call as inline (limited to `until`) until dropped.
+struct InlineGuard;
+
+impl InlineGuard {
+    fn set(until: Instant) -> Self {
+        INLINE.with(|i| i.set(Some(until)));
+        DEFERRED.with(|d| d.set(false));
+        InlineGuard
+    }
+}
+
+impl Drop for InlineGuard {
+    fn drop(&mut self) {
+        INLINE.with(|i| i.set(None));
+    }
 }
 
 /// Makes a call's deadline, state map and depth this thread's until dropped, then puts back
@@ -206,8 +253,15 @@ impl ScriptEngine {
                 if ops % DEADLINE_CHECK_EVERY != 0 {
                     return None;
                 }
-                let expired = DEADLINE.with(|d| d.get().is_some_and(|t| Instant::now() >= t));
-                expired.then(|| Dynamic::from("deadline"))
+                let now = Instant::now();
+                if DEADLINE.with(|d| d.get().is_some_and(|t| now >= t)) {
+                    return Some(Dynamic::from("deadline"));
+                }
+                if INLINE.with(|i| i.get().is_some_and(|t| now >= t)) {
+                    DEFERRED.with(|d| d.set(true));
+                    return Some(Dynamic::from(DEFER));
+                }
+                None
             });
         let max_entries = config.max_map_size;
         engine
@@ -217,6 +271,7 @@ impl ScriptEngine {
             .register_fn(
                 "state_set",
                 move |key: &str, value: Dynamic| -> Result<(), Box<EvalAltResult>> {
+                    not_inline()?;
                     with_state(|m| {
                         if max_entries > 0 && !m.contains_key(key) && m.len() >= max_entries {
                             return Err(EvalAltResult::ErrorDataTooLarge(
@@ -231,6 +286,7 @@ impl ScriptEngine {
                 },
             )
             .register_fn("state_remove", |key: &str| {
+                not_inline()?;
                 with_state(|m| m.remove(key).unwrap_or(Dynamic::UNIT))
             });
         super::stdlib::register(&mut engine, &config);
@@ -239,6 +295,7 @@ impl ScriptEngine {
         engine.register_fn(
             "call_plugin",
             move |name: &str, input: Dynamic| -> Result<Dynamic, Box<EvalAltResult>> {
+                not_inline()?;
                 call_plugin(&reach, &waits, timeout, name, input)
             },
         );
@@ -375,6 +432,24 @@ impl ScriptEngine {
             None,
             0,
         )
+    }
+
+    /// [`ScriptEngine::call_until`] on this thread, for at most [`INLINE_LIMIT`] and with
+    /// nothing visible done: `None` when the call had to stop for either (it must then run
+    /// again, from the start, on the pool), else its result.
+    pub fn try_inline(
+        &self,
+        entry: &Entry,
+        input: Value,
+        deadline: Instant,
+        state: Option<StateMap>,
+        depth: u32,
+    ) -> Option<Result<Value, PluginError>> {
+        let result = {
+            let _inline = InlineGuard::set(Instant::now() + INLINE_LIMIT);
+            self.call_until(entry, input, deadline, state, depth)
+        };
+        (!DEFERRED.with(|d| d.replace(false))).then_some(result)
     }
 
     /// Runs the entry function on `input` with `state` as its state map, `depth` plugin calls
@@ -516,4 +591,99 @@ fn thrown(value: &Dynamic) -> PluginError {
         };
     }
     PluginError::Failed(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> ScriptEngine {
+        ScriptEngine::with_pool(RhaiConfig::default(), SandboxPool::new(1))
+    }
+
+    fn inline(
+        engine: &ScriptEngine,
+        source: &str,
+        state: &StateMap,
+    ) -> Option<Result<Value, PluginError>> {
+        let entry = engine.compile("t", source).expect("compiles");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        engine.try_inline(&entry, Value::from(2), deadline, Some(state.clone()), 0)
+    }
+
+    #[test]
+    fn a_short_pure_call_finishes_inline_with_its_result_or_error() {
+        let (engine, state) = (engine(), StateMap::default());
+        let done = inline(
+            &engine,
+            "fn execute(x) { state_get(\"n\") ?? x * 21 }",
+            &state,
+        );
+        assert_eq!(done.expect("inline").expect("ok"), Value::from(42));
+        let thrown = inline(
+            &engine,
+            "fn execute(x) { throw #{ code: 400, message: \"no\" } }",
+            &state,
+        );
+        assert_eq!(
+            thrown.expect("inline").expect_err("thrown").code().as_u16(),
+            400
+        );
+    }
+
+    #[test]
+    fn an_inline_call_stops_before_it_acts_and_then_acts_once_on_the_pool() {
+        let (engine, state) = (engine(), StateMap::default());
+        for source in [
+            "fn execute(x) { state_set(\"n\", x); x }",
+            "fn execute(x) { try { state_set(\"n\", x) } catch { } x }",
+            "fn helper(x) { state_remove(\"n\"); state_set(\"n\", x) } fn execute(x) { try { helper(x) } catch { } x }",
+            "fn execute(x) { call_plugin(\"echo\", x) }",
+        ] {
+            assert!(inline(&engine, source, &state).is_none(), "{source}");
+            assert!(state.lock().expect("state").is_empty(), "{source}: nothing done inline");
+        }
+        let entry = engine
+            .compile("t", "fn execute(x) { state_set(\"n\", x); x }")
+            .expect("compiles");
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let done = engine.call_until(&entry, Value::from(2), deadline, Some(state.clone()), 0);
+        assert_eq!(done.expect("ok"), Value::from(2));
+        assert_eq!(
+            state
+                .lock()
+                .expect("state")
+                .get("n")
+                .and_then(|v| v.as_int().ok()),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_long_call_leaves_the_thread_within_the_inline_limit() {
+        let (engine, state) = (engine(), StateMap::default());
+        let started = Instant::now();
+        let long = inline(
+            &engine,
+            "fn execute(x) { let n = 0; loop { n += 1; } }",
+            &state,
+        );
+        assert!(long.is_none(), "moved to the pool");
+        assert!(
+            started.elapsed() < INLINE_LIMIT * 50,
+            "left after {:?}",
+            started.elapsed()
+        );
+        // The deadline still wins when it comes first.
+        let entry = engine
+            .compile("t", "fn execute(x) { loop {} }")
+            .expect("compiles");
+        let deadline = Instant::now() + std::time::Duration::from_micros(50);
+        std::thread::sleep(std::time::Duration::from_micros(100));
+        let late = engine.try_inline(&entry, Value::Nil, deadline, None, 0);
+        assert_eq!(
+            late.expect("final").expect_err("timed out").code().as_u16(),
+            408
+        );
+    }
 }

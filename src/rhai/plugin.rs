@@ -1,15 +1,21 @@
 //! A Rhai script as a plugin.
 //!
-//! `load` compiles the source once; `execute` runs the cached entry function on the sandbox
-//! pool, with the script's state map and a deadline counted from admission.
+//! `load` compiles the source once; `execute` runs the cached entry function with the
+//! script's state map and a deadline counted from admission: first where it was called, when
+//! the script's recent calls were short (see [`ScriptEngine::try_inline`]), and on the sandbox
+//! pool when that is not allowed or the call turns out to need the pool.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
 use super::engine::{Entry, ScriptEngine, StateMap};
-use crate::plugin::{AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, Value};
+use crate::plugin::{
+    AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, SandboxPool, Value,
+};
 
 /// A script plugin.
 pub struct RhaiPlugin {
@@ -18,6 +24,36 @@ pub struct RhaiPlugin {
     engine: Arc<ScriptEngine>,
     compiled: ArcSwapOption<Entry>,
     state: StateMap,
+    inline: InlineGate,
+}
+
+/// Whether a plugin's calls start inline: yes, unless one had to move to the pool within the
+/// last [`INLINE_BACKOFF`] (a script that is long, or acts, wastes its inline attempt once a
+/// while, not on every call).
+#[derive(Debug, Default)]
+struct InlineGate {
+    /// Nanoseconds after [`epoch`] until which calls go to the pool at once.
+    closed_until: AtomicU64,
+}
+
+/// How long a plugin's calls go straight to the pool after one had to move there.
+const INLINE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The instant the gates count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl InlineGate {
+    fn open(&self) -> bool {
+        epoch().elapsed().as_nanos() as u64 >= self.closed_until.load(Ordering::Relaxed)
+    }
+
+    fn close(&self) {
+        let until = (epoch().elapsed() + INLINE_BACKOFF).as_nanos() as u64;
+        self.closed_until.store(until, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for RhaiPlugin {
@@ -39,6 +75,7 @@ impl RhaiPlugin {
             engine,
             compiled: ArcSwapOption::empty(),
             state: StateMap::default(),
+            inline: InlineGate::default(),
         }
     }
 
@@ -120,6 +157,10 @@ impl AgentPlugin for RhaiPlugin {
         Some(self.engine.config().timeout())
     }
 
+    fn starts_inline(&self) -> bool {
+        self.inline.open()
+    }
+
     async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
         let entry = self
             .compiled
@@ -130,6 +171,20 @@ impl AgentPlugin for RhaiPlugin {
         // The deadline runs from admission, so time spent queued for a sandbox thread counts.
         let deadline = context.deadline_for(timeout);
         let state = self.state.clone();
+        if self.inline.open() && !SandboxPool::on_pool_thread() {
+            let attempt = input.clone();
+            let inline = engine.try_inline(
+                &entry,
+                attempt,
+                deadline,
+                Some(state.clone()),
+                context.depth,
+            );
+            match inline {
+                Some(result) => return result,
+                None => self.inline.close(),
+            }
+        }
         self.engine
             .pool()
             .run_until(

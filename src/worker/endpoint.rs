@@ -359,7 +359,10 @@ impl Endpoint {
             .clone()
             .handle(message, permit, context, span)
             .instrument(running);
-        if crate::kinds::is_sandboxed(self.served().plugin.kind()) {
+        let served = self.served();
+        let handed_off = crate::kinds::is_sandboxed(served.plugin.kind())
+            && (context.depth > 0 || served.canary.is_some() || !served.plugin.starts_inline());
+        if handed_off {
             // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
             // there (execute, reply, event) instead of hopping back to an async thread.
             let request = tracker.track_future(request);
@@ -379,8 +382,9 @@ impl Endpoint {
                 tracing::error!(plugin = %endpoint.name, error = %e, "request dropped");
             }
         } else {
-            // Most native plugins finish without ever waiting: poll the request once here and
-            // only pay for a task when it has to wait (I/O, backpressure).
+            // Most native plugins, and short scripts that start inline, finish without ever
+            // waiting: poll the request once here and only pay for a task when it has to wait
+            // (I/O, backpressure, a call that moved to the sandbox pool).
             let mut request = Box::pin(request);
             let mut cx = Context::from_waker(Waker::noop());
             if request.as_mut().poll(&mut cx).is_pending() {

@@ -749,3 +749,55 @@ async fn the_matches_capability_runs_patterns_in_the_host_within_max_regex_bytes
     );
     worker.shutdown().await.expect("drains");
 }
+
+/// A module's call starts where the request arrived; one that reaches a host function that
+/// acts (`call_plugin`) or runs past its inline fuel moves to a sandbox thread and runs again
+/// from the start, so what it does happens once per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn modules_that_start_inline_act_once_per_request() {
+    let server = NatsServer::start();
+    // Forwards, then spins about 2,000,000 instructions (past the inline fuel): were the
+    // forward made inline, the spin would send the call to the pool to forward again.
+    let forward_then_spin = module(
+        "(local $i i32) (local $r i64)
+    (local.set $r (call $call_plugin (i32.const 512) (i32.const 5) (local.get $ptr) (local.get $len)))
+    (loop $spin
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 400000))))
+    (local.get $r)",
+        r#"(import "mofa" "call_plugin" (func $call_plugin (param i32 i32 i32 i32) (result i64)))
+  (data (i32.const 512) "count")"#,
+    );
+    let files = vec![
+        ("to_count.wasm".to_string(), forwarder("count")),
+        (
+            "to_count.toml".to_string(),
+            "capabilities = [\"call_plugin\"]\n".to_string(),
+        ),
+        ("spin_count.wasm".to_string(), forward_then_spin),
+        (
+            "spin_count.toml".to_string(),
+            "capabilities = [\"call_plugin\"]\n".to_string(),
+        ),
+        (
+            "count.rhai".to_string(),
+            "fn execute(x) { let n = state_get(\"n\") ?? 0; state_set(\"n\", n + 1); n }"
+                .to_string(),
+        ),
+    ];
+    let (worker, _dir) = start_with(&server, &files, WasmConfig::default()).await;
+    let client = server.client().await;
+    let mut expected = 0i64;
+    for plugin in ["to_count", "spin_count", "to_count"] {
+        for _ in 0..60 {
+            let reply = call(&client, plugin, Value::Nil).await;
+            assert_eq!(
+                reply.ok(),
+                Value::from(expected),
+                "{plugin}: one call per request"
+            );
+            expected += 1;
+        }
+    }
+    worker.shutdown().await.expect("drains");
+}

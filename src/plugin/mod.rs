@@ -7,6 +7,7 @@
 //! across a call.
 
 mod error;
+mod inline;
 mod manager;
 pub mod matcher;
 mod nested;
@@ -14,6 +15,7 @@ mod pool;
 mod state;
 
 pub use error::PluginError;
+pub use inline::{InlineGate, INLINE_BACKOFF};
 pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
 pub(crate) use nested::call_nested;
 pub use pool::SandboxPool;

@@ -5,16 +5,15 @@
 //! the script's recent calls were short (see [`ScriptEngine::try_inline`]), and on the sandbox
 //! pool when that is not allowed or the call turns out to need the pool.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 
 use super::engine::{Entry, ScriptEngine, StateMap};
 use crate::plugin::{
-    AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, SandboxPool, Value,
+    AgentPlugin, CallContext, InlineGate, PluginError, PluginKind, PluginMetadata, SandboxPool,
+    Value,
 };
 
 /// A script plugin.
@@ -25,35 +24,6 @@ pub struct RhaiPlugin {
     compiled: ArcSwapOption<Entry>,
     state: StateMap,
     inline: InlineGate,
-}
-
-/// Whether a plugin's calls start inline: yes, unless one had to move to the pool within the
-/// last [`INLINE_BACKOFF`] (a script that is long, or acts, wastes its inline attempt once a
-/// while, not on every call).
-#[derive(Debug, Default)]
-struct InlineGate {
-    /// Nanoseconds after [`epoch`] until which calls go to the pool at once.
-    closed_until: AtomicU64,
-}
-
-/// How long a plugin's calls go straight to the pool after one had to move there.
-const INLINE_BACKOFF: Duration = Duration::from_secs(1);
-
-/// The instant the gates count from.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-impl InlineGate {
-    fn open(&self) -> bool {
-        epoch().elapsed().as_nanos() as u64 >= self.closed_until.load(Ordering::Relaxed)
-    }
-
-    fn close(&self) {
-        let until = (epoch().elapsed() + INLINE_BACKOFF).as_nanos() as u64;
-        self.closed_until.store(until, Ordering::Relaxed);
-    }
 }
 
 impl std::fmt::Debug for RhaiPlugin {

@@ -66,6 +66,22 @@ pub(crate) struct StoreData {
     pub(crate) host: Arc<HostContext>,
     pub(crate) depth: u32,
     pub(crate) deadline: Instant,
+    /// The call runs inline (see `WasmRuntime::try_inline`): a host function that would do
+    /// something visible stops it instead, setting `deferred`.
+    pub(crate) inline: bool,
+    /// The inline call was stopped to run again on the sandbox pool.
+    pub(crate) deferred: bool,
+}
+
+impl StoreData {
+    /// Stops an inline call before a host function acts; `Ok` outside inline calls.
+    fn not_inline(&mut self) -> wasmtime::Result<()> {
+        if !self.inline {
+            return Ok(());
+        }
+        self.deferred = true;
+        Err(format_err!("continue on the sandbox pool"))
+    }
 }
 
 /// A linker holding exactly the host functions `manifest` grants.
@@ -87,6 +103,7 @@ pub(crate) fn linker(
              ptr: i32,
              len: i32|
              -> wasmtime::Result<()> {
+                caller.data_mut().not_inline()?;
                 let text = String::from_utf8_lossy(&read(&mut caller, ptr, len)?).into_owned();
                 let plugin = caller.data().host.plugin.as_str();
                 match level {
@@ -136,6 +153,7 @@ pub(crate) fn linker(
              in_ptr: i32,
              in_len: i32|
              -> wasmtime::Result<i64> {
+                caller.data_mut().not_inline()?;
                 let name = String::from_utf8(read(&mut caller, name_ptr, name_len)?)
                     .map_err(|_| format_err!("call_plugin: plugin name is not UTF-8"))?;
                 let input = wire::decode(&read(&mut caller, in_ptr, in_len)?);

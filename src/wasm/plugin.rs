@@ -1,5 +1,7 @@
 //! A WebAssembly module as a plugin: `plugins/<name>.wasm` with an optional
-//! `plugins/<name>.toml` manifest.
+//! `plugins/<name>.toml` manifest. A call runs in a fresh instance: first where it was made,
+//! when the module's recent calls were short (see [`WasmRuntime::try_inline`] and
+//! [`crate::plugin::InlineGate`]), and on the sandbox pool otherwise.
 
 use std::sync::Arc;
 
@@ -8,7 +10,10 @@ use async_trait::async_trait;
 
 use super::config::Manifest;
 use super::runtime::{Loaded, WasmRuntime};
-use crate::plugin::{AgentPlugin, CallContext, PluginError, PluginKind, PluginMetadata, Value};
+use crate::plugin::{
+    AgentPlugin, CallContext, InlineGate, PluginError, PluginKind, PluginMetadata, SandboxPool,
+    Value,
+};
 use crate::wire;
 
 /// A wasm plugin.
@@ -18,6 +23,7 @@ pub struct WasmPlugin {
     manifest: Manifest,
     runtime: Arc<WasmRuntime>,
     loaded: ArcSwapOption<Loaded>,
+    inline: InlineGate,
 }
 
 impl std::fmt::Debug for WasmPlugin {
@@ -51,6 +57,7 @@ impl WasmPlugin {
             manifest,
             runtime,
             loaded: ArcSwapOption::empty(),
+            inline: InlineGate::default(),
         }
     }
 
@@ -114,6 +121,10 @@ impl AgentPlugin for WasmPlugin {
             .map(|loaded| loaded.limits.timeout)
     }
 
+    fn starts_inline(&self) -> bool {
+        !self.manifest.wasi && self.inline.open()
+    }
+
     async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
         let loaded = self
             .loaded
@@ -124,6 +135,12 @@ impl AgentPlugin for WasmPlugin {
         let deadline = context.deadline_for(timeout);
         let runtime = self.runtime.clone();
         let body = wire::encode(&input);
+        if self.starts_inline() && !SandboxPool::on_pool_thread() {
+            match runtime.try_inline(&loaded, &body, deadline, context.depth) {
+                Some(result) => return result,
+                None => self.inline.close(),
+            }
+        }
         self.runtime
             .pool()
             .run_until(

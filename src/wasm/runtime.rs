@@ -34,6 +34,11 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// constructors before any other export is called.
 const EXPORT_INITIALIZE: &str = "_initialize";
 
+/// Fuel a call may use inline (see [`WasmRuntime::try_inline`]) before it moves to the
+/// sandbox pool: about 100–300 µs of guest code, well above a short rule (the discount module
+/// uses a few thousand).
+pub const INLINE_FUEL: u64 = 500_000;
+
 /// Bytes of each instance's memory and tables kept resident between requests.
 const KEEP_RESIDENT: usize = 2 << 20;
 
@@ -45,6 +50,9 @@ pub(crate) struct Loaded {
     pub(crate) host: Arc<HostContext>,
     /// The module is a WASI reactor exporting `_initialize`, run before each request.
     pub(crate) initialize: bool,
+    /// The module uses WASI (its output streams reach the worker's log): its calls never run
+    /// inline, where a call stopped and run again would log twice.
+    pub(crate) wasi: bool,
 }
 
 /// Compiled modules by the SHA-256 of their bytes, bounded by the size of their compiled code:
@@ -337,6 +345,7 @@ impl WasmRuntime {
         Ok(Loaded {
             pre,
             initialize,
+            wasi: manifest.wasi,
             sha256: hex::encode(sha),
             limits,
             host: Arc::new(HostContext {
@@ -358,8 +367,46 @@ impl WasmRuntime {
         deadline: Instant,
         depth: u32,
     ) -> Result<Value, PluginError> {
+        self.run(loaded, input, deadline, depth, false, &mut false)
+    }
+
+    /// [`WasmRuntime::invoke`] on this thread with at most [`INLINE_FUEL`] and no host
+    /// function that acts (`call_plugin`, `log`): `None` when the call had to stop for either
+    /// (its instance is thrown away; run it again, from the start, on the pool), else its
+    /// result. WASI modules never run inline.
+    pub(crate) fn try_inline(
+        &self,
+        loaded: &Loaded,
+        input: &[u8],
+        deadline: Instant,
+        depth: u32,
+    ) -> Option<Result<Value, PluginError>> {
+        if loaded.wasi {
+            return None;
+        }
+        let mut deferred = false;
+        let result = self.run(loaded, input, deadline, depth, true, &mut deferred);
+        (!deferred).then_some(result)
+    }
+
+    /// One request in a fresh instance; `inline` as [`WasmRuntime::try_inline`] describes,
+    /// setting `deferred` when such a call had to stop.
+    fn run(
+        &self,
+        loaded: &Loaded,
+        input: &[u8],
+        deadline: Instant,
+        depth: u32,
+        inline: bool,
+        deferred: &mut bool,
+    ) -> Result<Value, PluginError> {
         let _ticking = self.ticker.running();
         let limits = &loaded.limits;
+        let fuel = if inline {
+            limits.fuel.min(INLINE_FUEL)
+        } else {
+            limits.fuel
+        };
         let mut store = Store::new(
             &self.engine,
             StoreData {
@@ -370,11 +417,13 @@ impl WasmRuntime {
                 host: loaded.host.clone(),
                 depth,
                 deadline,
+                inline,
+                deferred: false,
             },
         );
         store.limiter(|data| &mut data.memory);
         store
-            .set_fuel(limits.fuel)
+            .set_fuel(fuel)
             .map_err(|e| PluginError::Failed(format!("cannot set fuel: {e}")))?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let ticks = (remaining.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
@@ -406,7 +455,14 @@ impl WasmRuntime {
         })();
         let (packed, memory) = match outcome {
             Ok(done) => done,
-            Err(e) => return Err(classify(e, &store, limits)),
+            Err(e) => {
+                let out_of_inline_fuel =
+                    fuel < limits.fuel && matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel));
+                if store.data().deferred || out_of_inline_fuel {
+                    *deferred = true;
+                }
+                return Err(classify(e, &store, limits));
+            }
         };
         let data = memory.data(&store);
         let start = packed.ptr as usize;

@@ -1,0 +1,57 @@
+//! Whether a sandboxed plugin's calls start where the request arrived.
+//!
+//! Handing a call to a sandbox thread and its answer back costs two thread wake-ups, more than
+//! a short script or module takes to run. So a sandboxed plugin first tries a call on the
+//! calling thread, bounded (a short time or fuel budget, and nothing done that anyone else
+//! could see), and runs it again from the start on the pool when the attempt had to stop
+//! (see `ScriptEngine::try_inline` and `WasmRuntime::try_inline`). A plugin whose attempt had
+//! to stop sends its calls straight to the pool for [`INLINE_BACKOFF`], so a long or busy
+//! plugin wastes an attempt once in a while, not on every call.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a plugin's calls go straight to the pool after an attempt had to stop.
+pub const INLINE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Open (calls start inline) unless an attempt had to stop within the last [`INLINE_BACKOFF`].
+#[derive(Debug, Default)]
+pub struct InlineGate {
+    /// Nanoseconds after [`epoch`] until which calls go to the pool at once.
+    closed_until: AtomicU64,
+}
+
+/// The instant the gates count from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl InlineGate {
+    /// Whether a call may start inline now.
+    pub fn open(&self) -> bool {
+        epoch().elapsed().as_nanos() as u64 >= self.closed_until.load(Ordering::Relaxed)
+    }
+
+    /// An attempt had to stop: the next calls go to the pool for [`INLINE_BACKOFF`].
+    pub fn close(&self) {
+        let until = (epoch().elapsed() + INLINE_BACKOFF).as_nanos() as u64;
+        self.closed_until.store(until, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gate_starts_open_and_closes_for_the_backoff() {
+        let gate = InlineGate::default();
+        assert!(gate.open());
+        gate.close();
+        assert!(!gate.open());
+        gate.closed_until.store(0, Ordering::Relaxed);
+        assert!(gate.open());
+    }
+}

@@ -12,8 +12,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// How long a plugin's calls go straight to the pool after an attempt had to stop.
+/// How long a plugin's calls go straight to the pool after an attempt had to stop, or took
+/// longer than [`SHORT_CALL`].
 pub const INLINE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest call that keeps its plugin's calls inline. Calls that run inline run one after
+/// another on the thread that admits the plugin's requests, so longer ones do better spread
+/// over the sandbox pool's threads.
+pub const SHORT_CALL: Duration = Duration::from_micros(50);
 
 /// Open (calls start inline) unless an attempt had to stop within the last [`INLINE_BACKOFF`].
 #[derive(Debug, Default)]
@@ -34,6 +40,14 @@ impl InlineGate {
         epoch().elapsed().as_nanos() as u64 >= self.closed_until.load(Ordering::Relaxed)
     }
 
+    /// An inline call finished after `took`: a call longer than [`SHORT_CALL`] sends the next
+    /// ones to the pool for [`INLINE_BACKOFF`].
+    pub fn finished(&self, took: Duration) {
+        if took > SHORT_CALL {
+            self.close();
+        }
+    }
+
     /// An attempt had to stop: the next calls go to the pool for [`INLINE_BACKOFF`].
     pub fn close(&self) {
         let until = (epoch().elapsed() + INLINE_BACKOFF).as_nanos() as u64;
@@ -49,6 +63,11 @@ mod tests {
     fn a_gate_starts_open_and_closes_for_the_backoff() {
         let gate = InlineGate::default();
         assert!(gate.open());
+        gate.finished(SHORT_CALL);
+        assert!(gate.open(), "a short call keeps it open");
+        gate.finished(SHORT_CALL * 2);
+        assert!(!gate.open(), "a longer one closes it");
+        gate.closed_until.store(0, Ordering::Relaxed);
         gate.close();
         assert!(!gate.open());
         gate.closed_until.store(0, Ordering::Relaxed);

@@ -15,7 +15,7 @@ mod pool;
 mod state;
 
 pub use error::PluginError;
-pub use inline::{InlineGate, INLINE_BACKOFF};
+pub use inline::{InlineGate, INLINE_BACKOFF, SHORT_CALL};
 pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
 pub(crate) use nested::call_nested;
 pub use pool::SandboxPool;

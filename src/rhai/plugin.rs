@@ -142,6 +142,7 @@ impl AgentPlugin for RhaiPlugin {
         let deadline = context.deadline_for(timeout);
         let state = self.state.clone();
         if self.inline.open() && !SandboxPool::on_pool_thread() {
+            let started = std::time::Instant::now();
             let attempt = input.clone();
             let inline = engine.try_inline(
                 &entry,
@@ -151,7 +152,10 @@ impl AgentPlugin for RhaiPlugin {
                 context.depth,
             );
             match inline {
-                Some(result) => return result,
+                Some(result) => {
+                    self.inline.finished(started.elapsed());
+                    return result;
+                }
                 None => self.inline.close(),
             }
         }

@@ -136,8 +136,12 @@ impl AgentPlugin for WasmPlugin {
         let runtime = self.runtime.clone();
         let body = wire::encode(&input);
         if self.starts_inline() && !SandboxPool::on_pool_thread() {
+            let started = std::time::Instant::now();
             match runtime.try_inline(&loaded, &body, deadline, context.depth) {
-                Some(result) => return result,
+                Some(result) => {
+                    self.inline.finished(started.elapsed());
+                    return result;
+                }
                 None => self.inline.close(),
             }
         }

@@ -155,46 +155,64 @@ fn in_process() {
         .enable_all()
         .build()
         .expect("runtime");
-    let plugin_call = runtime.block_on(async {
-        use mofa_bus::plugin::AgentPlugin;
-        let plugin = RhaiPlugin::new("discount", source.clone(), engine.clone());
-        plugin.load().await.expect("loads");
-        let m = 50_000u32;
-        let t = Instant::now();
-        for _ in 0..m {
-            plugin.execute(input.clone()).await.expect("runs");
-        }
-        t.elapsed() / m
-    });
+    let rhai_through = |engine: Arc<ScriptEngine>| {
+        runtime.block_on(async {
+            use mofa_bus::plugin::AgentPlugin;
+            let plugin = RhaiPlugin::new("discount", source.clone(), engine);
+            plugin.load().await.expect("loads");
+            let m = 50_000u32;
+            for _ in 0..1_000 {
+                plugin.execute(input.clone()).await.expect("runs");
+            }
+            let t = Instant::now();
+            for _ in 0..m {
+                plugin.execute(input.clone()).await.expect("runs");
+            }
+            t.elapsed() / m
+        })
+    };
+    let plugin_call = rhai_through(engine.clone());
+    let pooled = RhaiConfig {
+        inline: false,
+        ..RhaiConfig::default()
+    };
+    let plugin_call_pooled = rhai_through(Arc::new(ScriptEngine::new(pooled)));
 
     // WASM: a fresh instance per call, with fuel, memory cap and deadline, input encoded and
     // output decoded.
-    let (wasm_call, wasm_plugin_call) = runtime.block_on(async {
-        use mofa_bus::plugin::{AgentPlugin, SandboxPool};
-        use mofa_bus::wasm::{Manifest, WasmConfig, WasmPlugin, WasmRuntime};
-        let wasm = WasmRuntime::new(WasmConfig::default(), SandboxPool::new(0)).expect("runtime");
-        let bytes = std::fs::read(common::repo_plugins().join("discount_wasm.wasm"))
-            .expect("plugins/discount_wasm.wasm");
-        let plugin = WasmPlugin::new("discount_wasm", bytes, Manifest::default(), wasm);
-        plugin.load().await.expect("loads");
-        for _ in 0..10_000 {
-            plugin.invoke_blocking(&input).expect("runs");
-        }
-        let t = Instant::now();
-        for _ in 0..n {
-            std::hint::black_box(
-                plugin
-                    .invoke_blocking(std::hint::black_box(&input))
-                    .expect("runs"),
-            );
-        }
-        let direct = t.elapsed() / n;
-        let m = 50_000u32;
-        let t = Instant::now();
-        for _ in 0..m {
-            plugin.execute(input.clone()).await.expect("runs");
-        }
-        (direct, t.elapsed() / m)
+    let wasm_through = |config: mofa_bus::wasm::WasmConfig| {
+        runtime.block_on(async {
+            use mofa_bus::plugin::{AgentPlugin, SandboxPool};
+            use mofa_bus::wasm::{Manifest, WasmPlugin, WasmRuntime};
+            let wasm = WasmRuntime::new(config, SandboxPool::new(0)).expect("runtime");
+            let bytes = std::fs::read(common::repo_plugins().join("discount_wasm.wasm"))
+                .expect("plugins/discount_wasm.wasm");
+            let plugin = WasmPlugin::new("discount_wasm", bytes, Manifest::default(), wasm);
+            plugin.load().await.expect("loads");
+            for _ in 0..10_000 {
+                plugin.invoke_blocking(&input).expect("runs");
+            }
+            let t = Instant::now();
+            for _ in 0..n {
+                std::hint::black_box(
+                    plugin
+                        .invoke_blocking(std::hint::black_box(&input))
+                        .expect("runs"),
+                );
+            }
+            let direct = t.elapsed() / n;
+            let m = 50_000u32;
+            let t = Instant::now();
+            for _ in 0..m {
+                plugin.execute(input.clone()).await.expect("runs");
+            }
+            (direct, t.elapsed() / m)
+        })
+    };
+    let (wasm_call, wasm_plugin_call) = wasm_through(mofa_bus::wasm::WasmConfig::default());
+    let (_, wasm_plugin_call_pooled) = wasm_through(mofa_bus::wasm::WasmConfig {
+        inline: false,
+        ..Default::default()
     });
 
     println!();
@@ -202,10 +220,12 @@ fn in_process() {
     println!(
         "  discount (Rhai, engine call incl. value conversion)   {rhai:>10.2?}   target <= 1 µs"
     );
-    println!("  discount (Rhai, AgentPlugin::execute, sandbox pool)  {plugin_call:>10.2?}");
+    println!("  discount (Rhai, AgentPlugin::execute)                {plugin_call:>10.2?}   target <= 3 µs");
+    println!("  discount (Rhai, AgentPlugin::execute, inline = false) {plugin_call_pooled:>10.2?}   (every call on the sandbox pool)");
     println!("  discount_native                                       {native:>10.2?}");
     println!("  discount_wasm (fresh instance + call, this thread)    {wasm_call:>10.2?}   target <= 6 µs");
-    println!("  discount_wasm (AgentPlugin::execute, sandbox pool)    {wasm_plugin_call:>10.2?}");
+    println!("  discount_wasm (AgentPlugin::execute)                  {wasm_plugin_call:>10.2?}   target <= 6 µs");
+    println!("  discount_wasm (AgentPlugin::execute, inline = false)  {wasm_plugin_call_pooled:>10.2?}   (every call on the sandbox pool)");
     scripts_in_process(&engine, &input);
 }
 
@@ -1103,9 +1123,14 @@ fn main() {
         let quiet = tempfile::tempdir().expect("temp dir");
         let quiet_config = quiet.path().join("quiet.toml");
         std::fs::write(&quiet_config, "[events]\nresults = false\n").expect("config");
+        // Every sandboxed call handed to a sandbox thread, as before calls started inline.
+        let pooled_config = quiet.path().join("pooled.toml");
+        std::fs::write(&pooled_config, "[rhai]\ninline = false\n[wasm]\ninline = false\n")
+            .expect("config");
         for (config, suffix, plugins) in [
             (None, "", &["echo", "discount_native", "discount", "discount_wasm"][..]),
             (Some(quiet_config.as_path()), ", no events", &["echo", "discount_native"][..]),
+            (Some(pooled_config.as_path()), ", no inline", &["discount", "discount_wasm"][..]),
         ] {
             let worker = WorkerProcess::spawn(&server, &common::repo_plugins(), config);
             common::wait_for_plugin(&client, "discount", Value::Map(vec![

@@ -27,8 +27,10 @@
 //!
 //! How a request flows: NATS message on `mofa.exec.discount` → that plugin's subscription →
 //! admission permit → native: decode, `execute` inline, encode, reply, result event on
-//! `mofa.events.result.discount`; Rhai and WASM: the same steps on a sandbox thread, under the
-//! plugin's deadline.
+//! `mofa.events.result.discount`; Rhai and WASM: the same steps under the plugin's deadline,
+//! inline too while the plugin's calls are short (each bounded, and run again from the start
+//! on a sandbox thread if it must act or runs long: see [`plugin::InlineGate`]), otherwise on a
+//! sandbox thread.
 //!
 //! Beside the layers, for running it anywhere: [`nats_server`] finds (or installs once) a
 //! nats-server new enough for hot reload, [`pyvenv`] is the cached-venv installer it uses, and

@@ -35,6 +35,9 @@ pub struct RhaiConfig {
     pub max_regex_bytes: usize,
     /// The words `has_profanity(text)` looks for (whole words, case-insensitive).
     pub profanity: Vec<String>,
+    /// Start short calls on the thread that received the request (see
+    /// `crate::plugin::InlineGate`); off: every call is handed to a sandbox thread.
+    pub inline: bool,
 }
 
 impl Default for RhaiConfig {
@@ -50,6 +53,7 @@ impl Default for RhaiConfig {
             timeout_ms: 1_000,
             max_regex_bytes: 1024,
             profanity: DEFAULT_PROFANITY.iter().map(|w| w.to_string()).collect(),
+            inline: true,
         }
     }
 }

@@ -128,7 +128,7 @@ impl AgentPlugin for RhaiPlugin {
     }
 
     fn starts_inline(&self) -> bool {
-        self.inline.open()
+        self.engine.config().inline && self.inline.open()
     }
 
     async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {
@@ -141,7 +141,7 @@ impl AgentPlugin for RhaiPlugin {
         // The deadline runs from admission, so time spent queued for a sandbox thread counts.
         let deadline = context.deadline_for(timeout);
         let state = self.state.clone();
-        if self.inline.open() && !SandboxPool::on_pool_thread() {
+        if self.starts_inline() && !SandboxPool::on_pool_thread() {
             let started = std::time::Instant::now();
             let attempt = input.clone();
             let inline = engine.try_inline(

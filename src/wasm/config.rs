@@ -91,6 +91,9 @@ pub struct WasmConfig {
     pub disk_cache: bool,
     /// Longest pattern `mofa::matches` accepts, in bytes (413 beyond it).
     pub max_regex_bytes: usize,
+    /// Start short calls on the thread that received the request (see
+    /// `crate::plugin::InlineGate`); off: every call is handed to a sandbox thread.
+    pub inline: bool,
 }
 
 impl Default for WasmConfig {
@@ -105,6 +108,7 @@ impl Default for WasmConfig {
             module_cache_mb: 256,
             disk_cache: true,
             max_regex_bytes: 1024,
+            inline: true,
         }
     }
 }

@@ -122,7 +122,7 @@ impl AgentPlugin for WasmPlugin {
     }
 
     fn starts_inline(&self) -> bool {
-        !self.manifest.wasi && self.inline.open()
+        self.runtime.config().inline && !self.manifest.wasi && self.inline.open()
     }
 
     async fn execute_in(&self, input: Value, context: CallContext) -> Result<Value, PluginError> {

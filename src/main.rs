@@ -1247,6 +1247,8 @@ async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<Exit
                     "revision": meta("revision"),
                     "version": meta("version"),
                     "sha256": meta("sha256"),
+                    "canary_revision": meta("canary_revision"),
+                    "canary_percent": meta("canary_percent"),
                 })
             })
             .collect();
@@ -1256,14 +1258,18 @@ async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<Exit
         }
     } else {
         println!(
-            "{:<24} {:<7} {:>8} {:<14} {:<14} WORKER",
-            "PLUGIN", "KIND", "REVISION", "VERSION", "SHA256"
+            "{:<24} {:<7} {:>8} {:<14} {:<14} {:<18} WORKER",
+            "PLUGIN", "KIND", "REVISION", "VERSION", "SHA256", "CANARY"
         );
         for r in &rows {
             let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
             let sha = text("sha256");
+            let canary = match text("canary_revision").as_str() {
+                "" => "-".to_string(),
+                revision => format!("{revision} ({}%)", text("canary_percent")),
+            };
             println!(
-                "{:<24} {:<7} {:>8} {:<14} {:<14} {}",
+                "{:<24} {:<7} {:>8} {:<14} {:<14} {:<18} {}",
                 text("plugin"),
                 text("kind"),
                 if text("revision").is_empty() {
@@ -1277,6 +1283,7 @@ async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<Exit
                 } else {
                     sha[..sha.len().min(12)].to_string()
                 },
+                canary,
                 text("worker")
             );
         }

@@ -117,6 +117,8 @@ pub(crate) struct Served {
     revision_header: Option<String>,
     /// A canary revision answering a share of the requests beside this one.
     pub(crate) canary: Option<(Box<Served>, CanaryRoute)>,
+    /// This is the canary of another revision (replies say so in `Mofa-Canary`).
+    is_canary: bool,
 }
 
 impl Served {
@@ -127,11 +129,13 @@ impl Served {
             revision,
             revision_header,
             canary: None,
+            is_canary: false,
         }
     }
 
     /// This revision with `canary` beside it, routed as `route` says.
-    pub(crate) fn with_canary(mut self, canary: Served, route: CanaryRoute) -> Self {
+    pub(crate) fn with_canary(mut self, mut canary: Served, route: CanaryRoute) -> Self {
+        canary.is_canary = true;
         self.canary = Some((Box::new(canary), route));
         self
     }
@@ -474,7 +478,7 @@ impl Endpoint {
                         Some(revision) => {
                             let mut headers = HeaderMap::new();
                             headers.insert(wire::HEADER_REVISION, revision.as_str());
-                            if canary.is_some() {
+                            if variant.is_canary {
                                 headers.insert(wire::HEADER_CANARY, "true");
                             }
                             self.client
@@ -503,15 +507,8 @@ impl Endpoint {
                 .map(|v| v.as_str());
             let trace_id = span.trace_id(headers);
             let output = result.map(|(output, _)| output);
-            self.publish_event(
-                request_id,
-                trace_id,
-                variant,
-                canary.is_some(),
-                output,
-                elapsed,
-            )
-            .await;
+            self.publish_event(request_id, trace_id, variant, output, elapsed)
+                .await;
         }
         if let Some(reason) = canary.and_then(|route| route.tally(failed)) {
             self.drop_canary(&served, reason).await;
@@ -617,7 +614,7 @@ impl Endpoint {
         let elapsed = started.elapsed();
         self.record(elapsed, result.as_ref().err());
         if self.events {
-            self.publish_event(Some(job), None, &served, false, result.clone(), elapsed)
+            self.publish_event(Some(job), None, &served, result.clone(), elapsed)
                 .await;
         }
         (result, served.revision.as_ref().map(|r| r.number))
@@ -632,6 +629,9 @@ impl Endpoint {
         let mut headers = HeaderMap::new();
         if let Some(revision) = &served.revision_header {
             headers.insert(wire::HEADER_REVISION, revision.as_str());
+        }
+        if served.is_canary {
+            headers.insert(wire::HEADER_CANARY, "true");
         }
         headers.insert(wire::HEADER_ERROR, wire::header_safe(&text).as_str());
         headers.insert(wire::HEADER_ERROR_CODE, code.as_u16().to_string().as_str());
@@ -652,7 +652,6 @@ impl Endpoint {
         request_id: Option<&str>,
         trace_id: Option<String>,
         served: &Served,
-        canary: bool,
         result: Result<Value, PluginError>,
         elapsed: Duration,
     ) {
@@ -673,7 +672,7 @@ impl Endpoint {
             plugin: self.name.as_str().into(),
             kind: served.plugin.kind().as_str().into(),
             revision: served.revision.as_ref().map(|r| r.number),
-            canary,
+            canary: served.is_canary,
             worker: (*self.worker_id).into(),
             request_id,
             trace_id,

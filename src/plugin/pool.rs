@@ -251,11 +251,15 @@ impl SandboxPool {
         if ON_POOL_THREAD.with(|on| on.get()) {
             return f();
         }
+        // The caller's span (a request's, when it traces) is current while `f` runs, so the
+        // spans `f` makes (a plugin's calls) are its children, as they would be inline.
+        let span = tracing::Span::current();
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             if tx.is_closed() {
                 return; // the caller gave up while the job was queued
             }
+            let _span = span.enter();
             let result =
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
                     Err(PluginError::Failed(format!(

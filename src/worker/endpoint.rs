@@ -470,6 +470,11 @@ impl Endpoint {
             .await;
         drop(permit);
         let elapsed = started.elapsed();
+        // A canary past its error rate stops taking requests before this one is answered, so
+        // a caller's next request already goes to the stable revision.
+        let dropped = canary
+            .and_then(|route| route.tally(result.is_err()))
+            .filter(|_| self.stop_canary(&served));
         match &result {
             Ok((_, body)) => {
                 if let Some(reply) = &message.reply {
@@ -499,7 +504,6 @@ impl Endpoint {
             }
         }
         span.phase("mofa.reply_us", started.elapsed().saturating_sub(elapsed));
-        let failed = result.is_err();
         if self.events {
             let headers = message.headers.as_ref();
             let request_id = headers
@@ -510,14 +514,14 @@ impl Endpoint {
             self.publish_event(request_id, trace_id, variant, output, elapsed)
                 .await;
         }
-        if let Some(reason) = canary.and_then(|route| route.tally(failed)) {
-            self.drop_canary(&served, reason).await;
+        if let Some(reason) = dropped {
+            self.announce_dropped(&served, reason).await;
         }
     }
 
-    /// Stops routing to the canary `served` carries (unless a reload replaced it meanwhile)
-    /// and announces it as a `rolled_back` reload event.
-    async fn drop_canary(&self, served: &Arc<Served>, reason: String) {
+    /// Stops routing to the canary `served` carries, unless a reload replaced it meanwhile;
+    /// whether it did.
+    fn stop_canary(&self, served: &Arc<Served>) -> bool {
         let mut dropped = false;
         self.served.rcu(|current| {
             dropped = Arc::ptr_eq(current, served);
@@ -527,9 +531,11 @@ impl Endpoint {
                 current.clone()
             }
         });
-        if !dropped {
-            return;
-        }
+        dropped
+    }
+
+    /// Announces the canary of `served`, dropped for `reason`, as a `rolled_back` reload event.
+    async fn announce_dropped(&self, served: &Served, reason: String) {
         let canary = served
             .canary
             .as_ref()

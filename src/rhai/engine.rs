@@ -17,7 +17,8 @@
 //! `state_set`, `state_remove` or `call_plugin`, or the limit passing, stops it before it acts
 //! (a termination a script cannot catch), and the caller runs the call again from the start
 //! on the pool. Everything the script did until then was computation on its own values, so
-//! running it twice is not observable. The deadline and every other limit hold as always.
+//! running it twice is not observable; lines it printed are held until it finishes, and
+//! dropped if it moves. The deadline and every other limit hold as always.
 
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -56,6 +57,35 @@ thread_local! {
     static INLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Set when the inline call on this thread was stopped to continue on the pool.
     static DEFERRED: Cell<bool> = const { Cell::new(false) };
+    /// What the inline call on this thread printed: logged once it finishes, dropped if it
+    /// moves to the pool (where it prints again).
+    static PRINTED: RefCell<Vec<Printed>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A line a script printed (`print`) or debugged (`debug`, with its source and position).
+enum Printed {
+    Print(String),
+    Debug(String, String, String),
+}
+
+impl Printed {
+    fn log(self) {
+        match self {
+            Printed::Print(text) => tracing::info!(target: "mofa::script", "{text}"),
+            Printed::Debug(text, source, pos) => {
+                tracing::debug!(target: "mofa::script", source, pos, "{text}")
+            }
+        }
+    }
+
+    /// Logs it now, or holds it while an inline call runs.
+    fn emit(self) {
+        if INLINE.with(|i| i.get()).is_some() {
+            PRINTED.with(|p| p.borrow_mut().push(self));
+        } else {
+            self.log();
+        }
+    }
 }
 
 /// Stops an inline call before it does something visible (see [`ScriptEngine::try_inline`]);
@@ -75,6 +105,7 @@ impl InlineGuard {
     fn set(until: Instant) -> Self {
         INLINE.with(|i| i.set(Some(until)));
         DEFERRED.with(|d| d.set(false));
+        PRINTED.with(|p| p.borrow_mut().clear());
         InlineGuard
     }
 }
@@ -245,9 +276,14 @@ impl ScriptEngine {
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new())
             .disable_symbol("eval")
             .disable_symbol("import")
-            .on_print(|text| tracing::info!(target: "mofa::script", "{text}"))
+            .on_print(|text| Printed::Print(text.to_string()).emit())
             .on_debug(|text, source, pos| {
-                tracing::debug!(target: "mofa::script", source = source.unwrap_or(""), %pos, "{text}")
+                Printed::Debug(
+                    text.to_string(),
+                    source.unwrap_or("").to_string(),
+                    pos.to_string(),
+                )
+                .emit()
             })
             .on_progress(|ops| {
                 if ops % DEADLINE_CHECK_EVERY != 0 {
@@ -449,7 +485,12 @@ impl ScriptEngine {
             let _inline = InlineGuard::set(Instant::now() + INLINE_LIMIT);
             self.call_until(entry, input, deadline, state, depth)
         };
-        (!DEFERRED.with(|d| d.replace(false))).then_some(result)
+        let printed = PRINTED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        if DEFERRED.with(|d| d.replace(false)) {
+            return None;
+        }
+        printed.into_iter().for_each(Printed::log);
+        Some(result)
     }
 
     /// Runs the entry function on `input` with `state` as its state map, `depth` plugin calls
@@ -657,6 +698,49 @@ mod tests {
                 .and_then(|v| v.as_int().ok()),
             Some(2)
         );
+    }
+
+    #[test]
+    fn lines_an_inline_call_prints_are_logged_once_wherever_it_finishes() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tracing_subscriber::layer::SubscriberExt;
+        struct Count(Arc<AtomicUsize>);
+        impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Count {
+            fn on_event(
+                &self,
+                event: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                if event.metadata().target() == "mofa::script" {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let lines = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry().with(Count(lines.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let (engine, state) = (engine(), StateMap::default());
+            let finished = inline(&engine, "fn execute(x) { print(\"a\"); x }", &state);
+            assert!(finished.is_some());
+            assert_eq!(
+                lines.load(Ordering::Relaxed),
+                1,
+                "logged when it finishes inline"
+            );
+            let source = "fn execute(x) { print(\"b\"); state_set(\"n\", x); x }";
+            assert!(inline(&engine, source, &state).is_none());
+            assert_eq!(lines.load(Ordering::Relaxed), 1, "dropped when it moves");
+            let entry = engine.compile("t", source).expect("compiles");
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            engine
+                .call_until(&entry, Value::from(1), deadline, Some(state), 0)
+                .expect("ok");
+            assert_eq!(
+                lines.load(Ordering::Relaxed),
+                2,
+                "logged by the run that acts"
+            );
+        });
     }
 
     #[test]

@@ -248,13 +248,20 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Watch a directory and publish each changed script or module once its writes settle.
+    /// Watch a directory and publish each changed script or module once its writes settle,
+    /// after its test cases (FILE.test.toml) pass, as `mofa publish` does.
     Watch {
         /// Directory of .rhai, .wasm and .toml files.
         dir: PathBuf,
         /// Quiet time after the last write before a file is published (trailing debounce).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
+        /// Publish without running the test cases.
+        #[arg(long)]
+        no_test: bool,
+        /// The worker configuration whose limits the test cases run under.
+        #[arg(long, env = "MOFA_CONFIG")]
+        config: Option<PathBuf>,
         #[command(flatten)]
         bucket: BucketArgs,
     },
@@ -633,11 +640,23 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Watch {
             dir,
             debounce,
+            no_test,
+            config,
             bucket,
-        } => match bucket.open().await {
-            Ok(distribution) => watch(distribution, &dir, debounce).await,
-            Err(e) => Err(e),
-        },
+        } => {
+            let cases = match (no_test, config) {
+                (true, _) => Ok(None),
+                (false, Some(path)) => WorkerConfig::from_file(&path).map(Some),
+                (false, None) => Ok(Some(WorkerConfig::default())),
+            };
+            match (cases, bucket.open().await) {
+                (Ok(cases), Ok(distribution)) => {
+                    watch(distribution, &dir, debounce, cases.as_ref()).await
+                }
+                (Err(e), _) => Err(e.into()),
+                (_, Err(e)) => Err(e),
+            }
+        }
         Command::Rollback { plugin, to, nats } => rollback(&nats.resolve(), &plugin, to).await,
         Command::Remove { plugin, nats } => remove(&nats.resolve(), &plugin).await,
         Command::History { plugin, nats } => history(&nats.resolve(), &plugin).await,
@@ -1137,6 +1156,7 @@ async fn watch(
     distribution: Distribution,
     dir: &std::path::Path,
     debounce: Duration,
+    cases: Option<&WorkerConfig>,
 ) -> anyhow::Result<ExitCode> {
     eprintln!(
         "watching {} (debounce {})",
@@ -1148,6 +1168,7 @@ async fn watch(
         dir,
         debounce,
         INLINE_LIMIT,
+        cases,
         |path, result| {
             use mofa_bus::distribution::watch::Published;
             match result {

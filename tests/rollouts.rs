@@ -727,3 +727,48 @@ async fn a_canary_that_throws_is_dropped_at_its_error_rate_and_announced() {
     let row: serde_json::Value = serde_json::from_str(&line).expect("JSON");
     assert_eq!(row["reloads_rolled_back"], 1, "{row}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mofa_watch_publishes_a_change_only_once_its_cases_pass() {
+    let server = NatsServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("triple.rhai");
+    std::fs::write(&script, "fn execute(x) { x * 2 }").expect("script");
+    std::fs::write(
+        dir.path().join("triple.test.toml"),
+        "[[case]]\nname = \"three\"\ninput = 1\noutput = 3\n",
+    )
+    .expect("cases");
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args(["watch", "--debounce", "100ms", "--nats", &server.url()])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mofa watch starts");
+    let stderr = common::Lines::of(watcher.stderr.take().expect("stderr"), "mofa watch");
+    let stdout = common::Lines::of(watcher.stdout.take().expect("stdout"), "mofa watch");
+    let refused = loop {
+        let line = stderr.next_within(Duration::from_secs(20));
+        if line.starts_with("error:") {
+            break line;
+        }
+    };
+    assert!(
+        refused.contains("not published: 1 of 1 test cases") && refused.contains("three"),
+        "{refused}"
+    );
+    let dist = bucket(&server, "production").await;
+    assert!(dist.current("triple").await.expect("read").is_none());
+
+    std::fs::write(&script, "fn execute(x) { x * 3 }").expect("fixed");
+    let published = stdout.next_within(Duration::from_secs(20));
+    assert!(
+        published.contains("published triple as revision"),
+        "{published}"
+    );
+    let (_, record) = current(&server, "production", "triple").await;
+    assert_eq!(record.tests.map(|t| t.passed), Some(1));
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}

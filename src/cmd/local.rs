@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mofa_bus::config::WorkerConfig;
 use mofa_bus::kinds;
-use mofa_bus::local::cases::{self, CaseFile};
+use mofa_bus::local::cases;
 use mofa_bus::local::LocalRunner;
 use mofa_bus::wire;
 
@@ -60,25 +60,15 @@ pub(crate) enum Checked {
 
 /// Runs the cases beside `code` (if any) under `config`, writing one line per case to `out`.
 pub(crate) async fn check(code: &Path, config: &WorkerConfig, out: &mut impl Write) -> Checked {
-    let case_path = kinds::case_file_for(code);
-    if !case_path.is_file() {
-        return Checked::NoCases;
-    }
-    let file = match CaseFile::read(&case_path) {
-        Ok(file) => file,
+    let (case_path, outcomes) = match cases::run_beside(code, config).await {
+        Ok(Some(ran)) => ran,
+        Ok(None) => return Checked::NoCases,
         Err(e) => {
-            let _ = writeln!(out, "FAIL  {e}");
+            let _ = writeln!(out, "{}\n  FAIL  {e}", code.display());
             return Checked::Failed;
         }
     };
     let _ = writeln!(out, "{} ({})", code.display(), case_path.display());
-    let outcomes = match cases::run(code, &file, config).await {
-        Ok(outcomes) => outcomes,
-        Err(e) => {
-            let _ = writeln!(out, "  FAIL  no case ran: {e}");
-            return Checked::Failed;
-        }
-    };
     let mut passed = 0;
     for outcome in &outcomes {
         match &outcome.failure {

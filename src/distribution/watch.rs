@@ -6,6 +6,10 @@
 //! write. A file whose content equals the revision already published is not published again.
 //! Editing `<name>.toml` republishes `<name>.wasm` with the new manifest. The directory and the
 //! plugin kinds' subdirectories of it (`rules/`, ...; see [`crate::kinds`]) are watched.
+//!
+//! Like `mofa publish`, a file's test cases (`<name>.test.toml`, see [`crate::local::cases`])
+//! run before it is published, and a file whose cases fail is not published; saving the file
+//! or its cases again tries again.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::store::{Distribution, DistributionError};
+use crate::config::WorkerConfig;
 
 /// What happened to one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,19 +39,30 @@ pub enum Published {
     },
 }
 
-/// Publishes `path` unless the bucket already holds the same content.
+/// Publishes `path` unless the bucket already holds the same content. With `cases` (the
+/// limits to run them under), the file's test cases run first: a failing one is an error and
+/// nothing is published.
 pub async fn publish_if_changed(
     distribution: &Distribution,
     path: &Path,
     inline_limit: usize,
+    cases: Option<&WorkerConfig>,
 ) -> Result<Published, DistributionError> {
-    let (name, record) = distribution
+    let (name, mut record) = distribution
         .record_for_file(path, None, inline_limit)
         .await?;
     if let Some((_, current)) = distribution.current(&name).await? {
         if current.sha256 == record.sha256 && current.manifest == record.manifest {
             return Ok(Published::Unchanged { plugin: name });
         }
+    }
+    if let Some(config) = cases {
+        record.tests = crate::local::cases::check(path, config)
+            .await
+            .map_err(|message| DistributionError::File {
+                path: path.display().to_string(),
+                message,
+            })?;
     }
     let revision = distribution.put(&name, &record).await?;
     Ok(Published::Revision {
@@ -55,12 +71,14 @@ pub async fn publish_if_changed(
     })
 }
 
-/// Watches `dir` until the process ends, calling `report` for every file handled.
+/// Watches `dir` until the process ends, calling `report` for every file handled; with
+/// `cases`, each file's test cases run before it is published.
 pub async fn run(
     distribution: Distribution,
     dir: &Path,
     debounce: Duration,
     inline_limit: usize,
+    cases: Option<&WorkerConfig>,
     mut report: impl FnMut(&Path, Result<Published, DistributionError>),
 ) -> Result<(), DistributionError> {
     let dir_error = |e: String| DistributionError::File {
@@ -90,7 +108,7 @@ pub async fn run(
 
     // Start from what is on disk now.
     for path in crate::kinds::code_files(dir) {
-        let result = publish_if_changed(&distribution, &path, inline_limit).await;
+        let result = publish_if_changed(&distribution, &path, inline_limit, cases).await;
         report(&path, result);
     }
 
@@ -100,7 +118,12 @@ pub async fn run(
         tokio::select! {
             path = rx.recv() => {
                 let Some(path) = path else { return Ok(()) };
-                if let Some(file) = crate::kinds::code_file(&path) {
+                let file = crate::kinds::code_file(&path).or_else(|| {
+                    crate::kinds::is_case_file(&path)
+                        .then(|| crate::kinds::code_for_case(&path))
+                        .flatten()
+                });
+                if let Some(file) = file {
                     pending.insert(file, Instant::now());
                 }
             }
@@ -119,7 +142,8 @@ pub async fn run(
                 for path in due {
                     pending.remove(&path);
                     if path.is_file() {
-                        let result = publish_if_changed(&distribution, &path, inline_limit).await;
+                        let result =
+                            publish_if_changed(&distribution, &path, inline_limit, cases).await;
                         report(&path, result);
                     }
                 }

@@ -227,6 +227,52 @@ async fn run_in(
     Ok(outcomes)
 }
 
+/// Runs the cases beside the plugin in `code` (see [`case_file_for`]) under `config`:
+/// `None` when it has no case file, else the case file and each case's outcome. An `Err` is
+/// a case file that does not read, or a plugin that does not load.
+pub async fn run_beside(
+    code: &Path,
+    config: &WorkerConfig,
+) -> Result<Option<(PathBuf, Vec<Outcome>)>, String> {
+    let case_path = case_file_for(code);
+    if !case_path.is_file() {
+        return Ok(None);
+    }
+    let file = CaseFile::read(&case_path)?;
+    let outcomes = run(code, &file, config)
+        .await
+        .map_err(|e| format!("no case ran: {e}"))?;
+    Ok(Some((case_path, outcomes)))
+}
+
+/// Runs the cases beside the plugin in `code` and says whether it may be published: what the
+/// record says of them (`None`: no case file), or which cases failed.
+pub async fn check(
+    code: &Path,
+    config: &WorkerConfig,
+) -> Result<Option<crate::distribution::TestsRun>, String> {
+    let Some((case_path, outcomes)) = run_beside(code, config).await? else {
+        return Ok(None);
+    };
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.failure.as_ref().map(|why| format!("{}: {why}", o.case)))
+        .collect();
+    if !failed.is_empty() {
+        return Err(format!(
+            "not published: {} of {} test cases in {} failed: {}",
+            failed.len(),
+            outcomes.len(),
+            case_path.display(),
+            failed.join("; ")
+        ));
+    }
+    Ok(Some(crate::distribution::TestsRun {
+        passed: outcomes.len() as u32,
+        skipped: false,
+    }))
+}
+
 /// What is wrong with `result` for `expect`, if anything.
 pub fn judge(expect: &Expect, result: &Result<Value, PluginError>) -> Option<String> {
     match (expect, result) {

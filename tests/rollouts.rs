@@ -575,7 +575,7 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
 
     // `mofa canary` compares the two revisions from the fleet's result events.
     let mut watcher = Command::new(env!("CARGO_BIN_EXE_mofa"))
-        .args(["canary", "greet", "--for", "3s", "--json", "--nats", &url])
+        .args(["canary", "greet", "--for", "8s", "--json", "--nats", &url])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -744,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn a_long_call_leaves_the_thread_within_the_inline_limit() {
+    fn a_long_call_leaves_the_thread_at_the_inline_limit_not_its_deadline() {
         let (engine, state) = (engine(), StateMap::default());
         let started = Instant::now();
         let long = inline(
@@ -753,8 +753,10 @@ mod tests {
             &state,
         );
         assert!(long.is_none(), "moved to the pool");
+        // It stops at the inline limit (200 µs), not at its 5 s deadline; the bound is loose
+        // for a busy machine.
         assert!(
-            started.elapsed() < INLINE_LIMIT * 50,
+            started.elapsed() < std::time::Duration::from_secs(1),
             "left after {:?}",
             started.elapsed()
         );

@@ -557,7 +557,27 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
     }
     assert_eq!(flagged, canaried);
 
-    // A route key always reaches one variant, on either worker; keys spread over both.
+    // A worker that starts while the canary runs loads its stable revision from the bucket's
+    // history and serves both.
+    let late = worker(config(&server, plugins.path())).await;
+    assert_eq!(
+        late.serving_revision("greet"),
+        Some(1),
+        "the stable revision"
+    );
+    let info = client
+        .request(format!("$SRV.INFO.mofa.{}", late.id()), bytes::Bytes::new())
+        .await
+        .expect("the late worker answers INFO");
+    let info: serde_json::Value = serde_json::from_slice(&info.payload).expect("JSON");
+    let greet = info["endpoints"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["name"] == "greet"))
+        .expect("greet listed");
+    assert_eq!(greet["metadata"]["canary_revision"], "2", "{greet}");
+    assert_eq!(greet["metadata"]["canary_percent"], "20", "{greet}");
+
+    // A route key always reaches one variant, on any worker; keys spread over both.
     let mut sides = BTreeMap::new();
     for key in 0..60 {
         let key = format!("customer-{key}");

@@ -963,10 +963,20 @@ async fn load(client: &Client, target: &Target, inflight: usize, requests: usize
 /// Shares of samples per part of the worker, from `perf report --sort dso,sym` lines
 /// (`  12.34%  mofa  [.] symbol`), largest first.
 fn profile_buckets(report: &str) -> Vec<(&'static str, f64)> {
-    const BUCKETS: [(&str, &[&str]); 9] = [
+    const BUCKETS: [(&str, &[&str]); 10] = [
         (
             "kernel (sockets, futex wake-ups, scheduling)",
             &["[kernel", "[k]"],
+        ),
+        (
+            "telemetry (tracing, OpenTelemetry)",
+            &[
+                "telemetry::",
+                "opentelemetry",
+                "tracing_core",
+                "tracing::",
+                "tracing_subscriber",
+            ],
         ),
         (
             "sandbox pool hand-off",

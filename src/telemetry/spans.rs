@@ -90,6 +90,11 @@ impl RequestSpan {
         &self.0
     }
 
+    /// Whether this request is traced (its phases are worth timing).
+    pub(crate) fn is_recording(&self) -> bool {
+        !self.0.is_none()
+    }
+
     /// What served the request.
     pub(crate) fn served(&self, kind: &str, revision: Option<u64>) {
         if !self.0.is_none() {

@@ -140,10 +140,15 @@ impl Instruments {
     }
 
     /// Records one request's duration; `code` is its error code, `None` on success.
+    #[inline]
     pub fn record(&self, plugin: &KeyValue, code: Option<u16>, took: Duration) {
-        if !RECORDING.load(Ordering::Relaxed) {
-            return;
+        if RECORDING.load(Ordering::Relaxed) {
+            self.record_exported(plugin, code, took);
         }
+    }
+
+    #[inline(never)]
+    fn record_exported(&self, plugin: &KeyValue, code: Option<u16>, took: Duration) {
         let outcome = match code {
             None => KeyValue::new("error.type", "none"),
             Some(code) => KeyValue::new("error.type", code.to_string()),

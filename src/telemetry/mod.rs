@@ -56,6 +56,7 @@ fn ids_in_logs() -> bool {
 }
 
 /// Whether spans are exported: the request path makes spans only then.
+#[inline]
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }

@@ -68,8 +68,13 @@ pub fn new_trace_parent() -> (String, String) {
 }
 
 /// The trace id in a message's `traceparent` header, when it holds a valid one.
+#[inline]
 pub fn trace_id_of_header(headers: Option<&HeaderMap>) -> Option<String> {
-    let value = headers?.get(TRACEPARENT)?.as_str();
+    trace_id_of(headers?.get(TRACEPARENT)?.as_str())
+}
+
+/// The trace id of a `traceparent` value, if it is a valid one.
+fn trace_id_of(value: &str) -> Option<String> {
     let mut parts = value.trim().split('-');
     let (version, trace_id) = (parts.next()?, parts.next()?);
     let valid = version.len() == 2

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
+use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use opentelemetry::KeyValue;
 use std::panic::AssertUnwindSafe;
@@ -358,11 +359,14 @@ impl Endpoint {
         tracker: &TaskTracker,
     ) {
         let endpoint = self.clone();
-        let running = span.span().clone();
-        let request = endpoint
-            .clone()
-            .handle(message, permit, context, span)
-            .instrument(running);
+        // Only a traced request runs inside its span: an untraced one skips the wrapper's
+        // enter and exit on every poll.
+        let running = span.is_recording().then(|| span.span().clone());
+        let request = endpoint.clone().handle(message, permit, context, span);
+        let request = match running {
+            Some(running) => Either::Left(request.instrument(running)),
+            None => Either::Right(request),
+        };
         let served = self.served();
         let handed_off = crate::kinds::is_sandboxed(served.plugin.kind())
             && (context.depth > 0 || served.canary.is_some() || !served.plugin.starts_inline());

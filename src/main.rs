@@ -820,8 +820,9 @@ async fn exec(
     let value = json_input(input)?;
     let subject = nats.namespace()?.exec(plugin);
     let client = nats.connect("mofa").await?;
-    // Every request starts a trace: the CLI's own span when it exports, else a fresh
-    // traceparent, so the worker's span and result event carry an id to look up.
+    // Every request starts a sampled trace (the CLI is run to look at one request, so the
+    // sampler is not asked): the CLI's own span when it exports, else a fresh traceparent, so
+    // the worker's span and result event carry an id to look up.
     let span = if telemetry::enabled() {
         tracing::info_span!(
             target: telemetry::TARGET,

@@ -6,6 +6,7 @@
 //! - a worker's span is the child of the caller's `traceparent`, with the messaging attributes,
 //!   and the result event and JSON log lines carry the trace id;
 //! - a Rhai `call_plugin` chain across two workers, started by `mofa exec`, is one trace;
+//! - the sampler decides before a span is made, and a chain keeps the caller's decision;
 //! - metrics arrive with the counts the worker answered (requests, errors by code, duration,
 //!   reload outcomes), and `mofa stats` shows the reload success rate;
 //! - with no endpoint, or with `OTEL_SDK_DISABLED=true`, nothing is exported.
@@ -373,6 +374,135 @@ async fn a_local_call_is_an_internal_child_span() {
     assert_eq!(inner["trace_id"], outer["trace_id"]);
     assert_eq!(inner["kind"], SPAN_KIND_INTERNAL);
     assert_eq!(inner["attributes"]["mofa.call.local"], true);
+}
+
+/// Head sampling: the front worker samples no new trace (`parentbased_traceidratio` at 0), the
+/// back worker every one (the default `parentbased_always_on`). A caller that did not sample
+/// (flag 00) and a request that starts a trace are traced on neither worker: the front's calls
+/// carry their trace with the sampled flag clear, so the back follows it instead of starting a
+/// trace of its own. A caller that sampled (flag 01) is traced on both, as one trace. The
+/// result events name each request's trace either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sampler_decides_before_the_span_and_a_chain_keeps_the_callers_decision() {
+    let receiver = Receiver::start();
+    let server = NatsServer::start();
+    let front = plugins_dir(&[(
+        "front.rhai",
+        r#"fn execute(input) { call_plugin("back", input) + 1 }"#,
+    )]);
+    let back = plugins_dir(&[("back.rhai", r#"fn execute(input) { input * 10 }"#)]);
+    let export = ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
+    let (_front, _front_logs) = worker_process(
+        &server,
+        front.path(),
+        "front-worker",
+        &[
+            export.clone(),
+            (
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".to_string(),
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG", "0".to_string()),
+        ],
+        &[],
+    );
+    let (_back, _back_logs) = worker_process(
+        &server,
+        back.path(),
+        "back-worker",
+        &[
+            export,
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on".to_string()),
+        ],
+        &[],
+    );
+    let client = server.client().await;
+    wait_until_listed(&client, "front").await;
+    wait_until_listed(&client, "back").await;
+    let mut events = client
+        .subscribe("mofa.events.result.>")
+        .await
+        .expect("subscribed");
+    client.flush().await.expect("flushed");
+
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let answer = traced_request(
+        &server,
+        "front",
+        "4",
+        &format!("00-{unsampled}-b7ad6b7169203331-00"),
+    );
+    assert_eq!(answer["reply"], 41, "{answer}");
+    assert_eq!(
+        call(&client, "front", Value::from(5)).await.ok(),
+        Value::from(51)
+    );
+    let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = traced_request(
+        &server,
+        "front",
+        "6",
+        &format!("00-{sampled}-00f067aa0ba902b7-01"),
+    );
+    assert_eq!(answer["reply"], 61, "{answer}");
+
+    // Spans end, and are exported, in order: once the sampled request's spans from both
+    // workers are in, any span of the two requests before would be too.
+    let records = receiver.collect_until(Duration::from_secs(20), |seen| {
+        ["mofa.exec front", "mofa.call back", "mofa.exec back"]
+            .iter()
+            .all(|name| {
+                spans_named(seen, name)
+                    .iter()
+                    .any(|s| s["trace_id"] == sampled)
+            })
+    });
+    let spans: Vec<_> = records.iter().filter(|r| r["signal"] == "span").collect();
+    assert_eq!(
+        spans.len(),
+        3,
+        "only the sampled request is traced: {spans:?}"
+    );
+    for span in &spans {
+        assert_eq!(span["trace_id"], sampled, "{span}");
+    }
+
+    // Result events: front and back name the same trace for each request.
+    let mut named = Vec::new();
+    while named.len() < 6 {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("six result events")
+            .expect("subscription open");
+        let body = wire::to_json(&wire::decode(&event.payload).expect("MessagePack"));
+        let trace = body["trace_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a result event names its trace: {body}"))
+            .to_string();
+        named.push((event.subject.to_string(), trace));
+    }
+    let traces_of = |subject: &str| -> Vec<String> {
+        named
+            .iter()
+            .filter(|(s, _)| s == subject)
+            .map(|(_, t)| t.clone())
+            .collect()
+    };
+    let (fronts, backs) = (
+        traces_of("mofa.events.result.front"),
+        traces_of("mofa.events.result.back"),
+    );
+    assert_eq!(
+        fronts, backs,
+        "each call continues its caller's trace: {named:?}"
+    );
+    assert_eq!(fronts[0], unsampled);
+    assert_eq!(fronts[2], sampled);
+    let started = &fronts[1];
+    assert!(
+        started.len() == 32 && started != unsampled && started != sampled,
+        "a request that starts a trace gets a trace id of its own: {named:?}"
+    );
 }
 
 /// The latest value of a metric data point matching `attributes`.

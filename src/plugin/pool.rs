@@ -251,22 +251,22 @@ impl SandboxPool {
         if ON_POOL_THREAD.with(|on| on.get()) {
             return f();
         }
-        // The caller's span (a request's, when it traces) is current while `f` runs, so the
-        // spans `f` makes (a plugin's calls) are its children, as they would be inline.
-        let span = tracing::Span::current();
+        // The caller's trace (a request's span, or its unsampled context) goes on while `f`
+        // runs, so the calls `f` makes continue it, as they would inline.
+        let trace = crate::telemetry::CurrentTrace::capture();
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
             if tx.is_closed() {
                 return; // the caller gave up while the job was queued
             }
-            let _span = span.enter();
-            let result =
+            let result = trace.run(|| {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
                     Err(PluginError::Failed(format!(
                         "sandboxed call panicked: {}",
                         panic_message(&*panic)
                     )))
-                });
+                })
+            });
             let _ = tx.send(result);
         });
         self.jobs

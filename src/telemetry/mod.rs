@@ -6,7 +6,8 @@
 //! standard variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`,
 //! `OTEL_BSP_*`, `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_SDK_DISABLED`) are honoured by the SDK.
 //! With no endpoint nothing is exported and the request path creates no span at all
-//! ([`enabled`] is one relaxed load).
+//! ([`enabled`] is one relaxed load); with one, only the requests the sampler picks get a span,
+//! decided before it is made ([`sampling`]).
 //!
 //! Exporting never waits on a request: spans go to the SDK's batch processor (a bounded queue
 //! drained by its own thread; when it is full, spans are dropped) and metrics are read by a
@@ -15,6 +16,7 @@
 
 mod metrics;
 mod propagation;
+mod sampling;
 mod spans;
 
 use std::future::Future;
@@ -38,8 +40,8 @@ pub use metrics::{
 };
 pub use propagation::TRACEPARENT;
 pub use propagation::{inject, new_trace_parent, trace_id_of_header, HeaderExtractor};
-pub use spans::trace_id;
 pub(crate) use spans::{call_failed, call_span, request_span, RequestSpan};
+pub use spans::{trace_id, CurrentTrace};
 
 /// The longest a process waits at exit for its telemetry to be sent.
 pub const SHUTDOWN_LIMIT: Duration = Duration::from_secs(2);
@@ -211,6 +213,8 @@ pub fn init(setup: Setup<'_>) -> Telemetry {
             Ok(exporter) => Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(Logged::new("spans", exporter))
+                    // Sampling is decided before a span is made (see `sampling`).
+                    .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
                     .with_resource(resource.clone())
                     .build(),
             ),
@@ -266,6 +270,9 @@ pub fn init(setup: Setup<'_>) -> Telemetry {
     if let Some(meter) = &meter {
         opentelemetry::global::set_meter_provider(meter.clone());
         metrics::start_recording();
+    }
+    if tracer.is_some() {
+        sampling::install();
     }
     ENABLED.store(tracer.is_some(), Ordering::Relaxed);
     IDS_IN_LOGS.store(setup.format == LogFormat::Json, Ordering::Relaxed);

@@ -5,7 +5,7 @@
 
 use async_nats::HeaderMap;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -38,13 +38,28 @@ pub(crate) fn extract(headers: &HeaderMap) -> opentelemetry::Context {
     TraceContextPropagator::new().extract(&HeaderExtractor(headers))
 }
 
+tokio::task_local! {
+    /// The place in a trace of the request being run when it is not sampled (it has no span):
+    /// set around the request's future (see `Scope::run`), read by [`inject`].
+    pub(crate) static UNSAMPLED: SpanContext;
+}
+
 /// Adds the current span's `traceparent` (and `tracestate`) to `headers`, so the request
-/// continues this trace on whichever worker answers it. Nothing when tracing is off.
+/// continues this trace on whichever worker answers it; for a request that is not sampled,
+/// its trace with the sampled flag clear. Nothing when tracing is off.
 pub fn inject(headers: &mut HeaderMap) {
     if !super::enabled() {
         return;
     }
-    let context = tracing::Span::current().context();
+    let current = tracing::Span::current();
+    let context = if current.is_none() {
+        match UNSAMPLED.try_with(|place| place.clone()) {
+            Ok(place) => opentelemetry::Context::new().with_remote_span_context(place),
+            Err(_) => return,
+        }
+    } else {
+        current.context()
+    };
     if context.span().span_context().is_valid() {
         TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
     }

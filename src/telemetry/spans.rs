@@ -7,22 +7,32 @@
 //! request keeps tracing's cost per request low; the calls a plugin makes are child spans, so
 //! a trace viewer shows where a chain of plugins spent its time.
 //!
+//! Only a sampled request has a span (see [`super::sampling`]); one that is not keeps its place
+//! in the trace, for its result event and the `traceparent` of its calls.
+//!
 //! Integers are recorded as `i64`: `tracing-opentelemetry` turns a `u64` field into a string
 //! attribute.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use opentelemetry::trace::TraceContextExt;
+use futures::future::Either;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing::field::Empty;
-use tracing::Span;
+use tracing::{Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::sampling::{self, Head};
 use super::{enabled, propagation, TARGET};
 
-/// The span of one request; a no-op when tracing is off.
+/// The span of one request: a tracing span when it is sampled, else (tracing on) its place in
+/// a trace without a span, else nothing.
 #[derive(Clone)]
-pub(crate) struct RequestSpan(Span);
+pub(crate) struct RequestSpan {
+    span: Span,
+    unsampled: Option<SpanContext>,
+}
 
 /// A request's span, started at admission. With tracing off this is one load and a branch,
 /// inlined where the request is admitted.
@@ -36,7 +46,7 @@ pub(crate) fn request_span(
     body_size: usize,
 ) -> RequestSpan {
     if !enabled() {
-        return RequestSpan(Span::none());
+        return RequestSpan::none();
     }
     traced_request_span(name, subject, plugin, worker, headers, body_size)
 }
@@ -50,6 +60,15 @@ fn traced_request_span(
     headers: Option<&HeaderMap>,
     body_size: usize,
 ) -> RequestSpan {
+    let parent = match sampling::decide(name, headers) {
+        Head::Sampled(parent) => parent,
+        Head::NotSampled(place) => {
+            return RequestSpan {
+                span: Span::none(),
+                unsampled: Some(place),
+            }
+        }
+    };
     let span = tracing::info_span!(
         target: TARGET,
         "mofa.exec",
@@ -74,11 +93,8 @@ fn traced_request_span(
         trace_id = Empty,
         span_id = Empty,
     );
-    if let Some(headers) = headers {
-        let parent = propagation::extract(headers);
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
     }
     // The ids as fields too, so JSON log lines written during the request carry them (text
     // logs leave request spans out: no need to pay for them then).
@@ -90,68 +106,142 @@ fn traced_request_span(
             span.record("span_id", ids.span_id().to_string());
         }
     }
-    RequestSpan(span)
+    RequestSpan {
+        span,
+        unsampled: None,
+    }
+}
+
+/// How a request's future runs: inside its span (sampled), under its unsampled place in a
+/// trace (so the calls it makes say "not sampled"), or bare (tracing off: no wrapper at all).
+pub(crate) enum Scope {
+    Traced(Span),
+    Unsampled(SpanContext),
+    Untraced,
+}
+
+impl Scope {
+    /// `request`, wrapped as this scope needs.
+    #[inline]
+    pub(crate) fn run<F: Future>(self, request: F) -> impl Future<Output = F::Output> {
+        match self {
+            Scope::Traced(span) => Either::Left(Either::Left(request.instrument(span))),
+            Scope::Unsampled(place) => {
+                Either::Left(Either::Right(propagation::UNSAMPLED.scope(place, request)))
+            }
+            Scope::Untraced => Either::Right(request),
+        }
+    }
 }
 
 impl RequestSpan {
     /// No span (a durable job, or tracing off).
     #[inline]
     pub(crate) fn none() -> RequestSpan {
-        RequestSpan(Span::none())
+        RequestSpan {
+            span: Span::none(),
+            unsampled: None,
+        }
     }
 
-    /// The tracing span, to run the request in.
+    /// How the request's future is to run.
     #[inline]
-    pub(crate) fn span(&self) -> &Span {
-        &self.0
+    pub(crate) fn scope(&self) -> Scope {
+        if !self.span.is_none() {
+            Scope::Traced(self.span.clone())
+        } else if let Some(place) = &self.unsampled {
+            Scope::Unsampled(place.clone())
+        } else {
+            Scope::Untraced
+        }
     }
 
-    /// Whether this request is traced (its phases are worth timing).
+    /// Whether this request has a span (its phases are worth timing).
     #[inline]
     pub(crate) fn is_recording(&self) -> bool {
-        !self.0.is_none()
+        !self.span.is_none()
     }
 
     /// What served the request.
     #[inline]
     pub(crate) fn served(&self, kind: &str, revision: Option<u64>) {
-        if !self.0.is_none() {
-            self.0.record("mofa.kind", kind);
-            self.0.record("mofa.revision", revision.map(|r| r as i64));
+        if self.is_recording() {
+            self.span.record("mofa.kind", kind);
+            self.span
+                .record("mofa.revision", revision.map(|r| r as i64));
         }
     }
 
     /// How long a phase (`mofa.queue_wait_us`, `mofa.decode_us`, …) took.
     #[inline]
     pub(crate) fn phase(&self, field: &'static str, took: Duration) {
-        if !self.0.is_none() {
-            self.0.record(field, took.as_micros() as i64);
+        if self.is_recording() {
+            self.span.record(field, took.as_micros() as i64);
         }
     }
 
     /// The request ended in the error `code` (its message is formatted only when traced).
     #[inline]
     pub(crate) fn failed(&self, code: u16, message: &dyn std::fmt::Display) {
-        call_failed(&self.0, code, message);
+        call_failed(&self.span, code, message);
     }
 
-    /// The trace this request belongs to: its span's when tracing is on, else the caller's
-    /// `traceparent`'s, so result events name the caller's trace even then.
+    /// The trace this request belongs to: its span's when sampled, its unsampled place's when
+    /// not, else (tracing off) the caller's `traceparent`'s, so result events name the caller's
+    /// trace even then.
     #[inline]
     pub(crate) fn trace_id(&self, headers: Option<&HeaderMap>) -> Option<String> {
-        if self.0.is_none() {
-            return propagation::trace_id_of_header(headers);
+        if self.span.is_none() {
+            return match &self.unsampled {
+                Some(place) => Some(place.trace_id().to_string()),
+                None => propagation::trace_id_of_header(headers),
+            };
         }
-        let context = self.0.context();
+        let context = self.span.context();
         let ids = context.span().span_context().clone();
         ids.is_valid().then(|| ids.trace_id().to_string())
     }
 }
 
+/// The running request's place in its trace (its span, or its unsampled context), taken to
+/// the thread that goes on with its work, so the calls made there continue the same trace.
+pub struct CurrentTrace {
+    span: Span,
+    unsampled: Option<SpanContext>,
+}
+
+impl CurrentTrace {
+    /// The trace of the request running on this thread (nothing when tracing is off).
+    #[inline]
+    pub fn capture() -> CurrentTrace {
+        if !enabled() {
+            return CurrentTrace {
+                span: Span::none(),
+                unsampled: None,
+            };
+        }
+        CurrentTrace {
+            span: Span::current(),
+            unsampled: propagation::UNSAMPLED.try_with(Clone::clone).ok(),
+        }
+    }
+
+    /// Runs `f` in this trace.
+    #[inline]
+    pub fn run<R>(self, f: impl FnOnce() -> R) -> R {
+        let _span = self.span.enter();
+        match self.unsampled {
+            Some(place) => propagation::UNSAMPLED.sync_scope(place, f),
+            None => f(),
+        }
+    }
+}
+
 /// The span of one call from a plugin to `plugin` (on `subject`), a child of the current span;
-/// `local` when this worker serves the callee (no bus hop).
+/// `local` when this worker serves the callee (no bus hop). None when the calling request has
+/// no span (tracing off, or not sampled): a call is never the root of a trace of its own.
 pub(crate) fn call_span(plugin: &str, subject: &str, depth: u32, local: bool) -> Span {
-    if !enabled() {
+    if !enabled() || Span::current().is_none() {
         return Span::none();
     }
     tracing::info_span!(

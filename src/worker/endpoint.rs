@@ -17,13 +17,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_nats::{Client, HeaderMap, Message, Subject, Subscriber};
-use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use opentelemetry::KeyValue;
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use super::canary::CanaryRoute;
 use crate::distribution::{ReloadEvent, ReloadStatus, Revision};
@@ -359,14 +357,11 @@ impl Endpoint {
         tracker: &TaskTracker,
     ) {
         let endpoint = self.clone();
-        // Only a traced request runs inside its span: an untraced one skips the wrapper's
-        // enter and exit on every poll.
-        let running = span.is_recording().then(|| span.span().clone());
-        let request = endpoint.clone().handle(message, permit, context, span);
-        let request = match running {
-            Some(running) => Either::Left(request.instrument(running)),
-            None => Either::Right(request),
-        };
+        // A sampled request runs inside its span; an untraced one without any wrapper (no
+        // enter and exit on every poll).
+        let request = span
+            .scope()
+            .run(endpoint.clone().handle(message, permit, context, span));
         let served = self.served();
         let handed_off = crate::kinds::is_sandboxed(served.plugin.kind())
             && (context.depth > 0 || served.canary.is_some() || !served.plugin.starts_inline());

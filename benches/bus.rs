@@ -7,7 +7,8 @@
 //! `MOFA_BENCH_REQUESTS` scales the request counts (default 20000 per throughput run).
 //! `in-process`, `over-the-bus`, `analyze-sales`, `bursts`, `jobs`, `cold-start` or `tracing`
 //! as an argument runs only that section; `profile [PLUGIN…]` (not part of the full run) splits a
-//! worker's CPU per request by where `perf record`'s samples fall.
+//! worker's CPU per request by where `perf record`'s samples fall, and `instructions [PLUGIN…]`
+//! (not part of the full run either) counts instructions per request under callgrind.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -936,6 +937,392 @@ async fn profile(server: &NatsServer, client: &Client, plugins: &[String], reque
     drop(worker);
 }
 
+/// `-- instructions [PLUGIN…]` (not part of the full run): instructions executed per request,
+/// counted by callgrind (valgrind). Unlike CPU time they do not move with a busy or noisy
+/// machine, so they show what a change saves and where the floor is. The bare echo, the Python
+/// worker and workers serving the plugins each run under callgrind: the worker as configured by
+/// default, then (native and Rhai discount) exporting traces for 10% of requests and for all,
+/// and exporting metrics only, to a local OTLP sink. For each target the count is zeroed after
+/// a warm-up, `requests` requests are sent at 16 in flight, and the count is dumped and split
+/// by function. Only user-space instructions count: what the kernel does for a syscall does
+/// not, so these figures stand beside the CPU figures, not in place of them.
+async fn instructions(server: &NatsServer, client: &Client, plugins: &[String], requests: usize) {
+    let valgrind_works = std::process::Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !valgrind_works {
+        println!("instructions: needs valgrind (Debian package valgrind)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let body = wire::encode(&Value::Map(vec![
+        (Value::from("price"), Value::from(100)),
+        (Value::from("customer_tier"), Value::from("gold")),
+    ]));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut rows: Vec<Counted> = Vec::new();
+
+    let bare = Callgrind::start(
+        dir.path(),
+        "bare",
+        &std::env::current_exe().expect("own path"),
+        &[],
+        &[
+            (shared::ROLE_ENV, shared::BARE_ROLE),
+            (shared::URL_ENV, &server.url()),
+        ],
+        true,
+    );
+    rows.push(
+        bare.count(
+            client,
+            "bare async-nats echo",
+            shared::BARE_SUBJECT,
+            &body,
+            requests,
+        )
+        .await,
+    );
+    drop(bare);
+    let python_script = root.join("benches/python_worker.py");
+    let python = Callgrind::start(
+        dir.path(),
+        "python",
+        &shared::python(),
+        &[
+            python_script.to_str().expect("UTF-8 path"),
+            &server.url(),
+            PYTHON_SUBJECT,
+        ],
+        &[],
+        true,
+    );
+    rows.push(
+        python
+            .count(client, PYTHON_LABEL, PYTHON_SUBJECT, &body, requests)
+            .await,
+    );
+    drop(python);
+
+    // Valgrind cannot reserve the address space of the default WASM instance pool (16 slots
+    // per sandbox thread, 8 GiB each): 4 slots fit.
+    let config = dir.path().join("callgrind.toml");
+    std::fs::write(&config, "[wasm]\nmax_instances = 4\n").expect("config");
+    let (port, _posts, _bytes) = otlp_sink().await;
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let traced = |ratio: &'static str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_METRICS_EXPORTER", "none".to_string()),
+            (
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".to_string(),
+            ),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()),
+        ]
+    };
+    let traced_only: Vec<String> = plugins
+        .iter()
+        .filter(|p| ["discount_native", "discount"].contains(&p.as_str()))
+        .cloned()
+        .collect();
+    let variants = [
+        ("", vec![], plugins.to_vec()),
+        (", traced 10%", traced("0.1"), traced_only.clone()),
+        (", traced", traced("1"), traced_only.clone()),
+        (
+            ", metrics",
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+                ("OTEL_TRACES_EXPORTER", "none".to_string()),
+            ],
+            traced_only,
+        ),
+    ];
+    let plugins_dir = common::repo_plugins();
+    for (suffix, env, plugins) in variants {
+        if plugins.is_empty() {
+            continue;
+        }
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        env.push(("RUST_LOG", "warn"));
+        let worker = Callgrind::start(
+            dir.path(),
+            "worker",
+            std::path::Path::new(env!("CARGO_BIN_EXE_mofa")),
+            &[
+                "worker",
+                "--nats",
+                &server.url(),
+                "--plugins",
+                plugins_dir.to_str().expect("UTF-8 path"),
+                "--config",
+                config.to_str().expect("UTF-8 path"),
+            ],
+            &env,
+            false,
+        );
+        // Every plugin answers before any is counted: a worker still loading the others
+        // would count its loading.
+        for plugin in &plugins {
+            worker
+                .wait_for(client, &format!("mofa.exec.{plugin}"), &body)
+                .await;
+        }
+        for plugin in &plugins {
+            let subject = format!("mofa.exec.{plugin}");
+            let label = format!("{plugin}{suffix}");
+            rows.push(
+                worker
+                    .count(client, &label, &subject, &body, requests)
+                    .await,
+            );
+        }
+        drop(worker);
+    }
+
+    let per = |label: &str| {
+        rows.iter()
+            .find(|r| r.label == label)
+            .map(|r| r.per_request)
+    };
+    let (bare, python) = (per("bare async-nats echo"), per(PYTHON_LABEL));
+    println!();
+    println!(
+        "instructions per request, counted by callgrind ({requests} requests at 16 in flight; user space only):"
+    );
+    println!(
+        "  {:<28} {:>12} {:>9} {:>9} {:>13}",
+        "target", "instr/req", "x bare", "x python", "x untraced"
+    );
+    for row in &rows {
+        let ratio = |base: Option<f64>| base.map_or(f64::NAN, |b| row.per_request / b);
+        let untraced = row
+            .label
+            .split_once(", ")
+            .and_then(|(plugin, _)| per(plugin));
+        println!(
+            "  {:<28} {:>12.0} {:>8.2}x {:>8.2}x {:>12.2}x",
+            row.label,
+            row.per_request,
+            ratio(bare),
+            ratio(python),
+            ratio(untraced.or(Some(row.per_request)))
+        );
+    }
+    for row in &rows {
+        println!(
+            "  {}: {:.0} instructions per request",
+            row.label, row.per_request
+        );
+        for (bucket, share) in &row.buckets {
+            println!(
+                "    {bucket:<44} {:>5.1}%  {:>8.0}",
+                share * 100.0,
+                share * row.per_request
+            );
+        }
+        println!("    top functions (own instructions per request):");
+        for (function, count) in &row.top {
+            let function: String = function.chars().take(100).collect();
+            println!("      {:>8.0}  {function}", count);
+        }
+    }
+}
+
+/// One target's count: instructions per request, their split by bucket, the top functions.
+struct Counted {
+    label: String,
+    per_request: f64,
+    buckets: Vec<(&'static str, f64)>,
+    top: Vec<(String, f64)>,
+}
+
+/// A responder running under callgrind.
+struct Callgrind {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Callgrind {
+    /// Starts `program` with `args` and `envs` under callgrind; waits for its `ready` line when
+    /// `says_ready`, else for whoever is asked first in [`Callgrind::count`].
+    fn start(
+        dir: &std::path::Path,
+        name: &str,
+        program: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        says_ready: bool,
+    ) -> Callgrind {
+        let out = dir.join(format!("{name}.{}.out", nuid::next()));
+        let mut command = std::process::Command::new("valgrind");
+        command
+            .args([
+                "--tool=callgrind",
+                "-q",
+                // JIT code (wasmtime's) lives in anonymous memory.
+                "--smc-check=all-non-file",
+                // Names in full in every dump, so one dump reads on its own.
+                "--compress-strings=no",
+                "--compress-pos=no",
+            ])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(program)
+            .args(args)
+            .stdout(if says_ready {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            });
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("valgrind starts");
+        let child = if says_ready {
+            shared::wait_ready(child, name)
+        } else {
+            child
+        };
+        Callgrind { child, out }
+    }
+
+    /// Waits until `subject` is answered: under callgrind a worker takes a while to compile
+    /// its plugins.
+    async fn wait_for(&self, client: &Client, subject: &str, body: &Bytes) {
+        let started = Instant::now();
+        loop {
+            let answer = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.request(subject.to_string(), body.clone()),
+            )
+            .await;
+            if matches!(answer, Ok(Ok(_))) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "{subject} was not answered under callgrind"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Runs `callgrind_control` with `args` on this process.
+    fn control(&self, args: &[&str]) {
+        let status = std::process::Command::new("callgrind_control")
+            .args(args)
+            .arg(self.child.id().to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("callgrind_control runs");
+        assert!(status.success(), "callgrind_control {args:?} failed");
+    }
+
+    /// Instructions per request on `subject` (warmed up, zeroed, `requests` sent, dumped), by
+    /// bucket, and the top functions by their own instructions.
+    async fn count(
+        &self,
+        client: &Client,
+        label: &str,
+        subject: &str,
+        body: &Bytes,
+        requests: usize,
+    ) -> Counted {
+        self.wait_for(client, subject, body).await;
+        let target = Target {
+            label: "counted",
+            subject: subject.to_string(),
+            body: body.clone(),
+            pid: self.child.id(),
+        };
+        load(client, &target, 16, 500).await;
+        self.control(&["--zero"]);
+        load(client, &target, 16, requests).await;
+        self.control(&["--dump"]);
+        let dump = self.latest_dump().expect("callgrind wrote a dump");
+        let text = std::fs::read_to_string(&dump).expect("the dump reads");
+        let (total, functions) = own_instructions(&text);
+        let total = total as f64;
+        // As `perf report` lines, for the buckets: "12.34% function [object]".
+        let lines: Vec<String> = functions
+            .iter()
+            .map(|(name, count)| format!("{:.4}% {name}", *count as f64 * 100.0 / total))
+            .collect();
+        println!("  counted {label}");
+        Counted {
+            label: label.to_string(),
+            per_request: total / requests as f64,
+            buckets: profile_buckets(&lines.join("\n")),
+            top: functions
+                .iter()
+                .take(12)
+                .map(|(name, count)| (name.clone(), *count as f64 / requests as f64))
+                .collect(),
+        }
+    }
+
+    /// The newest dump (`<out>.<part>`), if any.
+    fn latest_dump(&self) -> Option<std::path::PathBuf> {
+        let dir = self.out.parent()?;
+        let name = self.out.file_name()?.to_string_lossy().to_string();
+        std::fs::read_dir(dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let file = e.file_name().to_string_lossy().to_string();
+                let part: u32 = file.strip_prefix(&format!("{name}."))?.parse().ok()?;
+                Some((part, e.path()))
+            })
+            .max()
+            .map(|(_, path)| path)
+    }
+}
+
+impl Drop for Callgrind {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A callgrind dump's total and each function's own instructions (`function [object]`),
+/// largest first. Read here rather than with `callgrind_annotate`, which (valgrind 3.19)
+/// charges a multi-threaded Rust program's whole count to `clone`. In the format, a cost line
+/// after `calls=` is the call's inclusive cost and belongs to the callee; every other cost line
+/// is the current function's own.
+fn own_instructions(dump: &str) -> (u64, Vec<(String, u64)>) {
+    let mut own: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let (mut object, mut function) = (String::new(), String::new());
+    let mut after_call = false;
+    let mut total = 0;
+    for line in dump.lines() {
+        if let Some(name) = line.strip_prefix("ob=") {
+            object = name.to_string();
+        } else if let Some(name) = line.strip_prefix("fn=") {
+            function = format!("{name} [{object}]");
+        } else if line.starts_with("calls=") {
+            after_call = true;
+        } else if let Some(sum) = line.strip_prefix("totals:") {
+            total = sum.trim().parse().unwrap_or(0);
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || "+-*".contains(c)) {
+            if std::mem::take(&mut after_call) {
+                continue;
+            }
+            let cost: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            *own.entry(function.clone()).or_default() += cost;
+        }
+    }
+    let mut functions: Vec<(String, u64)> = own.into_iter().collect();
+    functions.sort_by_key(|f| std::cmp::Reverse(f.1));
+    (total, functions)
+}
+
 /// Sends `requests` requests to `target` with `inflight` in flight.
 async fn load(client: &Client, target: &Target, inflight: usize, requests: usize) {
     let remaining = Arc::new(AtomicUsize::new(requests));
@@ -1025,6 +1412,22 @@ fn profile_buckets(report: &str) -> Vec<(&'static str, f64)> {
     shares
 }
 
+/// The plugins named after `section` on the command line (`profile discount`), or `default`;
+/// `None` when `section` is not there.
+fn section_plugins(args: &[String], section: &str, default: &[&str]) -> Option<Vec<String>> {
+    let i = args.iter().position(|a| a == section)?;
+    let named: Vec<String> = args[i + 1..]
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .cloned()
+        .collect();
+    Some(if named.is_empty() {
+        default.iter().map(|p| p.to_string()).collect()
+    } else {
+        named
+    })
+}
+
 fn main() {
     if std::env::var(shared::ROLE_ENV).as_deref() == Ok(shared::BARE_ROLE) {
         let url = std::env::var(shared::URL_ENV).expect("MOFA_BENCH_URL");
@@ -1050,23 +1453,24 @@ fn main() {
     let only_start = std::env::args().any(|a| a == "cold-start");
     let only_tracing = std::env::args().any(|a| a == "tracing");
     let args: Vec<String> = std::env::args().collect();
-    let profiled = args.iter().position(|a| a == "profile").map(|i| {
-        let named: Vec<String> = args[i + 1..]
-            .iter()
-            .filter(|a| !a.starts_with('-'))
-            .cloned()
-            .collect();
-        if named.is_empty() {
-            vec![
-                "discount_native".into(),
-                "discount".into(),
-                "discount_wasm".into(),
-            ]
-        } else {
-            named
-        }
-    });
-    if only_sales || only_bursts || only_jobs || only_start || only_tracing || profiled.is_some() {
+    let profiled = section_plugins(
+        &args,
+        "profile",
+        &["discount_native", "discount", "discount_wasm"],
+    );
+    let counted = section_plugins(
+        &args,
+        "instructions",
+        &["echo", "discount_native", "discount", "discount_wasm"],
+    );
+    if only_sales
+        || only_bursts
+        || only_jobs
+        || only_start
+        || only_tracing
+        || profiled.is_some()
+        || counted.is_some()
+    {
         let server = NatsServer::start();
         tokio::runtime::Runtime::new()
             .expect("runtime")
@@ -1089,6 +1493,9 @@ fn main() {
                 }
                 if let Some(plugins) = &profiled {
                     profile(&server, &client, plugins, requests).await;
+                }
+                if let Some(plugins) = &counted {
+                    instructions(&server, &client, plugins, (requests / 10).max(500)).await;
                 }
             });
         return;

@@ -168,6 +168,16 @@ fn spans_named<'a>(records: &'a [serde_json::Value], name: &str) -> Vec<&'a serd
         .collect()
 }
 
+/// Two workers' plugins: `front` calls `back` (`front(x) = back(x) + 1`, `back(x) = 10 x`).
+fn chain() -> (tempfile::TempDir, tempfile::TempDir) {
+    let front = plugins_dir(&[(
+        "front.rhai",
+        r#"fn execute(input) { call_plugin("back", input) + 1 }"#,
+    )]);
+    let back = plugins_dir(&[("back.rhai", r#"fn execute(input) { input * 10 }"#)]);
+    (front, back)
+}
+
 /// SpanKind in the OTLP protobuf.
 const SPAN_KIND_INTERNAL: u64 = 1;
 const SPAN_KIND_CLIENT: u64 = 3;
@@ -295,11 +305,7 @@ async fn a_worker_span_is_the_child_of_the_traceparent_a_nats_py_client_sent() {
 async fn a_call_plugin_chain_across_two_workers_started_by_mofa_exec_is_one_trace() {
     let receiver = Receiver::start();
     let server = NatsServer::start();
-    let front = plugins_dir(&[(
-        "front.rhai",
-        r#"fn execute(input) { call_plugin("back", input) + 1 }"#,
-    )]);
-    let back = plugins_dir(&[("back.rhai", r#"fn execute(input) { input * 10 }"#)]);
+    let (front, back) = chain();
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint())];
     let (_front, _front_logs) = worker_process(&server, front.path(), "front-worker", &env, &[]);
     let (_back, _back_logs) = worker_process(&server, back.path(), "back-worker", &env, &[]);
@@ -386,11 +392,7 @@ async fn a_local_call_is_an_internal_child_span() {
 async fn the_sampler_decides_before_the_span_and_a_chain_keeps_the_callers_decision() {
     let receiver = Receiver::start();
     let server = NatsServer::start();
-    let front = plugins_dir(&[(
-        "front.rhai",
-        r#"fn execute(input) { call_plugin("back", input) + 1 }"#,
-    )]);
-    let back = plugins_dir(&[("back.rhai", r#"fn execute(input) { input * 10 }"#)]);
+    let (front, back) = chain();
     let export = ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
     let (_front, _front_logs) = worker_process(
         &server,

@@ -14,10 +14,10 @@
 //! attribute.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use futures::future::Either;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
@@ -121,15 +121,20 @@ pub(crate) enum Scope {
 }
 
 impl Scope {
-    /// `request`, wrapped as this scope needs.
+    /// `request`, wrapped as this scope needs, in one box: whatever moves it next (a task, a
+    /// sandbox job) moves a pointer rather than the whole future.
     #[inline]
-    pub(crate) fn run<F: Future>(self, request: F) -> impl Future<Output = F::Output> {
+    pub(crate) fn boxed<'a, F>(
+        self,
+        request: F,
+    ) -> Pin<Box<dyn Future<Output = F::Output> + Send + 'a>>
+    where
+        F: Future + Send + 'a,
+    {
         match self {
-            Scope::Traced(span) => Either::Left(Either::Left(request.instrument(span))),
-            Scope::Unsampled(place) => {
-                Either::Left(Either::Right(propagation::UNSAMPLED.scope(place, request)))
-            }
-            Scope::Untraced => Either::Right(request),
+            Scope::Traced(span) => Box::pin(request.instrument(span)),
+            Scope::Unsampled(place) => Box::pin(propagation::UNSAMPLED.scope(place, request)),
+            Scope::Untraced => Box::pin(request),
         }
     }
 }

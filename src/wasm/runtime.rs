@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Config, Engine, ExternType, InstanceAllocationStrategy, InstancePre, Module,
-    PoolingAllocationConfig, Store, Trap, ValType,
+    Config, Engine, ExternType, Instance, InstanceAllocationStrategy, InstancePre, Module,
+    ModuleExport, PoolingAllocationConfig, Store, Trap, ValType,
 };
 
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_HANDLE, EXPORT_MEMORY, HOST_MODULE};
@@ -48,11 +48,61 @@ pub(crate) struct Loaded {
     pub(crate) sha256: String,
     pub(crate) limits: Limits,
     pub(crate) host: Arc<HostContext>,
-    /// The module is a WASI reactor exporting `_initialize`, run before each request.
-    pub(crate) initialize: bool,
+    /// The ABI's exports, found once at load.
+    exports: AbiExports,
     /// The module uses WASI (its output streams reach the worker's log): its calls never run
     /// inline, where a call stopped and run again would log twice.
     pub(crate) wasi: bool,
+}
+
+/// The exports a request uses, looked up by name once when the module loads: an instance
+/// hands them out by index, where a lookup by name hashes the name on every request.
+pub(crate) struct AbiExports {
+    alloc: ModuleExport,
+    handle: ModuleExport,
+    memory: ModuleExport,
+    /// A WASI reactor's `_initialize`, run before each request.
+    initialize: Option<ModuleExport>,
+}
+
+impl AbiExports {
+    /// The exports of `module`, which [`check_exports`] has checked.
+    fn of(name: &str, module: &Module, wasi: bool) -> Result<AbiExports, PluginError> {
+        let find = |export: &str| {
+            module.get_export_index(export).ok_or_else(|| {
+                PluginError::Load(format!(
+                    "{name}: does not export {export:?} (see plugins/wasm/ABI.md)"
+                ))
+            })
+        };
+        let initialize = wasi
+            && module
+                .exports()
+                .any(|e| e.name() == EXPORT_INITIALIZE && matches!(e.ty(), ExternType::Func(_)));
+        Ok(AbiExports {
+            alloc: find(EXPORT_ALLOC)?,
+            handle: find(EXPORT_HANDLE)?,
+            memory: find(EXPORT_MEMORY)?,
+            initialize: if initialize {
+                Some(find(EXPORT_INITIALIZE)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The function `export` of `instance`, typed.
+    fn func<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
+        instance: &Instance,
+        store: &mut Store<StoreData>,
+        export: &ModuleExport,
+    ) -> wasmtime::Result<wasmtime::TypedFunc<P, R>> {
+        instance
+            .get_module_export(&mut *store, export)
+            .and_then(wasmtime::Extern::into_func)
+            .ok_or_else(|| wasmtime::format_err!("an ABI export is not a function"))?
+            .typed(&*store)
+    }
 }
 
 /// Compiled modules by the SHA-256 of their bytes, bounded by the size of their compiled code:
@@ -338,13 +388,10 @@ impl WasmRuntime {
             .iter()
             .map(|(k, v)| (k.clone(), wire::encode(&toml_value(v))))
             .collect();
-        let initialize = manifest.wasi
-            && module
-                .exports()
-                .any(|e| e.name() == EXPORT_INITIALIZE && matches!(e.ty(), ExternType::Func(_)));
+        let exports = AbiExports::of(name, &module, manifest.wasi)?;
         Ok(Loaded {
             pre,
-            initialize,
+            exports,
             wasi: manifest.wasi,
             sha256: hex::encode(sha),
             limits,
@@ -431,15 +478,17 @@ impl WasmRuntime {
 
         let outcome = (|| -> wasmtime::Result<(Packed, wasmtime::Memory)> {
             let instance = loaded.pre.instantiate(&mut store)?;
-            if loaded.initialize {
-                instance
-                    .get_typed_func::<(), ()>(&mut store, EXPORT_INITIALIZE)?
+            let exports = &loaded.exports;
+            if let Some(initialize) = &exports.initialize {
+                AbiExports::func::<(), ()>(&instance, &mut store, initialize)?
                     .call(&mut store, ())?;
             }
-            let alloc = instance.get_typed_func::<i32, i32>(&mut store, EXPORT_ALLOC)?;
-            let handle = instance.get_typed_func::<(i32, i32), i64>(&mut store, EXPORT_HANDLE)?;
+            let alloc = AbiExports::func::<i32, i32>(&instance, &mut store, &exports.alloc)?;
+            let handle =
+                AbiExports::func::<(i32, i32), i64>(&instance, &mut store, &exports.handle)?;
             let memory = instance
-                .get_memory(&mut store, EXPORT_MEMORY)
+                .get_module_export(&mut store, &exports.memory)
+                .and_then(wasmtime::Extern::into_memory)
                 .ok_or_else(|| BadAbi(format!("module does not export {EXPORT_MEMORY:?}")))?;
             let len = i32::try_from(input.len())?;
             let ptr = alloc.call(&mut store, len)?;

@@ -9,7 +9,6 @@
 //! `max_concurrency` requests in flight never waits.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
@@ -359,9 +358,9 @@ impl Endpoint {
         let endpoint = self.clone();
         // A sampled request runs inside its span; an untraced one without any wrapper (no
         // enter and exit on every poll).
-        let request = span
+        let mut request = span
             .scope()
-            .run(endpoint.clone().handle(message, permit, context, span));
+            .boxed(endpoint.clone().handle(message, permit, context, span));
         let served = self.served();
         let handed_off = crate::kinds::is_sandboxed(served.plugin.kind())
             && (context.depth > 0 || served.canary.is_some() || !served.plugin.starts_inline());
@@ -388,7 +387,6 @@ impl Endpoint {
             // Most native plugins, and short scripts that start inline, finish without ever
             // waiting: poll the request once here and only pay for a task when it has to wait
             // (I/O, backpressure, a call that moved to the sandbox pool).
-            let mut request = Box::pin(request);
             let mut cx = Context::from_waker(Waker::noop());
             if request.as_mut().poll(&mut cx).is_pending() {
                 tracker.spawn(request);

@@ -40,7 +40,7 @@ pub(crate) fn extract(headers: &HeaderMap) -> opentelemetry::Context {
 
 tokio::task_local! {
     /// The place in a trace of the request being run when it is not sampled (it has no span):
-    /// set around the request's future (see `Scope::run`), read by [`inject`].
+    /// set around the request's future (see `Scope::boxed`), read by [`inject`].
     pub(crate) static UNSAMPLED: SpanContext;
 }
 

@@ -71,9 +71,8 @@ pub(super) fn decide(name: &str, headers: Option<&HeaderMap>) -> Head {
         sampler().should_sample(Some(&parent), trace_id, name, &SpanKind::Consumer, &[], &[]);
     match result.decision {
         SamplingDecision::RecordAndSample => Head::Sampled(parent),
-        // Recorded but not exported would buy nothing here: nothing reads a span's data
-        // in the process.
-        // The sampler's trace state is the caller's: it travels on with the calls.
+        // Recorded but not exported would buy nothing here: nothing reads a span's data in
+        // the process. The sampler's trace state is the caller's: it goes on with the calls.
         SamplingDecision::RecordOnly | SamplingDecision::Drop => {
             Head::NotSampled(SpanContext::new(
                 trace_id,

@@ -57,7 +57,7 @@ pub(crate) struct Loaded {
 
 /// The exports a request uses, looked up by name once when the module loads: an instance
 /// hands them out by index, where a lookup by name hashes the name on every request.
-pub(crate) struct AbiExports {
+struct AbiExports {
     alloc: ModuleExport,
     handle: ModuleExport,
     memory: ModuleExport,
@@ -76,18 +76,15 @@ impl AbiExports {
             })
         };
         let initialize = wasi
-            && module
-                .exports()
-                .any(|e| e.name() == EXPORT_INITIALIZE && matches!(e.ty(), ExternType::Func(_)));
+            && matches!(
+                module.get_export(EXPORT_INITIALIZE),
+                Some(ExternType::Func(_))
+            );
         Ok(AbiExports {
             alloc: find(EXPORT_ALLOC)?,
             handle: find(EXPORT_HANDLE)?,
             memory: find(EXPORT_MEMORY)?,
-            initialize: if initialize {
-                Some(find(EXPORT_INITIALIZE)?)
-            } else {
-                None
-            },
+            initialize: initialize.then(|| find(EXPORT_INITIALIZE)).transpose()?,
         })
     }
 

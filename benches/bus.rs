@@ -1437,9 +1437,7 @@ fn section_plugins(args: &[String], section: &str, default: &[&str]) -> Option<V
 fn main() {
     if std::env::var(shared::ROLE_ENV).as_deref() == Ok(shared::BARE_ROLE) {
         let url = std::env::var(shared::URL_ENV).expect("MOFA_BENCH_URL");
-        tokio::runtime::Runtime::new()
-            .expect("runtime")
-            .block_on(shared::bare_echo(&url));
+        shared::run_bare_echo(&url);
         return;
     }
     // `cargo bench` passes --bench; `in-process` runs only the in-process figures.
@@ -1551,10 +1549,18 @@ fn main() {
         let pooled_config = quiet.path().join("pooled.toml");
         std::fs::write(&pooled_config, "[rhai]\ninline = false\n[wasm]\ninline = false\n")
             .expect("config");
+        // The async side on one thread (no wake-ups between threads), events on.
+        let one_thread_config = quiet.path().join("one_thread.toml");
+        std::fs::write(&one_thread_config, "async_threads = 1\n").expect("config");
         for (config, suffix, plugins) in [
             (None, "", &["echo", "discount_native", "discount", "discount_wasm"][..]),
             (Some(quiet_config.as_path()), ", no events", &["echo", "discount_native"][..]),
             (Some(pooled_config.as_path()), ", no inline", &["discount", "discount_wasm"][..]),
+            (
+                Some(one_thread_config.as_path()),
+                ", 1 async thread",
+                &["discount_native", "discount", "discount_wasm"][..],
+            ),
         ] {
             let worker = WorkerProcess::spawn(&server, &common::repo_plugins(), config);
             common::wait_for_plugin(&client, "discount", Value::Map(vec![
@@ -1579,7 +1585,7 @@ fn main() {
         println!();
         println!("over the bus ({requests} requests per throughput run; ratios against the bare echo):");
         println!(
-            "  {:<28} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12} | {:>9}",
+            "  {:<30} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12} | {:>9}",
             "target", "p50", "p99", "p50 x", "1 in flight", "64 in flight", "256 in flight", "CPU/req",
             "ctx sw/req"
         );
@@ -1591,7 +1597,7 @@ fn main() {
                 .map(|((_, r), (_, b))| format!("{:>8.0}/s {:>4.2}x", r, r / b))
                 .collect();
             println!(
-                "  {:<28} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x | {:>9.2}",
+                "  {:<30} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x | {:>9.2}",
                 target.label,
                 f.p50,
                 f.p99,
@@ -1613,10 +1619,15 @@ fn main() {
                 .map(|(_, f)| f.cpu_per_request.as_secs_f64())
         };
         if let Some(py) = cpu_of(PYTHON_LABEL).filter(|py| *py > 0.0) {
-            for (plugin, target) in [("discount", 0.5), ("discount_wasm", 0.8)] {
+            for (plugin, target) in [
+                ("discount", 0.5),
+                ("discount_wasm", 0.8),
+                ("discount, 1 async thread", 0.5),
+                ("discount_wasm, 1 async thread", 0.8),
+            ] {
                 if let Some(cpu) = cpu_of(plugin) {
                     println!(
-                        "  CPU/request {plugin:<14} / python worker: {:.2}x (target <= {target}x)",
+                        "  CPU/request {plugin:<30} / python worker: {:.2}x (target <= {target}x)",
                         cpu / py
                     );
                 }

@@ -805,14 +805,14 @@ fn compare_worker() {
     let url = std::env::var(shared::URL_ENV).expect("MOFA_BENCH_URL");
     let plugins = std::env::var(PLUGINS_ENV).expect("MOFA_BENCH_PLUGINS");
     let data = std::env::var("MOFA_DATA_DIR").expect("MOFA_DATA_DIR");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let config = mofa_bus::config::WorkerConfig {
+        nats_url: url,
+        plugins_dir: plugins.into(),
+        data_dir: data.into(),
+        ..Default::default()
+    };
+    let runtime = mofa_bus::worker::runtime::build(config.async_threads).expect("runtime");
     runtime.block_on(async {
-        let config = mofa_bus::config::WorkerConfig {
-            nats_url: url,
-            plugins_dir: plugins.into(),
-            data_dir: data.into(),
-            ..Default::default()
-        };
         let worker = mofa_bus::worker::Worker::start_with(config, native::NativeOp::all())
             .await
             .expect("worker starts");
@@ -830,9 +830,7 @@ fn main() {
     match std::env::var(shared::ROLE_ENV).as_deref() {
         Ok(shared::BARE_ROLE) => {
             let url = std::env::var(shared::URL_ENV).expect("MOFA_BENCH_URL");
-            tokio::runtime::Runtime::new()
-                .expect("runtime")
-                .block_on(shared::bare_echo(&url));
+            shared::run_bare_echo(&url);
             return;
         }
         Ok(WORKER_ROLE) => return compare_worker(),

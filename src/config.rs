@@ -7,6 +7,7 @@
 //! max_queue = 50000            # per plugin; beyond it requests get 503 at once
 //! queue_wait_ms = 10000        # a request that cannot start within this (or half its plugin's timeout) gets 503
 //! sandbox_threads = 0          # threads for Rhai/WASM calls; 0 = 2 x cores, at least 4
+//! async_threads = 0            # threads for NATS I/O and native plugins; 0 = one per core
 //!
 //! [nats]                       # credentials and TLS (flags: --creds, --nkey, --user, --token, --tls-*)
 //! creds = "/etc/mofa/worker.creds"
@@ -75,6 +76,12 @@ pub struct WorkerConfig {
     pub queue_wait_ms: u64,
     /// Threads running sandboxed (Rhai, WASM) calls; 0 = twice the cores, at least 4.
     pub sandbox_threads: usize,
+    /// Threads running the worker's async side: NATS I/O, admission, replies and events,
+    /// native plugins and the sandboxed calls that start inline. 0 (the default): one per
+    /// core. 1: a single-threaded runtime, the least CPU per request (no cross-thread
+    /// wake-ups), for one worker per core or per small container; see
+    /// [`crate::worker::runtime`]. `MOFA_ASYNC_THREADS` or `--async-threads` override it.
+    pub async_threads: usize,
     /// How long a drain waits for in-flight requests before giving up, in milliseconds.
     pub drain_timeout_ms: u64,
     /// Where the worker keeps files (the embedded database). Empty: `$XDG_DATA_HOME/mofa-bus`,
@@ -224,6 +231,7 @@ impl Default for WorkerConfig {
             max_queue: 50_000,
             queue_wait_ms: 10_000,
             sandbox_threads: 0,
+            async_threads: 0,
             drain_timeout_ms: 30_000,
             data_dir: PathBuf::new(),
             events: EventsConfig::default(),

@@ -80,6 +80,10 @@ enum Command {
         /// without --nats.
         #[arg(long)]
         dev: bool,
+        /// Threads for NATS I/O and native plugins (the config's `async_threads`): 0 = one per
+        /// core (the default); 1 = a single-threaded runtime, the least CPU per request.
+        #[arg(long, env = "MOFA_ASYNC_THREADS")]
+        async_threads: Option<usize>,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -514,14 +518,14 @@ impl Nats {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let cli = Cli::parse();
+    let runtime = match runtime(&cli) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    let cli = Cli::parse();
     let telemetry = init_telemetry(&cli);
     let code = runtime.block_on(run(cli));
     // A task still blocked (a stdin read of `mofa mcp`) must not keep the process alive.
@@ -529,6 +533,27 @@ fn main() -> ExitCode {
     // Outside the runtime: the exporters' last flush blocks.
     telemetry.shutdown();
     code
+}
+
+/// The async runtime: for the worker, `async_threads` threads (flag, else config file, else
+/// one per core, see [`mofa_bus::worker::runtime`]); for the other verbs, one per core.
+fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = match &cli.command {
+        Command::Worker {
+            async_threads,
+            config,
+            ..
+        } => async_threads.unwrap_or_else(|| {
+            // A config file that does not read is reported when the worker loads it.
+            config
+                .as_deref()
+                .and_then(|path| WorkerConfig::from_file(path).ok())
+                .unwrap_or_default()
+                .async_threads
+        }),
+        _ => 0,
+    };
+    mofa_bus::worker::runtime::build(threads)
 }
 
 /// Logs to stderr, and OpenTelemetry export when configured (the worker's config file's
@@ -561,8 +586,9 @@ async fn run(cli: Cli) -> ExitCode {
             name,
             config,
             dev,
+            async_threads,
             database,
-        } => worker(nats, plugins, name, config, dev, database).await,
+        } => worker(nats, plugins, name, config, dev, async_threads, database).await,
         Command::Sql {
             file,
             config,
@@ -687,6 +713,7 @@ async fn worker(
     name: Option<String>,
     config_file: Option<PathBuf>,
     dev: bool,
+    async_threads: Option<usize>,
     database: DatabaseArgs,
 ) -> anyhow::Result<ExitCode> {
     // From here on a signal stops the worker in order, even one that comes while it starts.
@@ -707,6 +734,10 @@ async fn worker(
     }
     if name.is_some() {
         config.worker_id = name;
+    }
+    // The runtime was built from it already (see `runtime`); kept so the config says so.
+    if let Some(threads) = async_threads {
+        config.async_threads = threads;
     }
     if let Some(env) = &nats.env {
         config.reload = config.reload.in_env(env)?;

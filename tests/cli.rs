@@ -240,3 +240,81 @@ async fn dev_worker_starts_a_current_server_beside_an_unfit_one_and_other_verbs_
     assert!(status.success(), "{status:?}");
     assert!(!file.exists(), "runtime file removed on exit");
 }
+
+/// The names of `pid`'s threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the worker's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// `async_threads` picks the worker's runtime: a thread per core by default, one thread (no
+/// runtime threads of its own) or n from the config file, `MOFA_ASYNC_THREADS` over the file.
+/// Each serves a native plugin, a script and a script's call to another plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_threads_sets_the_workers_runtime_and_every_setting_serves() {
+    use mofa_bus::wire::Value;
+    use mofa_bus::worker::runtime::MULTI_THREAD_NAME;
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[
+        ("double.rhai", "fn execute(x) { x * 2 }"),
+        (
+            "quadruple.rhai",
+            "fn execute(x) { call_plugin(\"double\", x) * 2 }",
+        ),
+    ]);
+    let file = dir.path().join("worker.toml");
+    std::fs::write(&file, "async_threads = 1\n").expect("config");
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let client = server.client().await;
+    // (config file, MOFA_ASYNC_THREADS, the runtime threads the worker has: exactly, at least)
+    for (config, env, threads) in [
+        (None, None, (None, cores)),
+        (Some(&file), None, (Some(0), 0)),
+        (Some(&file), Some("3"), (None, 3)),
+    ] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mofa"));
+        command
+            .args(["worker", "--nats", &server.url(), "--plugins"])
+            .arg(dir.path())
+            .env("RUST_LOG", "warn")
+            .env_remove("MOFA_ASYNC_THREADS")
+            .stdout(Stdio::null());
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        if let Some(env) = env {
+            command.env("MOFA_ASYNC_THREADS", env);
+        }
+        let worker = WorkerProcess {
+            child: command.spawn().expect("worker starts"),
+        };
+        wait_for_plugin(&client, "quadruple", Value::from(1)).await;
+        let runtime = thread_names(worker.child.id())
+            .iter()
+            .filter(|name| *name == MULTI_THREAD_NAME)
+            .count();
+        let (exactly, at_least) = threads;
+        if let Some(exactly) = exactly {
+            assert_eq!(runtime, exactly, "{config:?} {env:?}: runtime threads");
+        }
+        assert!(
+            runtime >= at_least,
+            "{config:?} {env:?}: {runtime} runtime threads"
+        );
+        for (plugin, input, output) in [
+            ("echo", Value::from("hi"), Value::from("hi")),
+            ("double", Value::from(21), Value::from(42)),
+            ("quadruple", Value::from(5), Value::from(20)),
+        ] {
+            assert_eq!(
+                call(&client, plugin, input).await,
+                Reply::Ok(output),
+                "{config:?} {env:?}: {plugin}"
+            );
+        }
+        drop(worker);
+    }
+}

@@ -39,6 +39,16 @@ pub async fn bare_echo(url: &str) {
     }
 }
 
+/// Runs the bare echo responder on a current-thread runtime, the cheapest way to run one
+/// async-nats client (no wake-ups between threads): the baseline is the best a responder does.
+pub fn run_bare_echo(url: &str) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bare_echo(url));
+}
+
 /// Runs this benchmark binary again as `role` with `url` (and `envs`), once it prints `ready`.
 pub fn spawn_role(role: &str, url: &str, envs: &[(&str, &str)]) -> Child {
     let mut command = Command::new(std::env::current_exe().expect("own path"));

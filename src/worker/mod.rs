@@ -13,6 +13,7 @@ mod canary;
 mod endpoint;
 mod follower;
 mod jobs;
+pub mod runtime;
 mod service;
 pub mod shutdown;
 

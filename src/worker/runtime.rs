@@ -4,11 +4,11 @@
 //! and the sandboxed calls that start inline spread over every core. 1 is a current-thread
 //! runtime: the NATS connection's task, the endpoints reading their subscriptions, admission,
 //! native plugins, inline calls, replies and result events all run on one thread, so a request
-//! is read, run and answered without waking another thread. That costs less CPU per request
-//! (a bare async-nats echo: about 40% less on one thread than on two; the worker's discount
-//! rule: about 20–30% less, fewer context switches), and suits one worker per core or per
-//! small container, scaled out in the queue group. Sandboxed calls that move to the sandbox
-//! pool use its threads either way.
+//! is read, run and answered without waking another thread. That costs fewer context switches
+//! and less CPU per request (`cargo bench --bench bus -- over-the-bus` measures the discount
+//! rule both ways, in its rows "…, 1 async thread"), and suits one worker per core or per small
+//! container, scaled out in the queue group. Sandboxed calls that move to the sandbox pool use
+//! its threads either way.
 
 use tokio::runtime::{Builder, Runtime};
 

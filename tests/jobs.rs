@@ -55,6 +55,19 @@ impl Executions {
             .count()
     }
 
+    /// The executions of `job` once at least `count` have been seen (or 10 s have passed): a
+    /// job's result is stored before its result event reaches this subscriber.
+    async fn at_least(&self, job: &str, count: usize) -> Vec<ResultEvent<'static>> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.of_job(job);
+            if seen.len() >= count || Instant::now() >= deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn of_job(&self, job: &str) -> Vec<ResultEvent<'static>> {
         self.events
             .lock()
@@ -293,7 +306,7 @@ async fn a_job_that_keeps_failing_is_dead_lettered_after_max_deliver_and_can_be_
         failed.message.as_deref().unwrap_or("").contains("boom 2"),
         "{failed:?}"
     );
-    let runs = executions.of_job("flaky-1");
+    let runs = executions.at_least("flaky-1", 3).await;
     assert_eq!(runs.len(), 3, "max_deliver = 3 attempts");
     // The backoff between attempts: 300 ms, then 600 ms.
     let ends: Vec<u64> = runs.iter().map(|e| e.timestamp_ms).collect();
@@ -432,6 +445,8 @@ async fn a_resubmitted_job_id_runs_once_within_the_dedup_window_and_again_after_
         first_at.elapsed() < Duration::from_millis(3_000),
         "still inside the window"
     );
+    // Events arrive in the order they were published: the marker's comes after any of "once".
+    executions.at_least(&marker.job, 1).await;
     assert_eq!(executions.of_job("once").len(), 1, "run once");
 
     // Past the window the same id is a new job.
@@ -503,6 +518,9 @@ async fn jobs_concurrency_bounds_jobs_in_flight_and_a_long_job_outlives_ack_wait
     for id in ids.iter().chain(std::iter::once(&long.job)) {
         let result = finished(&jobs, id).await;
         assert_eq!(result.state, JobState::Done, "{result:?}");
+    }
+    for id in ids.iter().chain(std::iter::once(&long.job)) {
+        executions.at_least(id, 1).await;
     }
     // Intervals of execution: never more than two at once, and two at some point.
     // An event's end is its `timestamp_ms` (whole milliseconds, taken after the execution), so

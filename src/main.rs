@@ -519,14 +519,15 @@ impl Nats {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match runtime(&cli) {
+    let file = worker_config_file(&cli);
+    let runtime = match runtime(&cli, file.as_ref()) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    let telemetry = init_telemetry(&cli);
+    let telemetry = init_telemetry(&cli, file.as_ref());
     let code = runtime.block_on(run(cli));
     // A task still blocked (a stdin read of `mofa mcp`) must not keep the process alive.
     runtime.shutdown_timeout(Duration::from_millis(500));
@@ -535,22 +536,24 @@ fn main() -> ExitCode {
     code
 }
 
+/// The worker's config file, read before the runtime starts for what must be known then (the
+/// runtime's size, telemetry). A file that does not read is reported when the worker loads it.
+fn worker_config_file(cli: &Cli) -> Option<WorkerConfig> {
+    match &cli.command {
+        Command::Worker {
+            config: Some(path), ..
+        } => WorkerConfig::from_file(path).ok(),
+        _ => None,
+    }
+}
+
 /// The async runtime: for the worker, `async_threads` threads (flag, else config file, else
 /// one per core, see [`mofa_bus::worker::runtime`]); for the other verbs, one per core.
-fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
+fn runtime(cli: &Cli, file: Option<&WorkerConfig>) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match &cli.command {
-        Command::Worker {
-            async_threads,
-            config,
-            ..
-        } => async_threads.unwrap_or_else(|| {
-            // A config file that does not read is reported when the worker loads it.
-            config
-                .as_deref()
-                .and_then(|path| WorkerConfig::from_file(path).ok())
-                .unwrap_or_default()
-                .async_threads
-        }),
+        Command::Worker { async_threads, .. } => {
+            async_threads.unwrap_or_else(|| file.map_or(0, |config| config.async_threads))
+        }
         _ => 0,
     };
     mofa_bus::worker::runtime::build(threads)
@@ -558,22 +561,18 @@ fn runtime(cli: &Cli) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Logs to stderr, and OpenTelemetry export when configured (the worker's config file's
 /// `[telemetry]` section, or the standard `OTEL_*` variables for every command).
-fn init_telemetry(cli: &Cli) -> mofa_bus::telemetry::Telemetry {
+fn init_telemetry(cli: &Cli, file: Option<&WorkerConfig>) -> mofa_bus::telemetry::Telemetry {
     use mofa_bus::telemetry::{Setup, TelemetryConfig};
     // The worker logs its progress; client commands print only their results and warnings.
-    let (default_filter, service_name, file) = match &cli.command {
-        Command::Worker { config, .. } => ("info", "mofa-worker", config.as_deref()),
-        _ => ("warn", "mofa", None),
+    let (default_filter, service_name) = match &cli.command {
+        Command::Worker { .. } => ("info", "mofa-worker"),
+        _ => ("warn", "mofa"),
     };
-    // A config file that does not read is reported when the worker loads it.
-    let config = file
-        .and_then(|path| WorkerConfig::from_file(path).ok())
-        .map(|c| c.telemetry)
-        .unwrap_or_else(TelemetryConfig::default);
+    let default = TelemetryConfig::default();
     mofa_bus::telemetry::init(Setup {
         default_filter,
         format: cli.log_format,
-        config: &config,
+        config: file.map_or(&default, |config| &config.telemetry),
         service_name,
     })
 }

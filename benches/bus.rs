@@ -849,17 +849,22 @@ async fn cold_start(server: &NatsServer, client: &Client) {
     }
 }
 
+/// Whether `program` runs (`program --version` succeeds): the sections that need a tool say so
+/// and skip when it is missing.
+fn installed(program: &str) -> bool {
+    std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// `-- profile [PLUGIN…]`: where a worker's CPU goes per request. For each plugin (default: the
 /// native, Rhai and WASM discount rule), loads one worker with requests at 64 in flight while
 /// `perf record` samples it, then splits the worker's CPU per request by where the samples
 /// fell: the kernel (socket I/O, futex wake-ups, scheduling), the NATS client, the tokio
 /// runtime, the sandbox pool's hand-off, the script or module, MessagePack, the allocator.
 async fn profile(server: &NatsServer, client: &Client, plugins: &[String], requests: usize) {
-    let perf_works = std::process::Command::new("perf")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !perf_works {
+    if !installed("perf") {
         println!("profile: needs perf (Debian package linux-perf)");
         return;
     }
@@ -947,11 +952,7 @@ async fn profile(server: &NatsServer, client: &Client, plugins: &[String], reque
 /// by function. Only user-space instructions count: what the kernel does for a syscall does
 /// not, so these figures stand beside the CPU figures, not in place of them.
 async fn instructions(server: &NatsServer, client: &Client, plugins: &[String], requests: usize) {
-    let valgrind_works = std::process::Command::new("valgrind")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !valgrind_works {
+    if !installed("valgrind") {
         println!("instructions: needs valgrind (Debian package valgrind)");
         return;
     }

@@ -56,6 +56,9 @@ struct Figures {
     cpu_per_request: Duration,
     /// The responder's context switches per request (thread hand-offs), at 256 in flight.
     switches_per_request: f64,
+    /// Share of the responder's CPU spent on sandbox-pool threads, at 256 in flight: near 0
+    /// when sandboxed calls run inline.
+    sandbox_share: f64,
 }
 
 async fn request(client: &Client, subject: &str, body: Bytes) {
@@ -90,15 +93,20 @@ async fn measure(client: &Client, target: &Target, requests: usize) -> Figures {
     let mut throughput = Vec::new();
     let mut cpu = Duration::ZERO;
     let mut switches = 0.0;
+    let mut sandbox_share = 0.0;
     for inflight in [1usize, 64, 256] {
         let cpu_before = shared::cpu_ns(target.pid);
+        let sandbox_before = shared::sandbox_cpu_ns(target.pid);
         let switches_before = shared::context_switches(target.pid);
         let started = Instant::now();
         load(client, target, inflight, requests).await;
         let elapsed = started.elapsed();
         throughput.push((inflight, requests as f64 / elapsed.as_secs_f64()));
         if inflight == 256 {
-            cpu = Duration::from_nanos((shared::cpu_ns(target.pid) - cpu_before) / requests as u64);
+            let used = shared::cpu_ns(target.pid) - cpu_before;
+            sandbox_share =
+                (shared::sandbox_cpu_ns(target.pid) - sandbox_before) as f64 / used.max(1) as f64;
+            cpu = Duration::from_nanos(used / requests as u64);
             switches =
                 (shared::context_switches(target.pid) - switches_before) as f64 / requests as f64;
         }
@@ -110,6 +118,7 @@ async fn measure(client: &Client, target: &Target, requests: usize) -> Figures {
         throughput,
         cpu_per_request: cpu,
         switches_per_request: switches,
+        sandbox_share,
     }
 }
 
@@ -1586,9 +1595,9 @@ fn main() {
         println!();
         println!("over the bus ({requests} requests per throughput run; ratios against the bare echo):");
         println!(
-            "  {:<30} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12} | {:>9}",
+            "  {:<30} {:>9} {:>9} {:>7} | {:>16} {:>16} {:>16} | {:>12} | {:>9} | {:>7}",
             "target", "p50", "p99", "p50 x", "1 in flight", "64 in flight", "256 in flight", "CPU/req",
-            "ctx sw/req"
+            "ctx sw/req", "sandbox"
         );
         for (target, f) in targets.iter().zip(&results) {
             let tp: Vec<String> = f
@@ -1598,7 +1607,7 @@ fn main() {
                 .map(|((_, r), (_, b))| format!("{:>8.0}/s {:>4.2}x", r, r / b))
                 .collect();
             println!(
-                "  {:<30} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x | {:>9.2}",
+                "  {:<30} {:>9.1?} {:>9.1?} {:>6.2}x | {:>16} {:>16} {:>16} | {:>7.1?} {:>4.2}x | {:>9.2} | {:>6.0}%",
                 target.label,
                 f.p50,
                 f.p99,
@@ -1609,6 +1618,7 @@ fn main() {
                 f.cpu_per_request,
                 f.cpu_per_request.as_secs_f64() / base.cpu_per_request.as_secs_f64().max(1e-12),
                 f.switches_per_request,
+                f.sandbox_share * 100.0,
             );
         }
         println!();

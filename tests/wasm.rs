@@ -801,3 +801,61 @@ async fn modules_that_start_inline_act_once_per_request() {
     }
     worker.shutdown().await.expect("drains");
 }
+
+/// Calls that start inline run one after another on the thread that admits requests, so a
+/// module whose calls are long goes to the sandbox threads. Long is judged by the fuel a call
+/// used, which no busy host changes, and by the clock only past `LONG_CALL` (1 ms), for work
+/// fuel does not count, such as a bulk memory fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_whose_calls_use_much_fuel_or_time_leave_the_inline_path() {
+    let runtime = WasmRuntime::new(WasmConfig::default(), SandboxPool::new(2)).expect("runtime");
+    let plugin = |name: &str, handle: String| {
+        WasmPlugin::new(
+            name,
+            module(&handle, "").into_bytes(),
+            Manifest::default(),
+            runtime.clone(),
+        )
+    };
+    // Bytes filled with one `memory.fill`: a few units of fuel, however long it takes.
+    let fill = |bytes: u32| {
+        format!(
+            "(drop (memory.grow (i32.const {pages}))) (memory.fill (i32.const 65536) (i32.const 1) (i32.const {bytes})) {ECHO}",
+            pages = bytes.div_ceil(65536)
+        )
+    };
+    let cases = [
+        // A few units of fuel and microseconds.
+        ("echoes", ECHO.to_string(), true),
+        // 40,000 rounds of 6 instructions: past SHORT_FUEL (100,000), under the inline fuel.
+        (
+            "counts",
+            format!(
+                "(local $i i32) (local.set $i (i32.const 40000))
+    (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i)))
+    {ECHO}"
+            ),
+            false,
+        ),
+        // 48 MiB filled: milliseconds, little fuel. (A fill that takes some hundreds of
+        // microseconds stays inline, but a busy test host can stretch it past LONG_CALL.)
+        ("fills_48mib", fill(48 << 20), false),
+    ];
+    for (name, handle, stays_inline) in cases {
+        let plugin = plugin(name, handle);
+        plugin.load().await.expect("loads");
+        assert!(plugin.starts_inline(), "{name}: open before its first call");
+        for _ in 0..16 {
+            assert_eq!(
+                plugin.execute(Value::from(7)).await,
+                Ok(Value::from(7)),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            plugin.starts_inline(),
+            stays_inline,
+            "{name}: whether its calls still start inline after 16"
+        );
+    }
+}

@@ -89,11 +89,27 @@ pub fn python() -> std::path::PathBuf {
 
 /// CPU time (user + system) of every thread of `pid`, from /proc/<pid>/task/*/schedstat (ns).
 pub fn cpu_ns(pid: u32) -> u64 {
+    threads_cpu_ns(pid, |_| true)
+}
+
+/// CPU time of the sandbox pool's threads of worker `pid` (ns): where sandboxed calls ran
+/// that did not run inline.
+pub fn sandbox_cpu_ns(pid: u32) -> u64 {
+    threads_cpu_ns(pid, |name| {
+        name.starts_with(mofa_bus::plugin::SANDBOX_THREAD_PREFIX)
+    })
+}
+
+/// CPU time of the threads of `pid` whose name (/proc/<pid>/task/*/comm) passes `keep` (ns).
+fn threads_cpu_ns(pid: u32, keep: impl Fn(&str) -> bool) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     tasks
         .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|name| keep(name.trim_end()))
+        })
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| {
             s.split_whitespace()

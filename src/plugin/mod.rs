@@ -15,11 +15,11 @@ mod pool;
 mod state;
 
 pub use error::PluginError;
-pub use inline::{InlineGate, INLINE_BACKOFF, SHORT_CALL};
+pub use inline::{InlineCall, InlineGate, INLINE_BACKOFF, LONG_CALL};
 pub use manager::{ManagedPlugin, PluginInfo, PluginManager};
 pub(crate) use nested::call_nested;
-pub use pool::SandboxPool;
 pub(crate) use pool::{block_on, panic_message};
+pub use pool::{SandboxPool, THREAD_NAME_PREFIX as SANDBOX_THREAD_PREFIX};
 pub use state::{Lifecycle, PluginState};
 
 use async_trait::async_trait;

@@ -18,6 +18,10 @@ use super::PluginError;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// What the pool's threads' names start with (`mofa-sandbox-0`, …, `mofa-sandbox-stand-in`),
+/// so `ps -L`, `perf` and the benchmarks can tell sandboxed work from the async side's.
+pub const THREAD_NAME_PREFIX: &str = "mofa-sandbox";
+
 /// Extra time [`SandboxPool::run_until`] waits beyond a deadline before answering itself.
 const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -114,7 +118,7 @@ impl SandboxPool {
             let (rx, nested_rx) = (rx.clone(), nested_rx.clone());
             let spinning = spinning.clone();
             let spawned = thread::Builder::new()
-                .name(format!("mofa-sandbox-{i}"))
+                .name(format!("{THREAD_NAME_PREFIX}-{i}"))
                 .stack_size(8 << 20)
                 .spawn(move || {
                     ON_POOL_THREAD.with(|on| on.set(true));
@@ -164,7 +168,7 @@ impl SandboxPool {
                 Ok(_) => {
                     let (rx, stand_ins) = (self.nested_rx.clone(), self.stand_ins.clone());
                     let spawned = thread::Builder::new()
-                        .name("mofa-sandbox-stand-in".into())
+                        .name(format!("{THREAD_NAME_PREFIX}-stand-in"))
                         .stack_size(8 << 20)
                         .spawn(move || stand_in_loop(&rx, &stand_ins));
                     if let Err(e) = spawned {

@@ -30,7 +30,7 @@ use super::config::RhaiConfig;
 use super::convert::{from_dynamic, to_dynamic};
 use super::rules::{RuleError, RuleSet, RULES_VARIABLE};
 use super::tool::{self, Tool};
-use crate::plugin::{call_nested, PluginCaller, PluginError, SandboxPool, Value};
+use crate::plugin::{call_nested, InlineCall, PluginCaller, PluginError, SandboxPool, Value};
 
 /// How many operations pass between two deadline checks (a power of two).
 pub const DEADLINE_CHECK_EVERY: u64 = 256;
@@ -39,6 +39,12 @@ pub const DEADLINE_CHECK_EVERY: u64 = 256;
 /// sandbox pool: well above a short rule (1–10 µs), well below what would hold up the other
 /// requests of the async thread it runs on.
 pub const INLINE_LIMIT: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Operations past which an inline call that finished counts as long for its plugin's
+/// [`crate::plugin::InlineGate`]: some tens of µs of script (a short rule runs tens of
+/// operations). A multiple of [`DEADLINE_CHECK_EVERY`], the granularity at which operations
+/// are counted.
+pub const SHORT_OPERATIONS: u64 = 2 * DEADLINE_CHECK_EVERY;
 
 /// The termination token of a call that must continue on the pool.
 const DEFER: &str = "mofa: continue on the sandbox pool";
@@ -57,6 +63,8 @@ thread_local! {
     static INLINE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Set when the inline call on this thread was stopped to continue on the pool.
     static DEFERRED: Cell<bool> = const { Cell::new(false) };
+    /// Operations the inline call on this thread has run, as of its last deadline check.
+    static INLINE_OPERATIONS: Cell<u64> = const { Cell::new(0) };
     /// What the inline call on this thread printed: logged once it finishes, dropped if it
     /// moves to the pool (where it prints again).
     static PRINTED: RefCell<Vec<Printed>> = const { RefCell::new(Vec::new()) };
@@ -105,6 +113,7 @@ impl InlineGuard {
     fn set(until: Instant) -> Self {
         INLINE.with(|i| i.set(Some(until)));
         DEFERRED.with(|d| d.set(false));
+        INLINE_OPERATIONS.with(|o| o.set(0));
         PRINTED.with(|p| p.borrow_mut().clear());
         InlineGuard
     }
@@ -293,9 +302,12 @@ impl ScriptEngine {
                 if DEADLINE.with(|d| d.get().is_some_and(|t| now >= t)) {
                     return Some(Dynamic::from("deadline"));
                 }
-                if INLINE.with(|i| i.get().is_some_and(|t| now >= t)) {
-                    DEFERRED.with(|d| d.set(true));
-                    return Some(Dynamic::from(DEFER));
+                if let Some(until) = INLINE.with(Cell::get) {
+                    if now >= until {
+                        DEFERRED.with(|d| d.set(true));
+                        return Some(Dynamic::from(DEFER));
+                    }
+                    INLINE_OPERATIONS.with(|o| o.set(ops));
                 }
                 None
             });
@@ -472,7 +484,8 @@ impl ScriptEngine {
 
     /// [`ScriptEngine::call_until`] on this thread, for at most [`INLINE_LIMIT`] and with
     /// nothing visible done: `None` when the call had to stop for either (it must then run
-    /// again, from the start, on the pool), else its result.
+    /// again, from the start, on the pool), else its result, long when it ran more than
+    /// [`SHORT_OPERATIONS`].
     pub fn try_inline(
         &self,
         entry: &Entry,
@@ -480,7 +493,7 @@ impl ScriptEngine {
         deadline: Instant,
         state: Option<StateMap>,
         depth: u32,
-    ) -> Option<Result<Value, PluginError>> {
+    ) -> Option<InlineCall> {
         let result = {
             let _inline = InlineGuard::set(Instant::now() + INLINE_LIMIT);
             self.call_until(entry, input, deadline, state, depth)
@@ -490,7 +503,10 @@ impl ScriptEngine {
             return None;
         }
         printed.into_iter().for_each(Printed::log);
-        Some(result)
+        Some(InlineCall {
+            result,
+            worked_long: INLINE_OPERATIONS.with(Cell::get) > SHORT_OPERATIONS,
+        })
     }
 
     /// Runs the entry function on `input` with `state` as its state map, `depth` plugin calls
@@ -642,11 +658,7 @@ mod tests {
         ScriptEngine::with_pool(RhaiConfig::default(), SandboxPool::new(1))
     }
 
-    fn inline(
-        engine: &ScriptEngine,
-        source: &str,
-        state: &StateMap,
-    ) -> Option<Result<Value, PluginError>> {
+    fn inline(engine: &ScriptEngine, source: &str, state: &StateMap) -> Option<InlineCall> {
         let entry = engine.compile("t", source).expect("compiles");
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         engine.try_inline(&entry, Value::from(2), deadline, Some(state.clone()), 0)
@@ -660,16 +672,38 @@ mod tests {
             "fn execute(x) { state_get(\"n\") ?? x * 21 }",
             &state,
         );
-        assert_eq!(done.expect("inline").expect("ok"), Value::from(42));
+        let done = done.expect("inline");
+        assert_eq!(done.result.expect("ok"), Value::from(42));
+        assert!(!done.worked_long, "a few operations");
         let thrown = inline(
             &engine,
             "fn execute(x) { throw #{ code: 400, message: \"no\" } }",
             &state,
         );
         assert_eq!(
-            thrown.expect("inline").expect_err("thrown").code().as_u16(),
+            thrown
+                .expect("inline")
+                .result
+                .expect_err("thrown")
+                .code()
+                .as_u16(),
             400
         );
+    }
+
+    #[test]
+    fn an_inline_call_past_short_operations_counts_as_long() {
+        let (engine, state) = (engine(), StateMap::default());
+        // At least one operation per round, so past the first count above SHORT_OPERATIONS,
+        // and short enough to finish inline when the thread is not preempted (an attempt that
+        // stops at INLINE_LIMIT is tried again).
+        let rounds = SHORT_OPERATIONS + DEADLINE_CHECK_EVERY;
+        let source = format!("fn execute(x) {{ let n = 0; for i in 0..{rounds} {{ n += i; }} n }}");
+        let finished = (0..50)
+            .find_map(|_| inline(&engine, &source, &state))
+            .expect("finished inline once in 50 attempts");
+        assert!(finished.result.is_ok(), "{:?}", finished.result);
+        assert!(finished.worked_long, "{rounds} rounds");
     }
 
     #[test]
@@ -768,7 +802,11 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_micros(100));
         let late = engine.try_inline(&entry, Value::Nil, deadline, None, 0);
         assert_eq!(
-            late.expect("final").expect_err("timed out").code().as_u16(),
+            late.expect("final")
+                .result
+                .expect_err("timed out")
+                .code()
+                .as_u16(),
             408
         );
     }

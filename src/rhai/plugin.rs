@@ -152,9 +152,9 @@ impl AgentPlugin for RhaiPlugin {
                 context.depth,
             );
             match inline {
-                Some(result) => {
-                    self.inline.finished(started.elapsed());
-                    return result;
+                Some(call) => {
+                    self.inline.finished(started.elapsed(), call.worked_long);
+                    return call.result;
                 }
                 None => self.inline.close(),
             }

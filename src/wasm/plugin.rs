@@ -138,9 +138,9 @@ impl AgentPlugin for WasmPlugin {
         if self.starts_inline() && !SandboxPool::on_pool_thread() {
             let started = std::time::Instant::now();
             match runtime.try_inline(&loaded, &body, deadline, context.depth) {
-                Some(result) => {
-                    self.inline.finished(started.elapsed());
-                    return result;
+                Some(call) => {
+                    self.inline.finished(started.elapsed(), call.worked_long);
+                    return call.result;
                 }
                 None => self.inline.close(),
             }

@@ -24,7 +24,7 @@ use super::config::{Capability, Limits, Manifest, WasmConfig};
 use super::disk_cache::DiskCache;
 use super::host::{self, HostContext, MemoryCap, StoreData};
 use super::wasi::{self, WASI_MODULE};
-use crate::plugin::{PluginCaller, PluginError, SandboxPool, Value};
+use crate::plugin::{InlineCall, PluginCaller, PluginError, SandboxPool, Value};
 use crate::wire::{self, ErrorBody};
 
 /// How often the epoch advances; deadlines are enforced to this granularity.
@@ -35,9 +35,14 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 const EXPORT_INITIALIZE: &str = "_initialize";
 
 /// Fuel a call may use inline (see [`WasmRuntime::try_inline`]) before it moves to the
-/// sandbox pool: about 100–300 µs of guest code, well above a short rule (the discount module
+/// sandbox pool: about 50–250 µs of guest code (a tight loop burns about 9,000 fuel per µs,
+/// code that calls and touches memory less), well above a short rule (the discount module
 /// uses a few thousand).
 pub const INLINE_FUEL: u64 = 500_000;
+
+/// Fuel past which an inline call that finished counts as long for its plugin's
+/// [`crate::plugin::InlineGate`]: about 10–50 µs of guest code.
+pub const SHORT_FUEL: u64 = 100_000;
 
 /// Bytes of each instance's memory and tables kept resident between requests.
 const KEEP_RESIDENT: usize = 2 << 20;
@@ -411,42 +416,44 @@ impl WasmRuntime {
         deadline: Instant,
         depth: u32,
     ) -> Result<Value, PluginError> {
-        self.run(loaded, input, deadline, depth, false, &mut false)
+        self.run(loaded, input, deadline, depth, None)
     }
 
     /// [`WasmRuntime::invoke`] on this thread with at most [`INLINE_FUEL`] and no host
     /// function that acts (`call_plugin`, `log`): `None` when the call had to stop for either
     /// (its instance is thrown away; run it again, from the start, on the pool), else its
-    /// result. WASI modules never run inline.
+    /// result, long when it used more than [`SHORT_FUEL`]. WASI modules never run inline.
     pub(crate) fn try_inline(
         &self,
         loaded: &Loaded,
         input: &[u8],
         deadline: Instant,
         depth: u32,
-    ) -> Option<Result<Value, PluginError>> {
+    ) -> Option<InlineCall> {
         if loaded.wasi {
             return None;
         }
-        let mut deferred = false;
-        let result = self.run(loaded, input, deadline, depth, true, &mut deferred);
-        (!deferred).then_some(result)
+        let mut attempt = Attempt::default();
+        let result = self.run(loaded, input, deadline, depth, Some(&mut attempt));
+        (!attempt.deferred).then_some(InlineCall {
+            result,
+            worked_long: attempt.fuel_used > SHORT_FUEL,
+        })
     }
 
-    /// One request in a fresh instance; `inline` as [`WasmRuntime::try_inline`] describes,
-    /// setting `deferred` when such a call had to stop.
+    /// One request in a fresh instance; with `inline`, as [`WasmRuntime::try_inline`]
+    /// describes, saying there whether the call had to stop and how much fuel it used.
     fn run(
         &self,
         loaded: &Loaded,
         input: &[u8],
         deadline: Instant,
         depth: u32,
-        inline: bool,
-        deferred: &mut bool,
+        inline: Option<&mut Attempt>,
     ) -> Result<Value, PluginError> {
         let _ticking = self.ticker.running();
         let limits = &loaded.limits;
-        let fuel = if inline {
+        let fuel = if inline.is_some() {
             limits.fuel.min(INLINE_FUEL)
         } else {
             limits.fuel
@@ -461,7 +468,7 @@ impl WasmRuntime {
                 host: loaded.host.clone(),
                 depth,
                 deadline,
-                inline,
+                inline: inline.is_some(),
                 deferred: false,
             },
         );
@@ -499,16 +506,20 @@ impl WasmRuntime {
             let packed = Packed::unpack(handle.call(&mut store, (ptr, len))?);
             Ok((packed, memory))
         })();
+        if let Some(attempt) = inline {
+            attempt.fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+            attempt.deferred = match &outcome {
+                Ok(_) => false,
+                Err(e) => {
+                    store.data().deferred
+                        || fuel < limits.fuel
+                            && matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel))
+                }
+            };
+        }
         let (packed, memory) = match outcome {
             Ok(done) => done,
-            Err(e) => {
-                let out_of_inline_fuel =
-                    fuel < limits.fuel && matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel));
-                if store.data().deferred || out_of_inline_fuel {
-                    *deferred = true;
-                }
-                return Err(classify(e, &store, limits));
-            }
+            Err(e) => return Err(classify(e, &store, limits)),
         };
         let data = memory.data(&store);
         let start = packed.ptr as usize;
@@ -536,6 +547,15 @@ impl WasmRuntime {
         }
         wire::decode(bytes).map_err(|e| PluginError::Failed(format!("bad ABI output: {e}")))
     }
+}
+
+/// How an inline attempt went (see [`WasmRuntime::try_inline`]).
+#[derive(Default)]
+struct Attempt {
+    /// It had to stop: run it again on the pool.
+    deferred: bool,
+    /// Fuel the guest used.
+    fuel_used: u64,
 }
 
 /// A guest broke the ABI (as opposed to trapping or tripping a limit).

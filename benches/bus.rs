@@ -1017,8 +1017,9 @@ async fn instructions(server: &NatsServer, client: &Client, plugins: &[String], 
 
     // Valgrind cannot reserve the address space of the default WASM instance pool (16 slots
     // per sandbox thread, 8 GiB each): 4 slots fit. Sandboxed calls run on the sandbox pool:
-    // whether they start inline is decided by their time, which valgrind stretches ~50-fold,
-    // so left to the gate they would take either path from run to run.
+    // whether they keep starting inline depends, past the gate's 1 ms bound, on their time,
+    // which valgrind stretches ~50-fold, so left to the gate they would take either path from
+    // run to run.
     let config = dir.path().join("callgrind.toml");
     std::fs::write(
         &config,

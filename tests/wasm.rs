@@ -756,14 +756,14 @@ async fn the_matches_capability_runs_patterns_in_the_host_within_max_regex_bytes
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn modules_that_start_inline_act_once_per_request() {
     let server = NatsServer::start();
-    // Forwards, then spins about 2,000,000 instructions (past the inline fuel): were the
+    // Forwards, then spins about 8,000,000 fuel (past the inline fuel of 2,000,000): were the
     // forward made inline, the spin would send the call to the pool to forward again.
     let forward_then_spin = module(
         "(local $i i32) (local $r i64)
     (local.set $r (call $call_plugin (i32.const 512) (i32.const 5) (local.get $ptr) (local.get $len)))
     (loop $spin
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br_if $spin (i32.lt_u (local.get $i) (i32.const 400000))))
+      (br_if $spin (i32.lt_u (local.get $i) (i32.const 1000000))))
     (local.get $r)",
         r#"(import "mofa" "call_plugin" (func $call_plugin (param i32 i32 i32 i32) (result i64)))
   (data (i32.const 512) "count")"#,
@@ -827,11 +827,12 @@ async fn modules_whose_calls_use_much_fuel_or_time_leave_the_inline_path() {
     let cases = [
         // A few units of fuel and microseconds.
         ("echoes", ECHO.to_string(), true),
-        // 40,000 rounds of 6 instructions: past SHORT_FUEL (100,000), under the inline fuel.
+        // 150,000 rounds of 6 instructions: past SHORT_FUEL (500,000), under the inline fuel
+        // (2,000,000).
         (
             "counts",
             format!(
-                "(local $i i32) (local.set $i (i32.const 40000))
+                "(local $i i32) (local.set $i (i32.const 150000))
     (loop $l (local.set $i (i32.sub (local.get $i) (i32.const 1))) (br_if $l (local.get $i)))
     {ECHO}"
             ),

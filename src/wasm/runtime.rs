@@ -35,14 +35,15 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 const EXPORT_INITIALIZE: &str = "_initialize";
 
 /// Fuel a call may use inline (see [`WasmRuntime::try_inline`]) before it moves to the
-/// sandbox pool: about 50–250 µs of guest code (a tight loop burns about 9,000 fuel per µs,
-/// code that calls and touches memory less), well above a short rule (the discount module
-/// uses a few thousand).
-pub const INLINE_FUEL: u64 = 500_000;
+/// sandbox pool: about 200 µs of tight guest code (a tight loop burns about 9,000 fuel per µs;
+/// code that calls and touches memory burns less), like Rhai's `INLINE_LIMIT`, and far above a
+/// short rule (the discount module uses a few thousand).
+pub const INLINE_FUEL: u64 = 2_000_000;
 
 /// Fuel past which an inline call that finished counts as long for its plugin's
-/// [`crate::plugin::InlineGate`]: about 10–50 µs of guest code.
-pub const SHORT_FUEL: u64 = 100_000;
+/// [`crate::plugin::InlineGate`]: about 50 µs of tight guest code, more of code that touches
+/// memory.
+pub const SHORT_FUEL: u64 = 500_000;
 
 /// Bytes of each instance's memory and tables kept resident between requests.
 const KEEP_RESIDENT: usize = 2 << 20;

@@ -10,8 +10,8 @@
 //! not on every call.
 //!
 //! Whether a call was long is judged first by the work the plugin's own counter measured
-//! (a WASM module's fuel), which is the same on every run, and only then by wall time, with a
-//! bound far above a short call. Wall time alone misjudges on a busy host: a 5 µs call whose
+//! (a WASM module's fuel, a Rhai script's operations), which is the same on every run, and only
+//! then by wall time, with a bound far above a short call. Wall time alone misjudges on a busy host: a 5 µs call whose
 //! thread is preempted, or whose memory pages fault in, takes 50–300 µs now and then, and
 //! under load often enough to close the gate, which sends the calls to the pool, which makes
 //! the host busier still.

@@ -391,20 +391,65 @@ mod tests {
         assert_eq!(config.nats_url, DEFAULT_NATS_URL);
     }
 
+    /// The ```toml blocks of the README, docs/, subjects.md and the WASM ABI, with the file
+    /// each comes from.
+    fn documented_toml() -> Vec<(String, String)> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![
+            root.join("README.md"),
+            root.join("subjects.md"),
+            root.join("plugins/wasm/ABI.md"),
+        ];
+        let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+            .expect("docs/")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+            .collect();
+        docs.sort();
+        files.extend(docs);
+        let mut blocks = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file).expect("doc reads");
+            for block in text.split("```toml\n").skip(1) {
+                let body = block.split("```").next().unwrap_or_default();
+                blocks.push((file.display().to_string(), body.to_string()));
+            }
+        }
+        blocks
+    }
+
+    /// Every TOML block the docs show is checked: a worker configuration equals the real
+    /// defaults (the docs say what a key does and its default in one place), a test-case file
+    /// and a WASM manifest parse as what they are.
     #[test]
-    fn the_configuration_documented_in_the_readme_parses_to_the_defaults() {
-        let readme = include_str!("../README.md");
-        let section = readme
-            .split("## Configuration")
-            .nth(1)
-            .and_then(|s| s.split("```toml\n").nth(1))
-            .and_then(|s| s.split("```").next())
-            .expect("README has a TOML block under Configuration");
-        let config = WorkerConfig::from_toml(section).expect("the README's TOML parses");
-        assert_eq!(
-            config,
-            WorkerConfig::default(),
-            "README and defaults disagree"
+    fn every_toml_block_in_the_docs_is_the_real_defaults_or_parses_as_what_it_shows() {
+        let blocks = documented_toml();
+        let mut configs = 0;
+        for (file, body) in &blocks {
+            if body.contains("[[case]]") {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("x.test.toml");
+                std::fs::write(&path, body).expect("case file");
+                crate::local::cases::CaseFile::read(&path)
+                    .unwrap_or_else(|e| panic!("{file}: a test-case block: {e}"));
+            } else if body.contains("capabilities") {
+                crate::wasm::Manifest::from_toml(body)
+                    .unwrap_or_else(|e| panic!("{file}: a manifest block: {e}"));
+            } else {
+                let config = WorkerConfig::from_toml(body)
+                    .unwrap_or_else(|e| panic!("{file}: a configuration block: {e}\n{body}"));
+                assert_eq!(
+                    config,
+                    WorkerConfig::default(),
+                    "{file}: this block and the defaults disagree:\n{body}"
+                );
+                configs += 1;
+            }
+        }
+        assert!(
+            configs >= 2,
+            "the configuration reference is in docs/: {blocks:?}"
         );
     }
 

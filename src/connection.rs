@@ -203,6 +203,58 @@ fn readable(path: &Path) -> Result<(), ConnectionError> {
         })
 }
 
+/// Why a connection failed, said once: the innermost cause of `error` (async-nats wraps an
+/// I/O error and repeats it in its own message).
+pub fn cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
+}
+
+/// A server URL (or comma-separated list) as messages show it: without a user name or
+/// password written into it.
+pub fn shown(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+            let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            if scheme.is_empty() {
+                rest.to_string()
+            } else {
+                format!("{scheme}://{rest}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Checks that the server `client` is connected to can serve `what` (hot reload, durable
+/// jobs): nats-server 2.10 or newer (the JetStream Key-Value API) with JetStream on. Otherwise
+/// the one sentence a user needs: which server, its version, and the fix.
+pub fn require_jetstream(client: &async_nats::Client, what: &str) -> Result<(), String> {
+    let info = client.server_info();
+    let server = format!("the NATS server at {}:{}", info.host, info.port);
+    let fix = "start `mofa worker --dev` (it runs a current server that every mofa command then \
+               finds), or run nats-server 2.10 or newer with `-js`";
+    let version = crate::nats_server::Version::parse(&info.version);
+    if !version.is_some_and(crate::nats_server::Version::has_kv) {
+        return Err(format!(
+            "{server} is nats-server {}, older than the 2.10 {what} needs: {fix}",
+            info.version
+        ));
+    }
+    if !info.jetstream {
+        return Err(format!(
+            "{server} (nats-server {}) runs without JetStream, which {what} needs: {fix}",
+            info.version
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

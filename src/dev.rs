@@ -5,7 +5,9 @@
 //! off, the worker starts a current `nats-server -js` ([`crate::nats_server::current`], installed
 //! once if need be) for as long as it runs, and writes its URL to a runtime file, so that
 //! `mofa exec`, `publish` and the other verbs find it when neither `--nats` nor `MOFA_NATS_URL`
-//! is given. The file is ignored once that server stops answering.
+//! is given. The file is ignored once that server stops answering. The server's store lives in
+//! the worker's data directory, and the server comes back on the same URL when the worker
+//! restarts, so published revisions, history, canaries and jobs survive a restart.
 
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -86,8 +88,11 @@ pub enum DevError {
     Io(#[from] std::io::Error),
 }
 
-/// A `nats-server -js` started for a `--dev` worker. Dropping it stops the server, removes its
-/// JetStream directory and, if it still names this server, the runtime file.
+/// A `nats-server -js` started for a `--dev` worker. Its JetStream store lives in the worker's
+/// data directory ([`store_dir`]) and its port is remembered there, so after a restart the
+/// server comes back on the same URL with every revision, canary and job it held. Dropping it
+/// stops the server and, if it still names this server, removes the runtime file; the store
+/// stays (see [`wipe`]).
 pub struct DevServer {
     child: Child,
     url: String,
@@ -98,16 +103,23 @@ pub struct DevServer {
 }
 
 impl DevServer {
-    /// Starts the current nats-server with JetStream on `host:port` (`port` 0: a free port),
-    /// installing it first if the machine has none.
-    pub async fn start(host: &str, port: u16) -> Result<DevServer, DevError> {
+    /// Starts the current nats-server with JetStream on `host:port` (`port` 0: the port
+    /// remembered in `store` if it is free, else a free one), its JetStream store in `store`,
+    /// installing the server first if the machine has none.
+    pub async fn start(host: &str, port: u16, store: &Path) -> Result<DevServer, DevError> {
         let (binary, version) = tokio::task::spawn_blocking(nats_server::current)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
-        let port = if port == 0 { free_port(host)? } else { port };
-        let store =
-            std::env::temp_dir().join(format!("mofa-dev-nats-{}-{}", std::process::id(), port));
+        let port = match port {
+            0 => match remembered_port(store).filter(|port| is_free(host, *port)) {
+                Some(port) => port,
+                None => free_port(host)?,
+            },
+            port => port,
+        };
+        let store = store.to_path_buf();
         std::fs::create_dir_all(&store)?;
+        std::fs::write(store.join(PORT_FILE), port.to_string())?;
         let mut command = Command::new(&binary);
         command
             .args(["-a", host, "-p", &port.to_string(), "-js", "-sd"])
@@ -161,6 +173,11 @@ impl DevServer {
         &self.binary
     }
 
+    /// Its JetStream store.
+    pub fn store(&self) -> &Path {
+        &self.store
+    }
+
     /// Records this server in the runtime file, for the other `mofa` verbs.
     pub fn advertise(&mut self, file: &Path) -> std::io::Result<()> {
         let record = RuntimeRecord {
@@ -186,7 +203,11 @@ impl Drop for DevServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.store);
+        tracing::info!(
+            "stopped nats-server at {}; its store stays in {} for the next `mofa worker --dev` (`--fresh` empties it)",
+            self.url,
+            self.store.display()
+        );
         if let Some(file) = &self.runtime_file {
             if read_record(file).is_some_and(|r| r.url == self.url) {
                 let _ = std::fs::remove_file(file);
@@ -230,9 +251,33 @@ pub fn advertised_url(file: &Path) -> Option<String> {
 /// The URL a command connects to: the one given (`--nats`, `MOFA_NATS_URL` or a config file),
 /// else a live `--dev` server's, else [`crate::config::DEFAULT_NATS_URL`].
 pub fn resolve_url(given: Option<String>) -> String {
-    given
-        .or_else(|| advertised_url(&runtime_file()))
-        .unwrap_or_else(|| crate::config::DEFAULT_NATS_URL.to_string())
+    resolve(given).0
+}
+
+/// Where a command's server URL came from, for messages about that server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UrlOrigin {
+    /// Given by the user (a flag, the environment or a config file).
+    Given,
+    /// The live `--dev` server recorded in this runtime file.
+    DevServer(PathBuf),
+    /// Nothing given and no live `--dev` server recorded in this runtime file: the default.
+    Default(PathBuf),
+}
+
+/// [`resolve_url`], and where the URL came from.
+pub fn resolve(given: Option<String>) -> (String, UrlOrigin) {
+    if let Some(url) = given {
+        return (url, UrlOrigin::Given);
+    }
+    let file = runtime_file();
+    match advertised_url(&file) {
+        Some(url) => (url, UrlOrigin::DevServer(file)),
+        None => (
+            crate::config::DEFAULT_NATS_URL.to_string(),
+            UrlOrigin::Default(file),
+        ),
+    }
 }
 
 /// Host and port of the first server in a NATS URL list (`nats://user:pw@host:port,...`).
@@ -246,6 +291,38 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
         None if !rest.is_empty() => Some((rest.to_string(), 4222)),
         None => None,
     }
+}
+
+/// The file in a dev server's store that remembers its port.
+const PORT_FILE: &str = "port";
+
+/// Where a `--dev` worker keeps its server's JetStream store: `dev-nats/` in its data
+/// directory.
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("dev-nats")
+}
+
+/// The port the dev server whose store is `store` last listened on.
+fn remembered_port(store: &Path) -> Option<u16> {
+    std::fs::read_to_string(store.join(PORT_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Empties a dev server's store (`mofa worker --dev --fresh`): every revision, history,
+/// canary and job it held is gone. Whether there was one.
+pub fn wipe(store: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_dir_all(store) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_free(host: &str, port: u16) -> bool {
+    TcpListener::bind((host, port)).is_ok()
 }
 
 fn free_port(host: &str) -> std::io::Result<u16> {

@@ -90,7 +90,9 @@ pub static KINDS: [Kind; 2] = [
 fn build_rhai(code: Code, runtimes: Runtimes) -> Result<Arc<dyn AgentPlugin>, PluginError> {
     let source = String::from_utf8(code.body)
         .map_err(|_| PluginError::Load(format!("{}: script is not UTF-8", code.origin)))?;
-    let entry = runtimes.engine.compile(&code.name, &source)?;
+    let entry = runtimes
+        .engine
+        .compile_as(&code.name, &source, &code.origin)?;
     let mut plugin = RhaiPlugin::new(&code.name, source, runtimes.engine)
         .with_state(runtimes.state)
         .with_description(format!("Rhai script {}", code.origin))
@@ -126,6 +128,19 @@ fn build_wasm(code: Code, runtimes: Runtimes) -> Result<Arc<dyn AgentPlugin>, Pl
         plugin = plugin.with_version(version);
     }
     Ok(Arc::new(plugin))
+}
+
+/// Checks that code keyed `name` in the plugins bucket built a plugin served as `name`: `mofa
+/// publish` keys a tool by its tool name, so a record whose plugin names itself otherwise was
+/// not made by it.
+pub fn check_built_name(name: &str, built: &str) -> Result<(), PluginError> {
+    if built == name {
+        return Ok(());
+    }
+    Err(PluginError::Load(format!(
+        "bucket key {name:?} holds a plugin named {built:?}; `mofa publish` keys a tool by its \
+         tool name"
+    )))
 }
 
 /// The kind of `kind`, if plugins of that kind arrive as code.

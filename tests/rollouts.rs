@@ -139,7 +139,7 @@ fn mofa_test_passes_every_shipped_case_and_fails_on_a_wrong_one() {
         text(&shipped.stderr)
     );
     assert!(
-        stdout.contains("0 plugin(s) failed; 0 plugin(s) without cases"),
+        stdout.contains("0 plugin(s) failed; 0 plugin(s) built but have no cases"),
         "every example plugin has cases: {stdout}"
     );
     assert!(!stdout.contains("FAIL"), "{stdout}");

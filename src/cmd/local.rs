@@ -1,6 +1,7 @@
 //! `mofa run FILE [JSON]` and `mofa test [PATH…]`: plugin files run locally in the worker's
-//! sandbox and limits, with no bus (see [`mofa_bus::local`]); `mofa publish` runs the same
-//! cases through [`check`] before a revision leaves the machine.
+//! sandbox and limits, with no bus (see [`mofa_bus::local`]); `mofa publish` and `mofa watch`
+//! build each plugin and run the same cases through [`check`] before a revision leaves the
+//! machine.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,18 +49,34 @@ pub(crate) async fn run(
     }
 }
 
-/// What a plugin's cases said.
+/// What building a plugin and running its cases said.
 pub(crate) enum Checked {
-    /// No case file beside the code.
+    /// It builds; no case file beside the code.
     NoCases,
-    /// Every case passed: how many.
+    /// It builds and every case passed: how many.
     Passed(u32),
-    /// A case failed, or the case file or the plugin is broken (reported already).
+    /// It does not build, a case failed, or the case file is broken (reported already).
     Failed,
 }
 
-/// Runs the cases beside `code` (if any) under `config`, writing one line per case to `out`.
-pub(crate) async fn check(code: &Path, config: &WorkerConfig, out: &mut impl Write) -> Checked {
+/// Builds the plugin in `code` as a worker would (see [`LocalRunner::verify`]), then runs the
+/// cases beside it (if any) under `config`, writing one line per case to `out`. A plugin that
+/// does not build fails whatever its cases.
+pub(crate) async fn check(
+    code: &Path,
+    runner: &LocalRunner,
+    config: &WorkerConfig,
+    out: &mut impl Write,
+) -> Checked {
+    if let Err(e) = runner.verify(code).await {
+        let _ = writeln!(
+            out,
+            "{}\n  FAIL  does not build: {}",
+            code.display(),
+            build_error(&e)
+        );
+        return Checked::Failed;
+    }
     let (case_path, outcomes) = match cases::run_beside(code, config).await {
         Ok(Some(ran)) => ran,
         Ok(None) => return Checked::NoCases,
@@ -91,6 +108,21 @@ pub(crate) async fn check(code: &Path, config: &WorkerConfig, out: &mut impl Wri
     } else {
         Checked::Failed
     }
+}
+
+/// Why a plugin does not build, said once (`bad.rhai:2:18: Unexpected ';'`, without the
+/// error kind's own prefix).
+pub(crate) fn build_error(error: &mofa_bus::plugin::PluginError) -> String {
+    match error {
+        mofa_bus::plugin::PluginError::Load(why) => why.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A runner that builds plugins under `config`'s limits, for checks (no native plugins: a
+/// build never calls one).
+pub(crate) async fn checker(config: &WorkerConfig) -> anyhow::Result<LocalRunner> {
+    Ok(LocalRunner::new(config, Vec::new()).await?)
 }
 
 /// `mofa test`.
@@ -127,8 +159,9 @@ pub(crate) async fn test(
     }
     let (mut passed, mut failed, mut without) = (0, 0, Vec::new());
     let mut out = std::io::stdout();
+    let runner = checker(&config).await?;
     for code in &code_files {
-        match check(code, &config, &mut out).await {
+        match check(code, &runner, &config, &mut out).await {
             Checked::NoCases => without.push(code.display().to_string()),
             Checked::Passed(n) => passed += n,
             Checked::Failed => failed += 1,
@@ -138,7 +171,7 @@ pub(crate) async fn test(
         println!("no cases: {}", without.join(", "));
     }
     println!(
-        "{passed} cases passed; {failed} plugin(s) failed; {} plugin(s) without cases",
+        "{passed} cases passed; {failed} plugin(s) failed; {} plugin(s) built but have no cases",
         without.len()
     );
     Ok(if failed == 0 {

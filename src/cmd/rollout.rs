@@ -13,8 +13,8 @@ use mofa_bus::revisions::Comparison;
 use mofa_bus::subjects;
 use mofa_bus::wire::ResultEvent;
 
+use super::connect::{BucketArgs, Nats};
 use super::local::{self, Checked};
-use crate::{BucketArgs, Nats};
 
 /// `mofa publish`'s choices beside the files and the bucket.
 #[derive(clap::Args, Debug)]
@@ -37,7 +37,7 @@ pub(crate) struct PublishOptions {
     #[arg(long, default_value_t = 20, requires = "max_error_rate")]
     min_requests: u64,
     /// Publish without running the plugin's test cases (FILE.test.toml); the record says
-    /// it was not tested.
+    /// it was not tested. The plugin is still built as a worker would build it.
     #[arg(long)]
     no_test: bool,
     /// The worker configuration whose limits the test cases run under.
@@ -62,53 +62,21 @@ impl PublishOptions {
     }
 }
 
-/// `mofa publish`: every file's test cases run first; if any fails, nothing is published.
+/// `mofa publish`: every file is built as a worker would build it, and its test cases run,
+/// before anything is published; if one fails, nothing is.
 pub(crate) async fn publish(
     bucket: BucketArgs,
     files: &[PathBuf],
     options: PublishOptions,
 ) -> anyhow::Result<ExitCode> {
     let canary = options.canary()?;
-    let mut tested = Vec::with_capacity(files.len());
-    if options.no_test {
-        tested.resize(
-            files.len(),
-            Some(TestsRun {
-                passed: 0,
-                skipped: true,
-            }),
-        );
-    } else {
-        let config = match &options.config {
-            Some(path) => WorkerConfig::from_file(path)?,
-            None => WorkerConfig::default(),
-        };
-        let mut failed = Vec::new();
-        for file in files {
-            match local::check(file, &config, &mut std::io::stderr()).await {
-                Checked::NoCases => {
-                    eprintln!(
-                        "warning: {} has no test cases (write {}); publishing it untested",
-                        file.display(),
-                        mofa_bus::kinds::case_file_for(file).display()
-                    );
-                    tested.push(None);
-                }
-                Checked::Passed(passed) => tested.push(Some(TestsRun {
-                    passed,
-                    skipped: false,
-                })),
-                Checked::Failed => failed.push(file.display().to_string()),
-            }
-        }
-        if !failed.is_empty() {
-            eprintln!(
-                "error: nothing published: test cases failed for {} (fix the plugin or its cases, or publish with --no-test)",
-                failed.join(", ")
-            );
-            return Ok(ExitCode::from(1));
-        }
-    }
+    let config = match &options.config {
+        Some(path) => WorkerConfig::from_file(path)?,
+        None => WorkerConfig::default(),
+    };
+    let Some(tested) = checked(files, &config, options.no_test).await? else {
+        return Ok(ExitCode::from(1));
+    };
     let distribution = bucket.open().await?;
     let env = in_env(&distribution);
     for (file, tests) in files.iter().zip(tested) {
@@ -133,6 +101,65 @@ pub(crate) async fn publish(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds every file as a worker would and (unless `no_test`) runs its test cases: what each
+/// record says of its cases, or `None` (reported on stderr) when a file does not build or a
+/// case failed.
+async fn checked(
+    files: &[PathBuf],
+    config: &WorkerConfig,
+    no_test: bool,
+) -> anyhow::Result<Option<Vec<Option<TestsRun>>>> {
+    let runner = local::checker(config).await?;
+    let mut broken = Vec::new();
+    for file in files {
+        if let Err(e) = runner.verify(file).await {
+            eprintln!("error: {}", local::build_error(&e));
+            broken.push(file.display().to_string());
+        }
+    }
+    if !broken.is_empty() {
+        eprintln!(
+            "error: nothing published: {} would not load on a worker (fix it and publish again)",
+            broken.join(", ")
+        );
+        return Ok(None);
+    }
+    if no_test {
+        let skipped = TestsRun {
+            passed: 0,
+            skipped: true,
+        };
+        return Ok(Some(vec![Some(skipped); files.len()]));
+    }
+    let mut tested = Vec::with_capacity(files.len());
+    let mut failed = Vec::new();
+    for file in files {
+        match local::check(file, &runner, config, &mut std::io::stderr()).await {
+            Checked::NoCases => {
+                eprintln!(
+                    "warning: {} has no test cases (write {}); publishing it untested",
+                    file.display(),
+                    mofa_bus::kinds::case_file_for(file).display()
+                );
+                tested.push(None);
+            }
+            Checked::Passed(passed) => tested.push(Some(TestsRun {
+                passed,
+                skipped: false,
+            })),
+            Checked::Failed => failed.push(file.display().to_string()),
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!(
+            "error: nothing published: test cases failed for {} (fix the plugin or its cases, or publish with --no-test)",
+            failed.join(", ")
+        );
+        return Ok(None);
+    }
+    Ok(Some(tested))
 }
 
 /// ` in ENV` outside production, for messages.
@@ -173,6 +200,15 @@ pub(crate) async fn promote(
             }
             let source = bucket_of(&client, &from).await?;
             let target = bucket_of(&client, &to).await?;
+            if let Some((revision, record)) = source.current(plugin).await? {
+                if let Err(e) = builds(&source, plugin, revision, &record).await {
+                    eprintln!("error: {e}");
+                    eprintln!(
+                        "error: nothing promoted: revision {revision} of {plugin} in {from} would not load on a worker"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
             let (revision, copied) = target.promote_from(&source, plugin).await?;
             println!(
                 "promoted {plugin} revision {copied} of {from} to {to} as revision {revision}"
@@ -180,6 +216,30 @@ pub(crate) async fn promote(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Builds `record` (revision `revision` of `name`) as a worker would, under the default limits.
+async fn builds(
+    bucket: &Distribution,
+    name: &str,
+    revision: u64,
+    record: &mofa_bus::distribution::PluginRecord,
+) -> anyhow::Result<()> {
+    let kind = mofa_bus::kinds::of(record.kind)
+        .ok_or_else(|| anyhow::anyhow!("{name}: {} plugins are not distributed", record.kind))?;
+    let code = mofa_bus::kinds::Code {
+        name: name.to_string(),
+        body: bucket.code(record).await?,
+        sidecar: record.manifest.clone(),
+        version: Some(record.version.clone()),
+        origin: format!("{name}.{} (revision {revision})", kind.extension),
+    };
+    let runner = local::checker(&WorkerConfig::default()).await?;
+    runner
+        .verify_code(kind, code)
+        .await
+        .map_err(|e| anyhow::anyhow!(local::build_error(&e)))?;
+    Ok(())
 }
 
 /// `mofa canary`: what the bucket says, then the result events of `watch_for`, by revision.

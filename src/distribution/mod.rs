@@ -6,13 +6,12 @@
 //! bucket `mofa_modules`, named by their SHA-256, with a pointer in the record. Workers read
 //! every current value at start and then follow updates (see `worker::follower`); this module
 //! holds the record format, the publishing side ([`Distribution`]: publish, rollback,
-//! remove, history), the reload events and the `mofa watch` directory watcher.
+//! remove, history) and the reload events.
 
 mod events;
 mod record;
 pub mod signature;
 mod store;
-pub mod watch;
 
 pub use events::{ReloadEvent, ReloadStatus};
 pub use record::{Canary, PluginRecord, Revision, TestsRun, INLINE_LIMIT};

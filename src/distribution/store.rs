@@ -34,6 +34,20 @@ pub enum DistributionError {
     /// A bucket operation failed.
     #[error("{0}")]
     Operation(String),
+    /// The plugin has no revision in the bucket (never published, or removed) for an
+    /// operation that needs one.
+    #[error("{plugin} is not published in the {bucket} bucket: nothing to {action} (`mofa publish FILE` publishes a plugin; `mofa plugins` lists what the workers serve)")]
+    NotPublished {
+        /// The plugin.
+        plugin: String,
+        /// The bucket.
+        bucket: String,
+        /// What was asked: `remove`, `roll back`, `list`.
+        action: &'static str,
+    },
+    /// The server cannot hold buckets (too old, or JetStream off): which, and the fix.
+    #[error("{0}")]
+    Server(String),
 }
 
 fn op(context: &str) -> impl Fn(String) -> DistributionError + '_ {
@@ -87,6 +101,8 @@ impl Distribution {
         client: async_nats::Client,
         config: &ReloadConfig,
     ) -> Result<Distribution, DistributionError> {
+        crate::connection::require_jetstream(&client, "hot reload")
+            .map_err(DistributionError::Server)?;
         let js = jetstream::new(client);
         let bucket_error = |bucket: &str, e: String| DistributionError::Bucket {
             bucket: bucket.to_string(),
@@ -318,6 +334,9 @@ impl Distribution {
             }
         }
         let history = self.history(name).await?;
+        if history.is_empty() {
+            return Err(self.not_published(name, "roll back"));
+        }
         let puts: Vec<(u64, PluginRecord)> = history
             .into_iter()
             .filter_map(|(rev, stored)| match stored {
@@ -343,7 +362,7 @@ impl Distribution {
                 let mut previous = puts.iter().rev().skip(1);
                 previous.next().cloned().ok_or_else(|| {
                     DistributionError::Operation(format!(
-                        "{name} has no earlier revision to roll back to"
+                        "{name} has one stored revision: nothing to roll back to (`mofa history {name}`)"
                     ))
                 })?
             }
@@ -471,8 +490,21 @@ impl Distribution {
             .map_err(|e| DistributionError::Operation(format!("publish {name}: {e}")))
     }
 
-    /// Deletes `name`: every worker removes its endpoint.
+    /// The error for an `action` on `name`, which the bucket does not hold.
+    pub fn not_published(&self, name: &str, action: &'static str) -> DistributionError {
+        DistributionError::NotPublished {
+            plugin: name.to_string(),
+            bucket: self.kv.name.clone(),
+            action,
+        }
+    }
+
+    /// Deletes `name`: every worker removes its endpoint. A plugin the bucket does not hold
+    /// is an error: nothing was removed.
     pub async fn remove(&self, name: &str) -> Result<(), DistributionError> {
+        if self.current(name).await?.is_none() {
+            return Err(self.not_published(name, "remove"));
+        }
         self.kv
             .delete(name)
             .await

@@ -170,6 +170,9 @@ pub enum JobsError {
     /// A stream or bucket operation failed.
     #[error("{0}")]
     Operation(String),
+    /// The server cannot hold the streams (too old, or JetStream off): which, and the fix.
+    #[error("{0}")]
+    Server(String),
 }
 
 fn op(context: &'static str) -> impl Fn(String) -> JobsError {
@@ -211,11 +214,12 @@ impl Jobs {
     /// Opens both streams and the results bucket, creating what does not exist yet with
     /// `config`'s settings.
     pub async fn open(client: async_nats::Client, config: &JobsConfig) -> Result<Jobs, JobsError> {
-        let js = jetstream::new(client.clone());
         let unavailable = |what: &str, e: String| JobsError::Unavailable {
             what: what.to_string(),
             message: e,
         };
+        crate::connection::require_jetstream(&client, "durable jobs").map_err(JobsError::Server)?;
+        let js = jetstream::new(client.clone());
         js.get_or_create_stream(stream::Config {
             name: JOBS_STREAM.into(),
             description: Some("mofa-bus durable jobs: one subject per plugin, mofa.jobs.<plugin>; removed once run".into()),

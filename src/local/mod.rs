@@ -67,6 +67,60 @@ impl LocalRunner {
     /// and starts it. It replaces an earlier plugin of the same name.
     pub async fn load(&self, path: &Path) -> Result<Arc<ManagedPlugin>, PluginError> {
         let (kind, code) = kinds::read(path)?;
+        let managed = self.start(kind, code).await?;
+        self.manager.adopt(managed.clone());
+        Ok(managed)
+    }
+
+    /// Builds the plugin in `path` exactly as every worker will build the revision `mofa
+    /// publish` makes of it: under the name it is served as (a tool's name), with the kind's
+    /// build (a script compiled and its top level run, a module compiled against its manifest's
+    /// grants and this runner's limits), the name check and the start. The served name, or why
+    /// a worker would reject it; nothing is kept.
+    ///
+    /// ```no_run
+    /// # async fn check() -> Result<(), Box<dyn std::error::Error>> {
+    /// use mofa_bus::config::WorkerConfig;
+    /// use mofa_bus::local::LocalRunner;
+    ///
+    /// let runner = LocalRunner::new(&WorkerConfig::default(), Vec::new()).await?;
+    /// let name = runner.verify(std::path::Path::new("plugins/discount.rhai")).await?;
+    /// println!("{name} builds as a worker would build it");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn verify(&self, path: &Path) -> Result<String, PluginError> {
+        let (kind, mut code) = kinds::read(path)?;
+        code.name = tokio::task::spawn_blocking({
+            let code = code.clone();
+            move || (kind.served_name)(&code)
+        })
+        .await
+        .map_err(|e| PluginError::Load(format!("build task failed: {e}")))?;
+        self.verify_code(kind, code).await
+    }
+
+    /// [`verify`](Self::verify) for code already named as it is served (a bucket record's).
+    pub async fn verify_code(
+        &self,
+        kind: &'static kinds::Kind,
+        code: kinds::Code,
+    ) -> Result<String, PluginError> {
+        let name = code.name.clone();
+        let managed = self.start(kind, code).await?;
+        kinds::check_built_name(&name, managed.id())?;
+        let _ = managed.transition(crate::plugin::Lifecycle::Stop).await;
+        let _ = managed.transition(crate::plugin::Lifecycle::Unload).await;
+        Ok(name)
+    }
+
+    /// Builds `code` off the async threads (a script's top level runs while it builds) and
+    /// starts it.
+    async fn start(
+        &self,
+        kind: &'static kinds::Kind,
+        code: kinds::Code,
+    ) -> Result<Arc<ManagedPlugin>, PluginError> {
         let runtimes = kinds::Runtimes {
             engine: self.engine.clone(),
             wasm: self.wasm.clone(),
@@ -77,7 +131,6 @@ impl LocalRunner {
             .map_err(|e| PluginError::Load(format!("build task failed: {e}")))??;
         let managed = Arc::new(ManagedPlugin::new(plugin));
         managed.activate().await?;
-        self.manager.adopt(managed.clone());
         Ok(managed)
     }
 

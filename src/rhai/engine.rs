@@ -379,11 +379,24 @@ impl ScriptEngine {
     /// - a rule set: the top level defines a `rules` array (see [`super::rules`]);
     /// - the function the top level names in its last statement (the seed form);
     /// - the script's only function.
+    ///
+    /// A syntax error reads `NAME:LINE:COLUMN: what`, the form editors and terminals link.
     pub fn compile(&self, name: &str, source: &str) -> Result<Entry, PluginError> {
+        self.compile_as(name, source, name)
+    }
+
+    /// [`compile`](Self::compile), its syntax errors naming `shown_as` (the file the script came
+    /// from) instead of the plugin name.
+    pub fn compile_as(
+        &self,
+        name: &str,
+        source: &str,
+        shown_as: &str,
+    ) -> Result<Entry, PluginError> {
         let mut ast = self
             .engine
             .compile(source)
-            .map_err(|e| PluginError::Load(format!("{name}: {e}")))?;
+            .map_err(|e| PluginError::Load(syntax_error(shown_as, &e)))?;
         ast.set_source(name);
         let functions: Vec<(String, Vec<String>)> = ast
             .iter_functions()
@@ -648,6 +661,17 @@ fn thrown(value: &Dynamic) -> PluginError {
         };
     }
     PluginError::Failed(value.to_string())
+}
+
+/// `FILE:LINE:COLUMN: what` for a script that does not parse (`FILE: what` when Rhai gives no
+/// position).
+fn syntax_error(shown_as: &str, error: &rhai::ParseError) -> String {
+    let position = error.position();
+    match (position.line(), position.position()) {
+        (Some(line), Some(column)) => format!("{shown_as}:{line}:{column}: {}", error.err_type()),
+        (Some(line), None) => format!("{shown_as}:{line}: {}", error.err_type()),
+        _ => format!("{shown_as}: {}", error.err_type()),
+    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,13 @@ fn signal_endpoint(signal: &str, config: &TelemetryConfig, path: &str) -> Option
     (!base.is_empty()).then(|| Some(format!("{base}{path}")))
 }
 
+/// Whether text logs are coloured: only on a terminal, and never with `NO_COLOR` set to
+/// anything (<https://no-color.org>).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global `tracing` subscriber (logs to stderr, and spans to OTLP when an
 /// endpoint is set) and the global meter provider. Errors building an exporter are logged and
 /// leave that signal off: a worker serves without telemetry rather than not at all.
@@ -193,6 +200,7 @@ pub fn init(setup: Setup<'_>) -> Telemetry {
     };
     let logs = match setup.format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(colour())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()

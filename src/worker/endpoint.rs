@@ -295,8 +295,22 @@ impl Endpoint {
             tracing::warn!(plugin = %self.name, error = %e, "drain failed");
             return;
         }
-        while let Some(message) = requests.next().await {
-            self.admit(message, &tracker).await;
+        // The subscription ends when the server confirms the unsubscription. Without a server
+        // nothing more arrives: take what is here already and stop.
+        loop {
+            let message = tokio::select! {
+                message = requests.next() => message,
+                () = super::shutdown::disconnected(&self.client) => {
+                    while let Some(Some(message)) = requests.next().now_or_never() {
+                        self.admit(message, &tracker).await;
+                    }
+                    break;
+                }
+            };
+            match message {
+                Some(message) => self.admit(message, &tracker).await,
+                None => break,
+            }
         }
         tracing::debug!(plugin = %self.name, "endpoint drained");
     }

@@ -38,16 +38,16 @@ const WATCH_ATTEMPT: Duration = Duration::from_secs(1);
 const OPEN_RETRY: Duration = Duration::from_secs(2);
 
 /// Opens the bucket, applies its current contents, and spawns the follower. Without
-/// JetStream the worker serves its local plugins only (logged). With JetStream but no bucket
+/// JetStream (or on a server older than 2.10) the worker serves its local plugins only (logged). With JetStream but no bucket
 /// it may open (a least-privilege worker may not create it, and no publisher has yet), the
 /// worker serves its local plugins and tries again every few seconds in the background.
 pub(crate) async fn start(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
+    if let Err(why) = crate::connection::require_jetstream(&shared.client, "hot reload") {
+        tracing::warn!("{why}; serving local plugins only, hot reload over the bus is off");
+        return None;
+    }
     let (distribution, mut watch) = match open(&shared).await {
         Ok(opened) => opened,
-        Err(e) if !shared.client.server_info().jetstream => {
-            tracing::warn!(error = %e, "the NATS server has no JetStream: hot reload over the bus is off");
-            return None;
-        }
         Err(e) => {
             tracing::warn!(
                 error = %e,
@@ -453,20 +453,15 @@ impl Follower {
             body,
             sidecar: record.manifest.clone(),
             version: Some(record.version.clone()),
-            origin: format!("{name} ({} from the plugins bucket)", record.kind),
+            // Messages read `discount.rhai:3:7: ...`: the file the revision was published from.
+            origin: format!("{name}.{}", kind.extension),
         };
         let runtimes = self.shared.runtimes(name);
         let plugin = tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
             .await
             .unwrap_or_else(|e| Err(PluginError::Load(format!("build task failed: {e}"))))
             .map_err(fatal)?;
-        if plugin.metadata().id != name {
-            return Err(fatal(PluginError::Load(format!(
-                "bucket key {name:?} holds a plugin named {:?}; `mofa publish` keys a tool by its \
-                 tool name",
-                plugin.metadata().id
-            ))));
-        }
+        kinds::check_built_name(name, &plugin.metadata().id).map_err(fatal)?;
         let managed = Arc::new(ManagedPlugin::new(plugin));
         managed.activate().await.map_err(fatal)?;
         Ok(managed)

@@ -80,12 +80,12 @@ pub enum WorkerError {
     #[error(transparent)]
     Connection(#[from] crate::connection::ConnectionError),
     /// No NATS server answered.
-    #[error("cannot connect to NATS at {url}: {source} (start one with `nats-server -js`, or run `mofa worker --dev`)")]
+    #[error("cannot connect to NATS at {url}: {cause} (start one with `nats-server -js`, or run `mofa worker --dev`)")]
     Connect {
-        /// The URL tried.
+        /// The URL tried (without credentials).
         url: String,
-        /// The connection error.
-        source: async_nats::ConnectError,
+        /// Why, said once.
+        cause: String,
     },
     /// A subscription could not be made.
     #[error("cannot subscribe to {subject}: {source}")]
@@ -355,6 +355,8 @@ impl Worker {
         let (reconnects_tx, reconnects) = watch::channel(0u64);
         let reconnects_tx = Arc::new(reconnects_tx);
         let servers = crate::connection::servers(&config.nats_url)?;
+        let url: Arc<str> = crate::connection::shown(&config.nats_url).into();
+        let announced = url.clone();
         let client = config
             .nats
             .options()
@@ -365,6 +367,7 @@ impl Worker {
             .subscription_capacity(SUBSCRIPTION_CAPACITY)
             .event_callback(move |event| {
                 let reconnects = reconnects_tx.clone();
+                let url = announced.clone();
                 async move {
                     match event {
                         // Messages dropped before admission: their callers will time out.
@@ -372,9 +375,11 @@ impl Worker {
                             subscription = sid,
                             "slow consumer: NATS messages were dropped before admission"
                         ),
-                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("lost the connection to NATS at {url}; reconnecting")
+                        }
                         async_nats::Event::Connected => {
-                            tracing::info!("connected to NATS");
+                            tracing::info!("connected to NATS at {url}");
                             reconnects.send_modify(|n| *n += 1);
                         }
                         // Permission violations and the like: the server refused something.
@@ -387,9 +392,9 @@ impl Worker {
             })
             .connect(servers.as_slice())
             .await
-            .map_err(|source| WorkerError::Connect {
-                url: config.nats_url.clone(),
-                source,
+            .map_err(|e| WorkerError::Connect {
+                url: url.to_string(),
+                cause: crate::connection::cause(&e),
             })?;
 
         let manager = Arc::new(PluginManager::new());
@@ -586,6 +591,8 @@ impl Worker {
         let shared = self.shared;
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         tracing::info!(worker = %shared.id, "draining");
+        // Requests still running or not yet answered: they need the connection back.
+        let busy = !shared.tracker.is_empty();
         let _ = self.shutdown.send(true);
         if let Some(follower) = self.follower {
             follower.abort();
@@ -609,11 +616,15 @@ impl Worker {
             }
         }
         // The server has taken every unsubscription in before the worker says it has stopped
-        // serving: a request sent after that goes to another worker.
-        if tokio::time::timeout_at(deadline, round_trip(&shared.client))
-            .await
-            .is_err()
-        {
+        // serving: a request sent after that goes to another worker. Without a server there is
+        // no one to ask, and nothing is routed here: stop waiting once the connection is lost.
+        let confirmed = async {
+            tokio::select! {
+                _ = round_trip(&shared.client) => {}
+                () = shutdown::disconnected(&shared.client) => {}
+            }
+        };
+        if tokio::time::timeout_at(deadline, confirmed).await.is_err() {
             late.get_or_insert("unsubscribing the endpoints");
         }
         let service = self.service.abort_handle();
@@ -623,6 +634,7 @@ impl Worker {
         {
             service.abort();
         }
+        let busy = busy || !shared.tracker.is_empty();
         shared.tracker.close();
         if tokio::time::timeout_at(deadline, shared.tracker.wait())
             .await
@@ -643,11 +655,14 @@ impl Worker {
         {
             late.get_or_insert("stopping the plugins");
         }
-        let flushed = match tokio::time::timeout_at(deadline, shared.client.flush()).await {
-            Ok(flushed) => flushed.map_err(|e| WorkerError::Flush(e.to_string())),
-            Err(_) => {
-                late.get_or_insert("flushing replies and events to NATS");
-                Ok(())
+        // Replies and events go out before the worker exits. With nothing answered during
+        // the drain, a lost server leaves nothing to wait for.
+        let flushed = if busy {
+            flush(&shared.client, deadline, &mut late).await
+        } else {
+            tokio::select! {
+                flushed = flush(&shared.client, deadline, &mut late) => flushed,
+                () = shutdown::disconnected(&shared.client) => Ok(()),
             }
         };
         if let Some(stage) = late {
@@ -665,6 +680,21 @@ impl Worker {
     }
 }
 
+/// Flushes `client` by `deadline`; past it, notes the stage in `late`.
+async fn flush(
+    client: &Client,
+    deadline: tokio::time::Instant,
+    late: &mut Option<&'static str>,
+) -> Result<(), WorkerError> {
+    match tokio::time::timeout_at(deadline, client.flush()).await {
+        Ok(flushed) => flushed.map_err(|e| WorkerError::Flush(e.to_string())),
+        Err(_) => {
+            late.get_or_insert("flushing replies and events to NATS");
+            Ok(())
+        }
+    }
+}
+
 /// The durable jobs streams. With JetStream on, an attempt that fails (workers of a fresh
 /// cluster all creating the streams at once can time one out) is tried twice more.
 async fn open_jobs(
@@ -675,6 +705,10 @@ async fn open_jobs(
     for attempt in 1..=attempts {
         match crate::jobs::Jobs::open(client.clone(), config).await {
             Ok(jobs) => return Some(Arc::new(jobs)),
+            Err(crate::jobs::JobsError::Server(why)) => {
+                tracing::warn!("{why}; durable jobs (mofa.jobs.<plugin>) are not served");
+                return None;
+            }
             Err(e) if attempt == attempts => {
                 tracing::warn!(error = %e, "durable jobs (mofa.jobs.<plugin>) not served");
             }

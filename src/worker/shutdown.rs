@@ -64,3 +64,14 @@ impl Signals {
 pub fn signal() -> impl std::future::Future<Output = ()> {
     Signals::listen().first()
 }
+
+/// Resolves once `client` is not connected to a server (at once if it is not now): a drain
+/// that waits for the server (an unsubscription's confirmation, a flush) stops waiting then,
+/// since nothing more can arrive or leave. Polled every 20 ms: async-nats tells of state
+/// changes only through the connection's event callback, which logging owns, and this runs
+/// only while a worker stops.
+pub(crate) async fn disconnected(client: &async_nats::Client) {
+    while client.connection_state() == async_nats::connection::State::Connected {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -561,7 +561,21 @@ async fn metrics_arrive_with_the_counts_and_mofa_stats_shows_the_reload_success_
         .expect("subscribed");
     client.flush().await.expect("flushed");
     publish("fn execute(input) { input }");
-    publish("fn execute(input) { input +* }");
+    // `mofa publish` refuses a revision that does not build; a publisher that bypasses it
+    // (any client allowed to write the bucket) does not: put one in the bucket directly.
+    let broken = sources.path().join("metered.rhai");
+    std::fs::write(&broken, "fn execute(input) { input +* }").expect("written");
+    let bucket = mofa_bus::distribution::Distribution::open(
+        client.clone(),
+        &mofa_bus::config::ReloadConfig::default(),
+    )
+    .await
+    .expect("the plugins bucket");
+    let (name, record) = bucket
+        .record_for_file(&broken, None, mofa_bus::distribution::INLINE_LIMIT)
+        .await
+        .expect("a record");
+    bucket.put(&name, &record).await.expect("put");
     let mut outcomes = Vec::new();
     while !outcomes.iter().any(|s| s == "rolled_back") {
         let event = tokio::time::timeout(Duration::from_secs(20), reloads.next())

@@ -14,7 +14,7 @@
 //!   bucket, submitting, waiting and dead letters. (The worker's consuming side is
 //!   `worker::jobs`.)
 //! - [`distribution`]: the publishing side of hot reload over JetStream: plugin records,
-//!   publishing, rollback, reload events, the directory watcher. (The worker's side, following
+//!   publishing, rollback, reload events. (The worker's side, following
 //!   the bucket, is `worker::follower`.)
 //! - [`kinds`]: the table of plugin kinds that arrive as code (Rhai, WASM): files, records,
 //!   how each is built and where it runs.
@@ -33,28 +33,23 @@
 //! sandbox thread.
 //!
 //! Beside the layers, for running it anywhere: [`nats_server`] finds (or installs once) a
-//! nats-server new enough for hot reload, [`pyvenv`] is the cached-venv installer it uses, and
-//! [`dev`] is `mofa worker --dev`'s local server and the runtime file the other verbs read.
-//! [`local`] runs plugin files with no bus at all (`mofa run`, `mofa test` and the cases
-//! `mofa publish` runs first).
-//! On the client side, [`fleet`] asks the workers what they serve, [`revisions`] compares a
-//! plugin's revisions (a canary and its stable one) from their result events, and [`mcp`]
-//! offers the fleet's tools to MCP clients.
+//! nats-server new enough for hot reload, and [`pyvenv`] is the cached-venv installer it uses.
+//! [`local`] builds and runs plugin files with no bus at all (`mofa run`, `mofa test` and the
+//! check `mofa publish` makes first). On the client side, [`fleet`] asks the workers what they
+//! serve. What only the `mofa` command line uses (the `--dev` server, the MCP server, the
+//! canary comparison, the directory watcher) lives with it, in the binary's `cmd/`.
 
 pub mod config;
 pub mod connection;
-pub mod dev;
 pub mod distribution;
 pub mod fleet;
 pub mod jobs;
 pub mod kinds;
 pub mod local;
-pub mod mcp;
 pub mod native;
 pub mod nats_server;
 pub mod plugin;
 pub mod pyvenv;
-pub mod revisions;
 pub mod rhai;
 pub mod subjects;
 pub mod telemetry;

@@ -7,7 +7,73 @@ use std::process::ExitCode;
 use mofa_bus::distribution::{DistributionError, PluginRecord, Stored};
 use mofa_bus::subjects;
 
-use super::connect::Nats;
+use super::connect::{Nats, NatsArgs};
+
+/// Republish an earlier revision of a plugin (default: the one before the current); when
+/// a canary runs, drop it (its stable revision serves everything again).
+///
+/// Exit status: 0 rolled back, 1 the plugin is not published, 2 anything else failed.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa rollback discount\n  \
+    mofa rollback discount --to 3           # see `mofa history discount`")]
+pub(crate) struct RollbackArgs {
+    /// Plugin name.
+    pub(crate) plugin: String,
+    /// Revision to return to (see `mofa history`).
+    #[arg(long)]
+    pub(crate) to: Option<u64>,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// Delete a plugin from the bucket: every worker removes its endpoint.
+///
+/// Exit status: 0 removed, 1 the plugin is not published (nothing to remove).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa remove vat")]
+pub(crate) struct RemoveArgs {
+    /// Plugin name.
+    pub(crate) plugin: String,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// List the stored revisions of a plugin, oldest first, as a table (times in UTC).
+///
+/// Exit status: 0 listed, 1 the plugin was never published.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa history discount\n  \
+    mofa history discount --json            # raw fields, one JSON object per revision")]
+pub(crate) struct HistoryArgs {
+    /// Plugin name.
+    pub(crate) plugin: String,
+    /// Print JSON lines with the raw fields instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+impl RollbackArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        rollback(&self.nats.resolve(), &self.plugin, self.to).await
+    }
+}
+
+impl RemoveArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        remove(&self.nats.resolve(), &self.plugin).await
+    }
+}
+
+impl HistoryArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        history(&self.nats.resolve(), &self.plugin, self.json).await
+    }
+}
 
 /// Exit 1 with the message for a plugin the bucket does not hold; any other error as it is.
 fn not_published(result: anyhow::Result<ExitCode>) -> anyhow::Result<ExitCode> {

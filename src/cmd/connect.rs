@@ -4,8 +4,8 @@
 
 use std::path::PathBuf;
 
+use super::dev::{self, UrlOrigin};
 use mofa_bus::config::{ReloadConfig, PRODUCTION};
-use mofa_bus::dev::{self, UrlOrigin};
 use mofa_bus::distribution::Distribution;
 use mofa_bus::subjects;
 

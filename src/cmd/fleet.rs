@@ -9,7 +9,118 @@ use std::time::Duration;
 use mofa_bus::config::WorkerConfig;
 use mofa_bus::subjects;
 
-use super::connect::Nats;
+use super::connect::{Nats, NatsArgs};
+
+/// List the plugins every live worker serves, with kind and revision (Services API INFO).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa plugins\n  \
+    mofa plugins --json --wait 2s")]
+pub(crate) struct PluginsArgs {
+    /// How long to collect answers from workers.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub(crate) wait: Duration,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// Per-plugin counts summed over every live worker (Services API STATS): workers,
+/// requests, errors by code, refusals, mean time, and reload outcomes with the reload
+/// success rate (completed / (completed + failed)).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa stats\n  \
+    mofa stats --json")]
+pub(crate) struct StatsArgs {
+    /// How long to collect answers from workers.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub(crate) wait: Duration,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// Ask workers whether they are up (Services API PING): this host's worker (--self), one
+/// worker by id, or any.
+///
+/// --self takes $MOFA_WORKER_ID when set, else the one running worker that recorded its
+/// id in the data directory (several: name one). Exit status: 0 an answer came within
+/// --timeout (printed as JSON), 1 none did, 2 NATS is unreachable. For health checks and
+/// Kubernetes probes.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa ping                               # any worker\n  \
+    mofa ping w1 --timeout 1s\n  \
+    mofa ping --self                        # a container's health check")]
+pub(crate) struct PingArgs {
+    /// Worker id; omitted: any worker.
+    pub(crate) worker: Option<String>,
+    /// This host's worker: $MOFA_WORKER_ID, else the worker recorded in the data directory.
+    #[arg(long = "self", conflicts_with = "worker")]
+    pub(crate) this: bool,
+    /// Data directory of --self [default: the worker's default data directory].
+    #[arg(long, env = "MOFA_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// How long to wait for an answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// List the tools the live fleet serves, as JSON in the function-calling shape of an LLM API.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa tools --format openai\n  \
+    mofa tools --format anthropic")]
+pub(crate) struct ToolsArgs {
+    /// openai: {type, function: {name, description, parameters}}; anthropic: {name,
+    /// description, input_schema}; mcp: {name, description, inputSchema}; json: {name,
+    /// description, parameters}.
+    #[arg(long, value_enum, default_value = "json")]
+    pub(crate) format: mofa_bus::fleet::ToolFormat,
+    /// How long to collect answers from workers.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub(crate) wait: Duration,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+impl PluginsArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        plugins(&self.nats.resolve(), self.wait, self.json).await
+    }
+}
+
+impl StatsArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        stats(&self.nats.resolve(), self.wait, self.json).await
+    }
+}
+
+impl PingArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        let nats = self.nats.resolve();
+        let options = PingOptions {
+            worker: self.worker,
+            this: self.this,
+            data_dir: self.data_dir,
+            timeout: self.timeout,
+        };
+        ping(&nats, options).await
+    }
+}
+
+impl ToolsArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        tools(&self.nats.resolve(), self.format, self.wait).await
+    }
+}
 
 /// `mofa plugins`: what every live worker serves (Services API INFO).
 pub(crate) async fn plugins(nats: &Nats, wait: Duration, json: bool) -> anyhow::Result<ExitCode> {

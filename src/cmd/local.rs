@@ -14,13 +14,71 @@ use mofa_bus::local::cases;
 use mofa_bus::local::LocalRunner;
 use mofa_bus::wire;
 
+use super::worker::DatabaseArgs;
+
+/// Run a plugin file once, locally, in the same sandbox and limits as a worker (no NATS):
+/// a script (plain, tool or rule set) or a module with its manifest. Prints the output as
+/// JSON on stdout, and the time taken (or the error code and message) on stderr.
+///
+/// `call_plugin` reaches the native plugins (echo, discount_native, database on the
+/// configured database). Exit status: 0 on an output, 1 on an error, 2 when the file
+/// does not load.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa run plugins/discount.rhai '{\"price\": 100, \"customer_tier\": \"gold\"}'\n  \
+    mofa run plugins/wordcount.wasm '{\"text\": \"the cat\"}'\n  \
+    mofa run plugins/data_analyzer.rhai --data-dir /tmp/shop")]
+pub(crate) struct RunArgs {
+    /// The .rhai or .wasm file.
+    pub(crate) file: PathBuf,
+    /// Input as JSON (converted to MessagePack). Omitted: nil.
+    pub(crate) input: Option<String>,
+    /// The worker configuration whose limits apply.
+    #[arg(long, env = "MOFA_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) database: DatabaseArgs,
+}
+
+/// Build plugins as a worker would and run their test cases: FILE.test.toml beside
+/// FILE.rhai or FILE.wasm (see docs/scripts.md). Each case file runs on a fresh embedded
+/// SQLite database, with its `sql` files loaded.
+///
+/// Exit status: 0 every plugin builds and every case passed, 1 a plugin does not build, a
+/// case failed or a case file is broken.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa test                               # every plugin in the plugins directory\n  \
+    mofa test plugins/discount.rhai\n  \
+    mofa test plugins/rules/ --config worker.toml")]
+pub(crate) struct TestArgs {
+    /// Plugin files, case files or directories [default: the plugins directory].
+    pub(crate) paths: Vec<PathBuf>,
+    /// The worker configuration whose limits apply.
+    #[arg(long, env = "MOFA_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+impl RunArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        let config = self.database.over(self.config.as_deref())?;
+        run(&self.file, self.input.as_deref(), &config).await
+    }
+}
+
+impl TestArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        test(&self.paths, self.config.as_deref()).await
+    }
+}
+
 /// `mofa run`.
 pub(crate) async fn run(
     file: &Path,
     input: Option<&str>,
     config: &WorkerConfig,
 ) -> anyhow::Result<ExitCode> {
-    let input = crate::json_input(input)?;
+    let input = super::exec::json_input(input)?;
     let natives = mofa_bus::native::builtin(&config.database, &config.data_dir());
     let runner = LocalRunner::new(config, natives).await?;
     let plugin = match runner.load(file).await {

@@ -6,15 +6,143 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::revisions::Comparison;
+use anyhow::Context;
 use futures::StreamExt;
 use mofa_bus::config::{ReloadConfig, WorkerConfig};
 use mofa_bus::distribution::{Canary, Distribution, TestsRun, INLINE_LIMIT};
-use mofa_bus::revisions::Comparison;
 use mofa_bus::subjects;
 use mofa_bus::wire::ResultEvent;
 
-use super::connect::{BucketArgs, Nats};
+use super::connect::{BucketArgs, Nats, NatsArgs};
 use super::local::{self, Checked};
+
+/// Publish scripts (.rhai) and modules (.wasm, with their .toml manifest) to the plugins
+/// bucket: every worker, including ones that start later, serves the new revision.
+///
+/// Each file is first built exactly as a worker builds it (compiled, its top level run,
+/// its manifest and limits checked) and its test cases (FILE.test.toml) run; if any file
+/// fails either, nothing is published. Exit status: 0 published, 1 nothing published (a
+/// file does not build or a case failed), 2 NATS or the bucket is unreachable.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa publish plugins/discount.rhai\n  \
+    mofa publish plugins/discount_wasm.wasm --version 1.4.0 --sign signing.nk\n  \
+    mofa publish plugins/discount.rhai --canary 10 --max-error-rate 5")]
+pub(crate) struct PublishArgs {
+    /// Files to publish; each plugin is named after its file stem (a tool after its name).
+    #[arg(required = true)]
+    pub(crate) files: Vec<PathBuf>,
+    #[command(flatten)]
+    pub(crate) options: PublishOptions,
+    #[command(flatten)]
+    pub(crate) bucket: BucketArgs,
+}
+
+/// Make the canary of PLUGIN the only revision (its exact record, without the canary);
+/// or, with --from and --to, copy the revision serving in one environment to another
+/// (same code, SHA-256 and signature), once it builds as a worker would build it.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa promote discount                   # the canary serves everything\n  \
+    mofa promote discount --from staging --to production")]
+pub(crate) struct PromoteArgs {
+    /// Plugin name.
+    pub(crate) plugin: String,
+    /// Copy from this environment...
+    #[arg(long, requires = "to")]
+    pub(crate) from: Option<String>,
+    /// ...to this one.
+    #[arg(long, requires = "from")]
+    pub(crate) to: Option<String>,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// Compare a plugin's canary with its stable revision live, from the fleet's result
+/// events: requests, errors, error rate, p50 and p99 per revision.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa canary discount\n  \
+    mofa canary discount --for 1m --json")]
+pub(crate) struct CanaryArgs {
+    /// Plugin name.
+    pub(crate) plugin: String,
+    /// How long to watch.
+    #[arg(long = "for", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) watch_for: Duration,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+/// Make an nkey pair for signing revisions: the seed (secret) goes to FILE, or to stdout
+/// without --out; the public key, for workers' `reload.trusted_keys`, to stdout.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa keygen --out signing.nk            # then: mofa publish FILE --sign signing.nk")]
+pub(crate) struct KeygenArgs {
+    /// File to write the seed to (created with mode 600).
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+}
+
+impl PublishArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        publish(self.bucket, &self.files, self.options).await
+    }
+}
+
+impl PromoteArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        promote(&self.nats.resolve(), &self.plugin, self.from.zip(self.to)).await
+    }
+}
+
+impl CanaryArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        canary(
+            &self.nats.resolve(),
+            &self.plugin,
+            self.watch_for,
+            self.json,
+        )
+        .await
+    }
+}
+
+impl KeygenArgs {
+    pub(crate) fn run(self) -> anyhow::Result<ExitCode> {
+        keygen(self.out.as_deref())
+    }
+}
+
+/// `mofa keygen`: a new nkey pair for signing revisions.
+fn keygen(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let key = nkeys::KeyPair::new_user();
+    let seed = key
+        .seed()
+        .map_err(|e| anyhow::anyhow!("cannot encode the seed: {e}"))?;
+    match out {
+        Some(path) => {
+            use std::io::Write;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(file, "{seed}")?;
+            eprintln!("seed written to {} (keep it secret)", path.display());
+        }
+        None => println!("seed: {seed}"),
+    }
+    println!("public key: {}", key.public_key());
+    Ok(ExitCode::SUCCESS)
+}
 
 /// `mofa publish`'s choices beside the files and the bucket.
 #[derive(clap::Args, Debug)]

@@ -29,7 +29,42 @@ use mofa_bus::distribution::{Distribution, INLINE_LIMIT};
 use mofa_bus::kinds;
 use mofa_bus::local::LocalRunner;
 
+use super::connect::BucketArgs;
 use super::local;
+
+/// Watch a directory and publish each changed script or module once its writes settle,
+/// after it builds as a worker would and its test cases (FILE.test.toml) pass, as `mofa
+/// publish` does. One line per change: published, failed (with the reason), or fixed.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa watch plugins\n  \
+    mofa watch plugins --debounce 1s --no-test")]
+pub(crate) struct WatchArgs {
+    /// Directory of .rhai, .wasm and .toml files.
+    pub(crate) dir: PathBuf,
+    /// Quiet time after the last write before a file is published (trailing debounce).
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub(crate) debounce: Duration,
+    /// Publish without running the test cases (each file is still built first).
+    #[arg(long)]
+    pub(crate) no_test: bool,
+    /// The worker configuration whose limits the builds and test cases run under.
+    #[arg(long, env = "MOFA_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) bucket: BucketArgs,
+}
+
+impl WatchArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        let config = match &self.config {
+            Some(path) => WorkerConfig::from_file(path)?,
+            None => WorkerConfig::default(),
+        };
+        let distribution = self.bucket.open().await?;
+        watch(distribution, &self.dir, self.debounce, config, self.no_test).await
+    }
+}
 
 /// What handling one file came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,16 +4,29 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use super::dev;
 use anyhow::Context;
 use mofa_bus::config::WorkerConfig;
-use mofa_bus::dev;
 use mofa_bus::worker::{Worker, WorkerError};
 
 use super::connect::NatsArgs;
 use super::fleet::WorkerIdFile;
 
-/// `mofa worker`'s options.
+/// Serve every plugin on the bus until SIGTERM or SIGINT, then drain.
+///
+/// Serves the native plugins compiled in (echo, discount_native, database), every plugin
+/// file in the plugins directory (*.rhai scripts, also in tools/, rules/ and scripts/;
+/// *.wasm modules with their *.toml manifests) and every plugin published to the bus, each
+/// on mofa.exec.<plugin> in queue group "mofa". Logs go to stderr (RUST_LOG=debug for
+/// more; colour only on a terminal).
+///
+/// Exit status: 0 the drain was clean, 3 the drain timeout passed first, 130 a second
+/// signal cut it short, 2 the worker could not start.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa worker --dev                       # every feature, a current nats-server if needed\n  \
+    mofa worker --dev --fresh               # the same, its dev server's store emptied first\n  \
+    mofa worker --nats nats://a:4222,nats://b:4222 --config worker.toml --name w1")]
 pub(crate) struct WorkerArgs {
     /// Directory of plugin files: *.rhai scripts (also in its tools/, rules/ and scripts/),
     /// *.wasm modules with their *.toml manifests [default: the config's plugins_dir, else
@@ -80,9 +93,76 @@ impl DatabaseArgs {
     }
 }
 
+impl WorkerArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        worker(self).await
+    }
+}
+
+/// What must be settled before the async runtime starts: its size and how to log. The worker
+/// reads its config file for them (a file that does not read is reported when the worker loads
+/// it); every other verb takes the defaults.
+pub(crate) struct Startup {
+    /// The runtime's threads (see [`mofa_bus::worker::runtime`]).
+    pub(crate) threads: usize,
+    /// The log filter when `RUST_LOG` is not set.
+    default_filter: &'static str,
+    /// The OpenTelemetry service name.
+    service_name: &'static str,
+    /// The config file, if the worker has one.
+    config: Option<WorkerConfig>,
+}
+
+impl Startup {
+    /// A client verb: a thread per core, warnings only (it prints its results).
+    pub(crate) fn client() -> Startup {
+        Startup {
+            threads: 0,
+            default_filter: "warn",
+            service_name: "mofa",
+            config: None,
+        }
+    }
+
+    /// The worker: `async_threads` from the flag, else the config file, else a thread per
+    /// core; its progress at info. async-nats logs every connection event at info (`event:
+    /// connected`, each failed reconnect): the worker says what matters itself, naming the
+    /// server, so the library is kept to warnings.
+    pub(crate) fn of(args: &WorkerArgs) -> Startup {
+        let config = args
+            .config
+            .as_deref()
+            .and_then(|path| WorkerConfig::from_file(path).ok());
+        let threads = args
+            .async_threads
+            .unwrap_or_else(|| config.as_ref().map_or(0, |config| config.async_threads));
+        Startup {
+            threads,
+            default_filter: "info,async_nats=warn",
+            service_name: "mofa-worker",
+            config,
+        }
+    }
+
+    /// Logs to stderr, and OpenTelemetry export when configured (the worker's config file's
+    /// `[telemetry]` section, or the standard `OTEL_*` variables for every verb).
+    pub(crate) fn telemetry(
+        &self,
+        format: mofa_bus::telemetry::LogFormat,
+    ) -> mofa_bus::telemetry::Telemetry {
+        let default = mofa_bus::telemetry::TelemetryConfig::default();
+        mofa_bus::telemetry::init(mofa_bus::telemetry::Setup {
+            default_filter: self.default_filter,
+            format,
+            config: self.config.as_ref().map_or(&default, |c| &c.telemetry),
+            service_name: self.service_name,
+        })
+    }
+}
+
 /// `mofa worker`: start, serve until the first signal, drain. Exit 0 on a clean drain, 3 when
 /// the drain timeout passed first.
-pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     // From here on a signal stops the worker in order, even one that comes while it starts.
     let signals = mofa_bus::worker::shutdown::Signals::listen();
     let (mut config, origin) = configure(args.config.as_deref(), &args.nats, args.database)?;
@@ -92,7 +172,7 @@ pub(crate) async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if args.name.is_some() {
         config.worker_id = args.name;
     }
-    // The runtime was built from it already (see `main`); kept so the config says so.
+    // The runtime was built from it already (see `Startup`); kept so the config says so.
     if let Some(threads) = args.async_threads {
         config.async_threads = threads;
     }
@@ -205,8 +285,31 @@ async fn dev_server(
     Ok(Some(server))
 }
 
+/// Run a SQL file (a schema, sample data) on the database the `database` plugin uses,
+/// with writes allowed: the embedded SQLite file in the data directory unless
+/// `--database-url`, `MOFA_DATABASE_URL` or the config file's `[database] url` names one.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa sql plugins/examples/sales.sql\n  \
+    mofa sql schema.sql --database-url postgres://postgres@127.0.0.1/app")]
+pub(crate) struct SqlArgs {
+    /// The SQL file: any number of statements separated by `;`.
+    pub(crate) file: PathBuf,
+    /// The worker's TOML configuration file, for its `data_dir` and `[database]` section.
+    #[arg(long, env = "MOFA_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) database: DatabaseArgs,
+}
+
+impl SqlArgs {
+    pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
+        sql(&self.file, self.config, self.database).await
+    }
+}
+
 /// `mofa sql FILE`: runs the file's statements on the configured database, writes allowed.
-pub(crate) async fn sql(
+async fn sql(
     file: &Path,
     config_file: Option<PathBuf>,
     database: DatabaseArgs,

@@ -1,7 +1,7 @@
 //! `mofa mcp`: the fleet's tools over the Model Context Protocol, on stdio, with the official
 //! Rust SDK (`rmcp`).
 //!
-//! `tools/list` answers with every tool the live workers serve ([`crate::fleet`]);
+//! `tools/list` answers with every tool the live workers serve ([`mofa_bus::fleet`]);
 //! `tools/call` is a request on `mofa.exec.<tool>` (arguments as MessagePack) under the
 //! server's call timeout, and an error reply comes back as an MCP tool error carrying the code
 //! and message. The server follows the fleet: when a tool appears or goes (a reload event, or
@@ -20,8 +20,10 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, Peer, RoleServer, ServerHandler, ServiceExt};
 
-use crate::plugin::ToolSpec;
-use crate::{fleet, subjects, wire};
+use mofa_bus::plugin::ToolSpec;
+use mofa_bus::{fleet, subjects, wire};
+
+use super::connect::NatsArgs;
 
 /// How `mofa mcp` behaves.
 #[derive(Debug, Clone)]
@@ -239,4 +241,39 @@ pub async fn serve_stdio(
     }
     follower.abort();
     Ok(())
+}
+
+/// Serve the fleet's tools to an MCP client (Model Context Protocol over stdio).
+///
+/// An MCP client starts it as a subprocess: command `mofa`, arguments `["mcp"]` (add
+/// `"--nats", URL` when the server is not the default). tools/list lists every tool live
+/// workers serve, tools/call sends a request on mofa.exec.<tool>; the client is notified when
+/// tools appear or go. Logs go to stderr.
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa mcp                                # started by an MCP client, not by hand\n  \
+    mofa mcp --nats nats://10.0.0.5:4222 --timeout 60s")]
+pub(crate) struct McpArgs {
+    /// How long a tool call may take.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    #[command(flatten)]
+    pub(crate) nats: NatsArgs,
+}
+
+impl McpArgs {
+    /// Serves until the client closes stdin or a signal comes.
+    pub(crate) async fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        let nats = self.nats.resolve();
+        let client = nats.connect("mofa mcp").await?;
+        let options = McpOptions {
+            call_timeout: self.timeout,
+            namespace: nats.namespace()?,
+            ..Default::default()
+        };
+        serve_stdio(client, options, mofa_bus::worker::shutdown::signal())
+            .await
+            .map_err(|e| anyhow::anyhow!("MCP server: {e}"))?;
+        Ok(std::process::ExitCode::SUCCESS)
+    }
 }

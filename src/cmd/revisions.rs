@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::wire::ResultEvent;
+use mofa_bus::wire::ResultEvent;
 
 /// Answers of one revision.
 #[derive(Debug, Default, Clone)]

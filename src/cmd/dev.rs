@@ -2,7 +2,7 @@
 //!
 //! The worker needs a NATS server with JetStream at version 2.10 or newer (the Key-Value API of
 //! hot reload). With `--dev`, when the server at the URL is missing, too old or has JetStream
-//! off, the worker starts a current `nats-server -js` ([`crate::nats_server::current`], installed
+//! off, the worker starts a current `nats-server -js` ([`mofa_bus::nats_server::current`], installed
 //! once if need be) for as long as it runs, and writes its URL to a runtime file, so that
 //! `mofa exec`, `publish` and the other verbs find it when neither `--nats` nor `MOFA_NATS_URL`
 //! is given. The file is ignored once that server stops answering. The server's store lives in
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::nats_server::{self, NatsServerError, Version};
+use mofa_bus::nats_server::{self, NatsServerError, Version};
 
 /// How long probing a server may take before it counts as missing.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -231,7 +231,7 @@ pub fn runtime_file() -> PathBuf {
     std::env::var_os("MOFA_RUNTIME_FILE")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| crate::pyvenv::cache_dir().join("dev-server.json"))
+        .unwrap_or_else(|| mofa_bus::pyvenv::cache_dir().join("dev-server.json"))
 }
 
 fn read_record(file: &Path) -> Option<RuntimeRecord> {
@@ -248,12 +248,6 @@ pub fn advertised_url(file: &Path) -> Option<String> {
     Some(record.url)
 }
 
-/// The URL a command connects to: the one given (`--nats`, `MOFA_NATS_URL` or a config file),
-/// else a live `--dev` server's, else [`crate::config::DEFAULT_NATS_URL`].
-pub fn resolve_url(given: Option<String>) -> String {
-    resolve(given).0
-}
-
 /// Where a command's server URL came from, for messages about that server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UrlOrigin {
@@ -265,7 +259,8 @@ pub enum UrlOrigin {
     Default(PathBuf),
 }
 
-/// [`resolve_url`], and where the URL came from.
+/// The URL a command connects to: the one given (`--nats`, `MOFA_NATS_URL` or a config file),
+/// else a live `--dev` server's, else the default; and where it came from.
 pub fn resolve(given: Option<String>) -> (String, UrlOrigin) {
     if let Some(url) = given {
         return (url, UrlOrigin::Given);
@@ -274,7 +269,7 @@ pub fn resolve(given: Option<String>) -> (String, UrlOrigin) {
     match advertised_url(&file) {
         Some(url) => (url, UrlOrigin::DevServer(file)),
         None => (
-            crate::config::DEFAULT_NATS_URL.to_string(),
+            mofa_bus::config::DEFAULT_NATS_URL.to_string(),
             UrlOrigin::Default(file),
         ),
     }

@@ -3,12 +3,11 @@
 //! A request body is one MessagePack value and a successful reply is one MessagePack value.
 //! An error reply carries the NATS Services API headers (`Nats-Service-Error`,
 //! `Nats-Service-Error-Code`) *and* a MessagePack body `{code, message}` so that clients that
-//! only read bodies still see what went wrong. Result events are MessagePack maps too.
+//! only read bodies still see what went wrong. Events are MessagePack maps too (see
+//! [`crate::events`]).
 //! `subjects.md` is the public description of everything in this file.
 
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use std::borrow::Cow;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -306,45 +305,19 @@ pub fn encode_error(code: ErrorCode, message: &str) -> Bytes {
     encode_named(&body).unwrap_or_default()
 }
 
-/// A result event, published on `mofa.events.result.<plugin>` after every execution. The
-/// names borrow where they can, so publishing one allocates little; decoded events own them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ResultEvent<'a> {
-    /// Always `"result"`, so a subscriber to `mofa.events.>` can tell event kinds apart.
-    pub event: Cow<'a, str>,
-    /// Plugin name.
-    pub plugin: Cow<'a, str>,
-    /// Plugin kind: `native`, `rhai` or `wasm`.
-    pub kind: Cow<'a, str>,
-    /// Bucket revision that executed it (plugins distributed over the bus only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<u64>,
-    /// Set when a canary revision executed it (see `mofa publish --canary`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub canary: bool,
-    /// Id of the worker that executed the request.
-    pub worker: Cow<'a, str>,
-    /// The caller's `Mofa-Request-Id` header, or an id the worker generated.
-    pub request_id: String,
-    /// The W3C trace id (32 hex digits) of the request's trace: its span's when the worker
-    /// traces, else the caller's `traceparent`'s; absent when neither exists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace_id: Option<String>,
-    /// Whether the plugin returned a value.
-    pub ok: bool,
-    /// Error code when `ok` is false.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<u16>,
-    /// Error message when `ok` is false.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Execution time in microseconds (decode, execute, encode).
-    pub duration_us: u64,
-    /// Unix time in milliseconds when the execution finished.
-    pub timestamp_ms: u64,
-    /// The output, unless the worker is configured not to include it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+/// A short name for a value's type, for error messages.
+pub fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Nil => "nil",
+        Value::Boolean(_) => "bool",
+        Value::Integer(_) => "integer",
+        Value::F32(_) | Value::F64(_) => "float",
+        Value::String(_) => "string",
+        Value::Binary(_) => "binary",
+        Value::Array(_) => "array",
+        Value::Map(_) => "map",
+        Value::Ext(..) => "ext",
+    }
 }
 
 /// Longest error message a reply, event or dead letter carries (in a header and again in the

@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::*;
 use futures::StreamExt;
+use mofa_bus::events::ResultEvent;
 use mofa_bus::plugin::{AgentPlugin, PluginError, PluginKind, PluginMetadata};
-use mofa_bus::wire::{ResultEvent, Value};
+use mofa_bus::wire::Value;
 
 fn discount_input(price: Value, tier: &str) -> Value {
     map(&[("price", price), ("customer_tier", Value::from(tier))])

@@ -1020,3 +1020,26 @@ async fn a_dev_server_keeps_its_state_across_restarts_and_other_workers_ride_the
     assert!(stop(third).success());
     drop(other);
 }
+
+#[test]
+fn a_worker_refuses_a_trusted_key_that_is_not_an_nkey_public_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("worker.toml");
+    std::fs::write(&file, "[reload]\ntrusted_keys = [\"not-a-key\"]\n").expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_mofa"))
+        .args([
+            "worker",
+            "--nats",
+            &format!("nats://127.0.0.1:{}", free_port()),
+        ])
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .expect("mofa worker runs");
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("reload.trusted_keys: \"not-a-key\" is not an nkey public key"),
+        "{said}"
+    );
+}

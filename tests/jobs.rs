@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
+use mofa_bus::events::ResultEvent;
 use mofa_bus::jobs::{JobResult, JobState, Jobs, JobsConfig};
-use mofa_bus::wire::{self, ResultEvent, Value};
+use mofa_bus::wire::{self, Value};
 
 /// Collects the result events of `plugin` (one per execution) on a task.
 struct Executions {

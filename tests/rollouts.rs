@@ -551,7 +551,8 @@ async fn a_canary_takes_its_share_keeps_route_keys_and_promote_and_rollback_lose
             .await
             .expect("a result event")
             .expect("events");
-        let event: wire::ResultEvent = rmp_serde::from_slice(&message.payload).expect("event");
+        let event: mofa_bus::events::ResultEvent =
+            rmp_serde::from_slice(&message.payload).expect("event");
         assert_eq!(event.revision, Some(if event.canary { 2 } else { 1 }));
         flagged += u64::from(event.canary);
     }

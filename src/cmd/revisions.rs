@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use mofa_bus::wire::ResultEvent;
+use mofa_bus::events::ResultEvent;
 
 /// Answers of one revision.
 #[derive(Debug, Default, Clone)]

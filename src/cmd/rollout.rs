@@ -11,8 +11,8 @@ use anyhow::Context;
 use futures::StreamExt;
 use mofa_bus::config::{ReloadConfig, WorkerConfig};
 use mofa_bus::distribution::{Canary, Distribution, TestsRun, INLINE_LIMIT};
+use mofa_bus::events::ResultEvent;
 use mofa_bus::subjects;
-use mofa_bus::wire::ResultEvent;
 
 use super::connect::{BucketArgs, Nats, NatsArgs};
 use super::local::{self, Checked};

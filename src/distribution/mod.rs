@@ -8,11 +8,12 @@
 //! holds the record format, the publishing side ([`Distribution`]: publish, rollback,
 //! remove, history) and the reload events.
 
-mod events;
+mod config;
 mod record;
 pub mod signature;
 mod store;
 
-pub use events::{ReloadEvent, ReloadStatus};
+pub use crate::events::{ReloadEvent, ReloadStatus};
+pub use config::{validate_env, InvalidEnv, ReloadConfig};
 pub use record::{Canary, PluginRecord, Revision, TestsRun, INLINE_LIMIT};
 pub use store::{Distribution, DistributionError, Stored};

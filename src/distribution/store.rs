@@ -6,8 +6,8 @@ use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
+use super::config::ReloadConfig;
 use super::record::{sha256_hex, Canary, PluginRecord};
-use crate::config::ReloadConfig;
 use crate::kinds;
 use crate::subjects;
 use crate::wire;

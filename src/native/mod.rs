@@ -41,17 +41,4 @@ pub fn field<'a>(input: &'a Value, key: &str) -> Result<&'a Value, PluginError> 
         .ok_or_else(|| PluginError::BadInput(format!("missing field {key:?}")))
 }
 
-/// A short name for a value's type, for error messages.
-pub fn type_name(value: &Value) -> &'static str {
-    match value {
-        Value::Nil => "nil",
-        Value::Boolean(_) => "bool",
-        Value::Integer(_) => "integer",
-        Value::F32(_) | Value::F64(_) => "float",
-        Value::String(_) => "string",
-        Value::Binary(_) => "binary",
-        Value::Array(_) => "array",
-        Value::Map(_) => "map",
-        Value::Ext(..) => "ext",
-    }
-}
+pub use crate::wire::type_name;

@@ -48,7 +48,7 @@ pub fn to_dynamic(value: Value) -> Result<Dynamic, PluginError> {
                     other => {
                         return Err(PluginError::BadInput(format!(
                             "map keys must be strings, integers or bools, got {}",
-                            crate::native::type_name(&other)
+                            crate::wire::type_name(&other)
                         )))
                     }
                 };

@@ -13,6 +13,7 @@ mod disk_cache;
 mod host;
 mod plugin;
 mod runtime;
+mod store;
 mod wasi;
 
 pub use abi::{ERROR_FLAG, EXPORT_ALLOC, EXPORT_HANDLE, EXPORT_MEMORY, HOST_MODULE};

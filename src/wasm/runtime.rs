@@ -22,7 +22,8 @@ use wasmtime::{
 use super::abi::{Packed, EXPORT_ALLOC, EXPORT_HANDLE, EXPORT_MEMORY, HOST_MODULE};
 use super::config::{Capability, Limits, Manifest, WasmConfig};
 use super::disk_cache::DiskCache;
-use super::host::{self, HostContext, MemoryCap, StoreData};
+use super::host;
+use super::store::{HostContext, MemoryCap, StoreData};
 use super::wasi::{self, WASI_MODULE};
 use crate::plugin::{InlineCall, PluginCaller, PluginError, SandboxPool, Value};
 use crate::wire::{self, ErrorBody};

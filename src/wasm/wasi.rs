@@ -18,7 +18,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::{bail, Caller, Extern, Linker, Module, Val, ValType};
 
-use super::host::StoreData;
+use super::store::StoreData;
 
 /// The import module of WASI preview 1.
 pub const WASI_MODULE: &str = "wasi_snapshot_preview1";

@@ -23,13 +23,15 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use super::canary::CanaryRoute;
-use crate::distribution::{ReloadEvent, ReloadStatus, Revision};
+use super::events::HEADROOM;
+use crate::distribution::Revision;
+use crate::events::{ReloadEvent, ReloadStatus, ResultEvent};
 use crate::plugin::{
     block_on, panic_message, CallContext, ManagedPlugin, PluginError, SandboxPool,
 };
 use crate::subjects::Namespace;
 use crate::telemetry::{self, Instruments, PluginSnapshot, ReloadCounts, RequestSpan};
-use crate::wire::{self, ResultEvent, Value};
+use crate::wire::{self, Value};
 
 /// Counters for the Services API `STATS` reply. Updated with atomics; the last error takes a
 /// lock only when there is an error.
@@ -569,7 +571,7 @@ impl Endpoint {
         event.version = stable.map(|r| r.version.clone());
         event.canary_of = canary.map(|r| r.number);
         event.error = Some(reason);
-        super::follower::announce(&self.client, &self.reloads, &self.namespace, event).await;
+        super::events::announce(&self.client, &self.reloads, &self.namespace, event).await;
     }
 
     /// Decodes `payload` and runs it on `served`. A plugin that panics answers 500 (the sandbox
@@ -606,7 +608,7 @@ impl Endpoint {
         }
         let output = output?;
         let body = wire::encode(&output);
-        if body.len() + REPLY_HEADROOM > self.max_payload {
+        if body.len() + HEADROOM > self.max_payload {
             return Err(PluginError::LimitExceeded(format!(
                 "plugin {}'s output is {} bytes, over the NATS server's max_payload of {} bytes; return less (or raise max_payload on the server)",
                 self.name,
@@ -709,27 +711,8 @@ impl Endpoint {
             timestamp_ms: wire::unix_ms(),
             output,
         };
-        let encoded = wire::encode_named(&event).and_then(|body| {
-            if body.len() + REPLY_HEADROOM <= self.max_payload {
-                return Ok(body);
-            }
-            // Too large for the server: the event goes out without the output.
-            let event = ResultEvent {
-                output: None,
-                ..event
-            };
-            wire::encode_named(&event)
-        });
-        match encoded {
-            Ok(body) => {
-                if let Err(e) = self.client.publish(self.event_subject.clone(), body).await {
-                    tracing::warn!(plugin = %self.name, error = %e, "result event not sent");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(plugin = %self.name, error = %e, "result event not encoded")
-            }
-        }
+        super::events::publish_result(&self.client, &self.event_subject, event, self.max_payload)
+            .await;
     }
 }
 
@@ -747,6 +730,3 @@ fn call_context(message: &Message, admitted: Instant) -> CallContext {
         admitted: Some(admitted),
     }
 }
-
-/// Reply headroom for the headers and framing beside a reply's body.
-const REPLY_HEADROOM: usize = 512;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::canary::CanaryRoute;
 use super::endpoint::Served;
+use super::events::announce;
 use super::Shared;
 use crate::distribution::{
     signature, Canary, Distribution, PluginRecord, ReloadEvent, ReloadStatus, Revision, Stored,
@@ -25,8 +26,6 @@ use crate::distribution::{
 use crate::kinds::{self, Code};
 use crate::plugin::{ManagedPlugin, PluginError};
 use crate::subjects;
-use crate::telemetry::{ReloadCounts, ReloadOutcome};
-use crate::wire;
 
 /// How long a starting worker waits for the bucket's current values.
 const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -184,24 +183,6 @@ struct Follower {
     distribution: Distribution,
     /// The bucket revision (stream sequence) of the last entry applied.
     seen: std::sync::atomic::AtomicU64,
-}
-
-/// `key` as one subject token: a bucket key that is not a plugin name may hold `.` (or other
-/// characters a plugin name may not), which would change the event's subject.
-fn subject_token(key: &str) -> std::borrow::Cow<'_, str> {
-    if subjects::validate_name(key).is_ok() {
-        return key.into();
-    }
-    key.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect::<String>()
-        .into()
 }
 
 /// A failed load, and whether trying again could help.
@@ -478,35 +459,5 @@ impl Follower {
         fill(&mut event);
         let namespace = self.shared.config.reload.namespace();
         announce(&self.shared.client, &self.shared.reloads, &namespace, event).await;
-    }
-}
-
-/// Counts a reload event's outcome and publishes it on `mofa.events.reload.<plugin>`.
-pub(crate) async fn announce(
-    client: &async_nats::Client,
-    reloads: &ReloadCounts,
-    namespace: &subjects::Namespace,
-    event: ReloadEvent,
-) {
-    let outcome = match event.status {
-        ReloadStatus::Completed => Some(ReloadOutcome::Completed),
-        ReloadStatus::Failed => Some(ReloadOutcome::Failed),
-        ReloadStatus::RolledBack => Some(ReloadOutcome::RolledBack),
-        ReloadStatus::Started | ReloadStatus::Removed => None,
-    };
-    if let Some(outcome) = outcome {
-        reloads.record(&event.plugin, outcome);
-    }
-    let plugin = event.plugin.as_str();
-    match wire::encode_named(&event) {
-        Ok(body) => {
-            if let Err(e) = client
-                .publish(namespace.reload_event(&subject_token(plugin)), body)
-                .await
-            {
-                tracing::warn!(plugin, error = %e, "reload event not sent");
-            }
-        }
-        Err(e) => tracing::warn!(plugin, error = %e, "reload event not encoded"),
     }
 }

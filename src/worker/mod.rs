@@ -11,6 +11,7 @@
 mod caller;
 mod canary;
 mod endpoint;
+mod events;
 mod follower;
 mod jobs;
 pub mod runtime;
@@ -346,6 +347,10 @@ impl Worker {
         natives: Vec<Arc<dyn AgentPlugin>>,
     ) -> Result<Worker, WorkerError> {
         config.validate()?;
+        // The keys revisions are verified against (see `worker::follower`), checked before
+        // anything starts.
+        crate::distribution::signature::check_public_keys(&config.reload.trusted_keys)
+            .map_err(|e| WorkerError::Config(ConfigError::Invalid(e)))?;
         let id: Arc<str> = config
             .worker_id
             .clone()

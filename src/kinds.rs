@@ -25,6 +25,75 @@ pub struct Runtimes {
     pub state: StateMap,
 }
 
+/// The engines the sandboxed kinds build with, made once from a worker's settings: one sandbox
+/// thread pool, the Rhai engine and the wasmtime runtime on it, and `call_plugin` wired to a
+/// caller. A worker and a [`crate::local::LocalRunner`] both make theirs here, so a plugin
+/// built by `mofa test` or before `mofa publish` is built exactly as a worker builds it.
+pub struct Engines {
+    /// The Rhai engine.
+    pub engine: Arc<ScriptEngine>,
+    /// The wasmtime runtime.
+    pub wasm: Arc<WasmRuntime>,
+}
+
+impl Engines {
+    /// The engines for `rhai` and `wasm` settings on a pool of `sandbox_threads` (0: the
+    /// default size), compiled modules also kept in `disk_cache` when given.
+    ///
+    /// ```no_run
+    /// # fn engines() -> Result<(), mofa_bus::plugin::PluginError> {
+    /// use mofa_bus::kinds::Engines;
+    ///
+    /// let engines = Engines::new(Default::default(), Default::default(), 0, None)?;
+    /// let runtimes = engines.runtimes(Default::default());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn new(
+        rhai: crate::rhai::RhaiConfig,
+        wasm: crate::wasm::WasmConfig,
+        sandbox_threads: usize,
+        disk_cache: Option<PathBuf>,
+    ) -> Result<Engines, PluginError> {
+        let pool = crate::plugin::SandboxPool::new(sandbox_threads);
+        let engine = Arc::new(ScriptEngine::with_pool(rhai, pool.clone()));
+        let wasm = WasmRuntime::new(wasm, pool)?;
+        if let Some(dir) = disk_cache {
+            wasm.set_disk_cache(dir);
+        }
+        Ok(Engines { engine, wasm })
+    }
+
+    /// Wires `call_plugin` of both kinds to `caller` (a script's calls run on the current
+    /// tokio runtime's handle). Call it inside a tokio runtime.
+    pub fn set_caller(&self, caller: Arc<dyn crate::plugin::PluginCaller>) {
+        self.wasm.set_caller(caller.clone());
+        self.engine
+            .set_caller(caller, tokio::runtime::Handle::current());
+    }
+
+    /// What a plugin is built with, starting from `state`.
+    pub fn runtimes(&self, state: StateMap) -> Runtimes {
+        Runtimes {
+            engine: self.engine.clone(),
+            wasm: self.wasm.clone(),
+            state,
+        }
+    }
+}
+
+/// Builds `code` as its `kind` says, off the async threads: a script's top level runs while it
+/// builds, and a module compiles.
+pub async fn build(
+    kind: &'static Kind,
+    code: Code,
+    runtimes: Runtimes,
+) -> Result<Arc<dyn AgentPlugin>, PluginError> {
+    tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
+        .await
+        .unwrap_or_else(|e| Err(PluginError::Load(format!("build task failed: {e}"))))
+}
+
 /// A plugin's code, as read from its files or from a bucket record.
 #[derive(Debug, Clone)]
 pub struct Code {

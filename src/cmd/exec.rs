@@ -60,26 +60,54 @@ struct ExecOptions {
     route_key: Option<String>,
 }
 
+/// Sends the request, prints the reply; the exit status says how it went.
 async fn exec(
     nats: &Nats,
     plugin: &str,
     input: Option<&str>,
     options: ExecOptions,
 ) -> anyhow::Result<ExitCode> {
-    let ExecOptions {
-        timeout,
-        verbose,
-        route_key,
-    } = options;
-    use mofa_bus::telemetry;
     use tracing::Instrument;
     subjects::validate_name(plugin)?;
     let value = json_input(input)?;
     let subject = nats.namespace()?.exec(plugin);
     let client = nats.connect("mofa").await?;
-    // Every request starts a sampled trace (the CLI is run to look at one request, so the
-    // sampler is not asked): the CLI's own span when it exports, else a fresh traceparent, so
-    // the worker's span and result event carry an id to look up.
+    let (span, mut headers, trace_id) = traced(plugin, &subject);
+    if let Some(key) = &options.route_key {
+        headers.insert(wire::HEADER_ROUTE_KEY, key.as_str());
+    }
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(wire::encode(&value))
+        .timeout(Some(options.timeout));
+    let sent = std::time::Instant::now();
+    let answer = client
+        .send_request(subject.clone(), request)
+        .instrument(span)
+        .await;
+    if options.verbose {
+        eprintln!("trace_id: {trace_id}");
+        eprintln!("round trip: {} µs", sent.elapsed().as_micros());
+    }
+    let reply = answer.map_err(|e| unanswered(&e, nats, plugin, &subject, options.timeout))?;
+    if options.verbose {
+        print_revision(&reply);
+    }
+    if let Some((code, message)) = wire::reply_error(reply.headers.as_ref()) {
+        eprintln!("error {code}: {message}");
+        return Ok(ExitCode::from(1));
+    }
+    let output = wire::decode(&reply.payload).context("reply is not valid MessagePack")?;
+    println!("{}", wire::to_json(&output));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The request's trace: every request starts a sampled one (the CLI is run to look at one
+/// request, so the sampler is not asked): the CLI's own span when it exports, else a fresh
+/// traceparent, so the worker's span and result event carry an id to look up. The span, the
+/// headers carrying it, and its trace id.
+fn traced(plugin: &str, subject: &str) -> (tracing::Span, async_nats::HeaderMap, String) {
+    use mofa_bus::telemetry;
     let span = if telemetry::enabled() {
         tracing::info_span!(
             target: telemetry::TARGET,
@@ -88,7 +116,7 @@ async fn exec(
             otel.kind = "client",
             messaging.system = "nats",
             messaging.operation.type = "send",
-            messaging.destination.name = subject.as_str(),
+            messaging.destination.name = subject,
         )
     } else {
         tracing::Span::none()
@@ -106,67 +134,51 @@ async fn exec(
             trace_id
         }
     };
-    if let Some(key) = &route_key {
-        headers.insert(wire::HEADER_ROUTE_KEY, key.as_str());
-    }
-    let request = async_nats::Request::new()
-        .headers(headers)
-        .payload(wire::encode(&value))
-        .timeout(Some(timeout));
-    let sent = std::time::Instant::now();
-    let answer = client
-        .send_request(subject.clone(), request)
-        .instrument(span)
-        .await;
-    if verbose {
-        eprintln!("trace_id: {trace_id}");
-        eprintln!("round trip: {} µs", sent.elapsed().as_micros());
-    }
-    let reply = match answer {
-        Ok(reply) => reply,
-        Err(e) => {
-            use async_nats::RequestErrorKind;
-            let why = match e.kind() {
-                RequestErrorKind::NoResponders => format!(
-                    "no worker serves plugin {plugin:?} (no responders on {subject} at {})",
-                    nats.shown()
-                ),
-                RequestErrorKind::TimedOut => format!(
-                    "no reply from plugin {plugin:?} within {} (asked on {subject} at {})",
-                    humantime::format_duration(timeout),
-                    nats.shown()
-                ),
-                _ => format!(
-                    "the request on {subject} at {} failed: {}",
-                    nats.shown(),
-                    mofa_bus::connection::cause(&e)
-                ),
-            };
-            anyhow::bail!(why);
-        }
-    };
-    if verbose {
-        let revision = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(wire::HEADER_REVISION))
-            .map_or("- (not from the bucket)", |v| v.as_str());
-        let canary = reply
-            .headers
-            .as_ref()
-            .is_some_and(|h| h.get(wire::HEADER_CANARY).is_some());
-        eprintln!(
-            "revision: {revision}{}",
-            if canary { " (canary)" } else { "" }
-        );
-    }
-    if let Some((code, message)) = wire::reply_error(reply.headers.as_ref()) {
-        eprintln!("error {code}: {message}");
-        return Ok(ExitCode::from(1));
-    }
-    let output = wire::decode(&reply.payload).context("reply is not valid MessagePack")?;
-    println!("{}", wire::to_json(&output));
-    Ok(ExitCode::SUCCESS)
+    (span, headers, trace_id)
+}
+
+/// Why no reply came, naming the plugin, the subject and the server asked.
+fn unanswered(
+    error: &async_nats::RequestError,
+    nats: &Nats,
+    plugin: &str,
+    subject: &str,
+    timeout: Duration,
+) -> anyhow::Error {
+    use async_nats::RequestErrorKind;
+    anyhow::anyhow!(match error.kind() {
+        RequestErrorKind::NoResponders => format!(
+            "no worker serves plugin {plugin:?} (no responders on {subject} at {})",
+            nats.shown()
+        ),
+        RequestErrorKind::TimedOut => format!(
+            "no reply from plugin {plugin:?} within {} (asked on {subject} at {})",
+            humantime::format_duration(timeout),
+            nats.shown()
+        ),
+        _ => format!(
+            "the request on {subject} at {} failed: {}",
+            nats.shown(),
+            mofa_bus::connection::cause(error)
+        ),
+    })
+}
+
+/// `--verbose`: the revision that answered, and whether it was the canary.
+fn print_revision(reply: &async_nats::Message) {
+    let revision = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(wire::HEADER_REVISION))
+        .map_or("- (not from the bucket)", |v| v.as_str());
+    let canary = reply
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(wire::HEADER_CANARY).is_some());
+    eprintln!(
+        "revision: {revision}{}",
+        if canary { " (canary)" } else { "" }
+    );
 }
 
 /// A command's JSON input as a value (nil when absent).

@@ -18,17 +18,13 @@ use futures::future::BoxFuture;
 use crate::config::WorkerConfig;
 use crate::kinds;
 use crate::plugin::{
-    AgentPlugin, CallContext, ManagedPlugin, PluginCaller, PluginError, PluginManager, SandboxPool,
-    Value,
+    AgentPlugin, CallContext, ManagedPlugin, PluginCaller, PluginError, PluginManager, Value,
 };
-use crate::rhai::ScriptEngine;
-use crate::wasm::WasmRuntime;
 
 /// Plugins run in the worker's sandbox, with no bus.
 pub struct LocalRunner {
     manager: Arc<PluginManager>,
-    engine: Arc<ScriptEngine>,
-    wasm: Arc<WasmRuntime>,
+    engines: kinds::Engines,
 }
 
 impl std::fmt::Debug for LocalRunner {
@@ -45,22 +41,19 @@ impl LocalRunner {
         natives: Vec<Arc<dyn AgentPlugin>>,
     ) -> Result<LocalRunner, PluginError> {
         let manager = Arc::new(PluginManager::new());
-        let pool = SandboxPool::new(config.sandbox_threads);
-        let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool.clone()));
-        let wasm = WasmRuntime::new(config.wasm.clone(), pool)?;
-        let caller: Arc<dyn PluginCaller> = Arc::new(LocalCaller {
+        let engines = kinds::Engines::new(
+            config.rhai.clone(),
+            config.wasm.clone(),
+            config.sandbox_threads,
+            None,
+        )?;
+        engines.set_caller(Arc::new(LocalCaller {
             manager: Arc::downgrade(&manager),
-        });
-        wasm.set_caller(caller.clone());
-        engine.set_caller(caller, tokio::runtime::Handle::current());
+        }));
         for native in natives {
             manager.register(native)?.activate().await?;
         }
-        Ok(LocalRunner {
-            manager,
-            engine,
-            wasm,
-        })
+        Ok(LocalRunner { manager, engines })
     }
 
     /// Builds the plugin in `path` (a script, or a module with its manifest) as a worker would,
@@ -121,14 +114,7 @@ impl LocalRunner {
         kind: &'static kinds::Kind,
         code: kinds::Code,
     ) -> Result<Arc<ManagedPlugin>, PluginError> {
-        let runtimes = kinds::Runtimes {
-            engine: self.engine.clone(),
-            wasm: self.wasm.clone(),
-            state: Default::default(),
-        };
-        let plugin = tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
-            .await
-            .map_err(|e| PluginError::Load(format!("build task failed: {e}")))??;
+        let plugin = kinds::build(kind, code, self.engines.runtimes(Default::default())).await?;
         let managed = Arc::new(ManagedPlugin::new(plugin));
         managed.activate().await?;
         Ok(managed)

@@ -187,71 +187,11 @@ fn colour() -> bool {
 /// endpoint is set) and the global meter provider. Errors building an exporter are logged and
 /// leave that signal off: a worker serves without telemetry rather than not at all.
 pub fn init(setup: Setup<'_>) -> Telemetry {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(setup.default_filter));
-    // Text logs leave the request spans out (their fields would prefix every line logged while
-    // a request runs); JSON logs show them, for their trace and span ids.
-    let filter = match setup.format {
-        LogFormat::Text => match format!("{TARGET}=off").parse() {
-            Ok(directive) => filter.add_directive(directive),
-            Err(_) => filter,
-        },
-        LogFormat::Json => filter,
-    };
-    let logs = match setup.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_ansi(colour())
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(std::io::stderr)
-            .boxed(),
-    };
+    let logs = log_layer(&setup);
     let resource = resource(setup.config, setup.service_name);
     let mut errors = Vec::new();
-    let tracer = signal_endpoint("TRACE", setup.config, "/v1/traces").and_then(|endpoint| {
-        let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
-        if let Some(endpoint) = endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        match builder.build() {
-            Ok(exporter) => Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(Logged::new("spans", exporter))
-                    // Sampling is decided before a span is made (see `sampling`).
-                    .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
-                    .with_resource(resource.clone())
-                    .build(),
-            ),
-            Err(e) => {
-                errors.push(format!("OTLP span exporter: {e}; traces are not exported"));
-                None
-            }
-        }
-    });
-    let meter = signal_endpoint("METRIC", setup.config, "/v1/metrics").and_then(|endpoint| {
-        let mut builder = opentelemetry_otlp::MetricExporter::builder().with_http();
-        if let Some(endpoint) = endpoint {
-            builder = builder.with_endpoint(endpoint);
-        }
-        match builder.build() {
-            Ok(exporter) => Some(
-                SdkMeterProvider::builder()
-                    .with_periodic_exporter(Logged::new("metrics", exporter))
-                    .with_resource(resource.clone())
-                    .build(),
-            ),
-            Err(e) => {
-                errors.push(format!(
-                    "OTLP metric exporter: {e}; metrics are not exported"
-                ));
-                None
-            }
-        }
-    });
+    let tracer = span_exporter(setup.config, &resource, &mut errors);
+    let meter = metric_exporter(setup.config, &resource, &mut errors);
     let spans = tracer.as_ref().map(|provider| {
         let only_ours = tracing_subscriber::filter::Targets::new()
             .with_target(TARGET, tracing::Level::TRACE)
@@ -268,7 +208,7 @@ pub fn init(setup: Setup<'_>) -> Telemetry {
             .with_filter(only_ours)
     });
     let installed = tracing_subscriber::registry()
-        .with(logs.with_filter(filter))
+        .with(logs)
         .with(spans)
         .try_init();
     if installed.is_err() {
@@ -295,6 +235,93 @@ pub fn init(setup: Setup<'_>) -> Telemetry {
         );
     }
     Telemetry { tracer, meter }
+}
+
+/// Log lines on stderr, filtered by `RUST_LOG` or the setup's default: text (coloured only on
+/// a terminal, without the request spans, whose fields would prefix every line logged while a
+/// request runs) or JSON (with the spans, for their trace and span ids).
+fn log_layer<S>(setup: &Setup<'_>) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(setup.default_filter));
+    match setup.format {
+        LogFormat::Text => {
+            let filter = match format!("{TARGET}=off").parse() {
+                Ok(directive) => filter.add_directive(directive),
+                Err(_) => filter,
+            };
+            tracing_subscriber::fmt::layer()
+                .with_ansi(colour())
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .boxed()
+        }
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    }
+}
+
+/// The span exporter, when an endpoint is configured; a failure to build it is noted in
+/// `errors` and leaves traces off.
+fn span_exporter(
+    config: &TelemetryConfig,
+    resource: &Resource,
+    errors: &mut Vec<String>,
+) -> Option<SdkTracerProvider> {
+    let endpoint = signal_endpoint("TRACE", config, "/v1/traces")?;
+    let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    match builder.build() {
+        Ok(exporter) => Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(Logged::new("spans", exporter))
+                // Sampling is decided before a span is made (see `sampling`).
+                .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+                .with_resource(resource.clone())
+                .build(),
+        ),
+        Err(e) => {
+            errors.push(format!("OTLP span exporter: {e}; traces are not exported"));
+            None
+        }
+    }
+}
+
+/// The metric exporter, when an endpoint is configured; a failure to build it is noted in
+/// `errors` and leaves metrics off.
+fn metric_exporter(
+    config: &TelemetryConfig,
+    resource: &Resource,
+    errors: &mut Vec<String>,
+) -> Option<SdkMeterProvider> {
+    let endpoint = signal_endpoint("METRIC", config, "/v1/metrics")?;
+    let mut builder = opentelemetry_otlp::MetricExporter::builder().with_http();
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    match builder.build() {
+        Ok(exporter) => Some(
+            SdkMeterProvider::builder()
+                .with_periodic_exporter(Logged::new("metrics", exporter))
+                .with_resource(resource.clone())
+                .build(),
+        ),
+        Err(e) => {
+            errors.push(format!(
+                "OTLP metric exporter: {e}; metrics are not exported"
+            ));
+            None
+        }
+    }
 }
 
 /// The process's resource: the SDK's detectors (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`)

@@ -460,54 +460,8 @@ impl WasmRuntime {
         } else {
             limits.fuel
         };
-        let mut store = Store::new(
-            &self.engine,
-            StoreData {
-                memory: MemoryCap {
-                    max_bytes: limits.max_memory_bytes,
-                    refused: None,
-                },
-                host: loaded.host.clone(),
-                depth,
-                deadline,
-                inline: inline.is_some(),
-                deferred: false,
-            },
-        );
-        store.limiter(|data| &mut data.memory);
-        store
-            .set_fuel(fuel)
-            .map_err(|e| PluginError::Failed(format!("cannot set fuel: {e}")))?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let ticks = (remaining.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-
-        let outcome = (|| -> wasmtime::Result<(Packed, wasmtime::Memory)> {
-            let instance = loaded.pre.instantiate(&mut store)?;
-            let exports = &loaded.exports;
-            if let Some(initialize) = &exports.initialize {
-                AbiExports::func::<(), ()>(&instance, &mut store, initialize)?
-                    .call(&mut store, ())?;
-            }
-            let alloc = AbiExports::func::<i32, i32>(&instance, &mut store, &exports.alloc)?;
-            let handle =
-                AbiExports::func::<(i32, i32), i64>(&instance, &mut store, &exports.handle)?;
-            let memory = instance
-                .get_module_export(&mut store, &exports.memory)
-                .and_then(wasmtime::Extern::into_memory)
-                .ok_or_else(|| BadAbi(format!("module does not export {EXPORT_MEMORY:?}")))?;
-            let len = i32::try_from(input.len())?;
-            let ptr = alloc.call(&mut store, len)?;
-            memory
-                .write(&mut store, ptr as u32 as usize, input)
-                .map_err(|_| {
-                    BadAbi(format!(
-                        "{EXPORT_ALLOC}({len}) returned {ptr}, outside guest memory"
-                    ))
-                })?;
-            let packed = Packed::unpack(handle.call(&mut store, (ptr, len))?);
-            Ok((packed, memory))
-        })();
+        let mut store = self.store(loaded, deadline, depth, inline.is_some(), fuel)?;
+        let outcome = call(&mut store, loaded, input);
         if let Some(attempt) = inline {
             attempt.fuel_used = fuel.saturating_sub(store.get_fuel().unwrap_or(0));
             attempt.deferred = match &outcome {
@@ -519,36 +473,110 @@ impl WasmRuntime {
                 }
             };
         }
-        let (packed, memory) = match outcome {
-            Ok(done) => done,
-            Err(e) => return Err(classify(e, &store, limits)),
-        };
-        let data = memory.data(&store);
-        let start = packed.ptr as usize;
-        let Some(bytes) = data.get(start..start + packed.len as usize) else {
-            return Err(PluginError::Failed(format!(
-                "bad ABI output: {EXPORT_HANDLE} returned buffer [{start}, +{}), outside guest memory ({} bytes)",
-                packed.len,
-                data.len()
-            )));
-        };
-        if bytes.len() > limits.max_output_bytes {
-            return Err(PluginError::LimitExceeded(format!(
-                "output of {} bytes exceeds the limit of {} bytes",
-                bytes.len(),
-                limits.max_output_bytes
-            )));
+        match outcome {
+            Ok((packed, memory)) => output(&store, packed, memory, limits),
+            Err(e) => Err(classify(e, &store, limits)),
         }
-        if packed.error {
-            let body: ErrorBody = rmp_serde::from_slice(bytes).map_err(|e| {
-                PluginError::Failed(format!(
-                    "bad ABI output: error buffer is not a {{code, message}} map: {e}"
-                ))
-            })?;
-            return Err(PluginError::from_code(body.code, body.message));
-        }
-        wire::decode(bytes).map_err(|e| PluginError::Failed(format!("bad ABI output: {e}")))
     }
+
+    /// A fresh store for one call: the memory cap, `fuel`, and an epoch deadline at `deadline`.
+    fn store(
+        &self,
+        loaded: &Loaded,
+        deadline: Instant,
+        depth: u32,
+        inline: bool,
+        fuel: u64,
+    ) -> Result<Store<StoreData>, PluginError> {
+        let mut store = Store::new(
+            &self.engine,
+            StoreData {
+                memory: MemoryCap {
+                    max_bytes: loaded.limits.max_memory_bytes,
+                    refused: None,
+                },
+                host: loaded.host.clone(),
+                depth,
+                deadline,
+                inline,
+                deferred: false,
+            },
+        );
+        store.limiter(|data| &mut data.memory);
+        store
+            .set_fuel(fuel)
+            .map_err(|e| PluginError::Failed(format!("cannot set fuel: {e}")))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let ticks = (remaining.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        Ok(store)
+    }
+}
+
+/// Instantiates the module in `store`, copies `input` into the guest and calls its handler:
+/// where its output is, and the memory it is in.
+fn call(
+    store: &mut Store<StoreData>,
+    loaded: &Loaded,
+    input: &[u8],
+) -> wasmtime::Result<(Packed, wasmtime::Memory)> {
+    let instance = loaded.pre.instantiate(&mut *store)?;
+    let exports = &loaded.exports;
+    if let Some(initialize) = &exports.initialize {
+        AbiExports::func::<(), ()>(&instance, &mut *store, initialize)?.call(&mut *store, ())?;
+    }
+    let alloc = AbiExports::func::<i32, i32>(&instance, &mut *store, &exports.alloc)?;
+    let handle = AbiExports::func::<(i32, i32), i64>(&instance, &mut *store, &exports.handle)?;
+    let memory = instance
+        .get_module_export(&mut *store, &exports.memory)
+        .and_then(wasmtime::Extern::into_memory)
+        .ok_or_else(|| BadAbi(format!("module does not export {EXPORT_MEMORY:?}")))?;
+    let len = i32::try_from(input.len())?;
+    let ptr = alloc.call(&mut *store, len)?;
+    memory
+        .write(&mut *store, ptr as u32 as usize, input)
+        .map_err(|_| {
+            BadAbi(format!(
+                "{EXPORT_ALLOC}({len}) returned {ptr}, outside guest memory"
+            ))
+        })?;
+    let packed = Packed::unpack(handle.call(&mut *store, (ptr, len))?);
+    Ok((packed, memory))
+}
+
+/// The guest's output: its value, or the error it returned, checked against the ABI and
+/// `max_output_bytes`.
+fn output(
+    store: &Store<StoreData>,
+    packed: Packed,
+    memory: wasmtime::Memory,
+    limits: &Limits,
+) -> Result<Value, PluginError> {
+    let data = memory.data(store);
+    let start = packed.ptr as usize;
+    let Some(bytes) = data.get(start..start + packed.len as usize) else {
+        return Err(PluginError::Failed(format!(
+            "bad ABI output: {EXPORT_HANDLE} returned buffer [{start}, +{}), outside guest memory ({} bytes)",
+            packed.len,
+            data.len()
+        )));
+    };
+    if bytes.len() > limits.max_output_bytes {
+        return Err(PluginError::LimitExceeded(format!(
+            "output of {} bytes exceeds the limit of {} bytes",
+            bytes.len(),
+            limits.max_output_bytes
+        )));
+    }
+    if packed.error {
+        let body: ErrorBody = rmp_serde::from_slice(bytes).map_err(|e| {
+            PluginError::Failed(format!(
+                "bad ABI output: error buffer is not a {{code, message}} map: {e}"
+            ))
+        })?;
+        return Err(PluginError::from_code(body.code, body.message));
+    }
+    wire::decode(bytes).map_err(|e| PluginError::Failed(format!("bad ABI output: {e}")))
 }
 
 /// How an inline attempt went (see [`WasmRuntime::try_inline`]).

@@ -438,10 +438,7 @@ impl Follower {
             origin: format!("{name}.{}", kind.extension),
         };
         let runtimes = self.shared.runtimes(name);
-        let plugin = tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
-            .await
-            .unwrap_or_else(|e| Err(PluginError::Load(format!("build task failed: {e}"))))
-            .map_err(fatal)?;
+        let plugin = kinds::build(kind, code, runtimes).await.map_err(fatal)?;
         kinds::check_built_name(name, &plugin.metadata().id).map_err(fatal)?;
         let managed = Arc::new(ManagedPlugin::new(plugin));
         managed.activate().await.map_err(fatal)?;

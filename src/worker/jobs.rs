@@ -56,103 +56,169 @@ pub(crate) async fn consume(
     tracker: TaskTracker,
 ) {
     let Signals {
-        mut shutdown,
-        mut removed,
+        shutdown,
+        removed,
         mut reconnects,
     } = signals;
     reconnects.borrow_and_update();
-    let name = endpoint.name.clone();
     let concurrency = jobs.config().concurrency;
-    let slots = Arc::new(Semaphore::new(concurrency));
-    let mut consumer: Option<PullConsumer> = None;
-    let mut failing = false;
+    let mut puller = Puller {
+        name: endpoint.name.clone(),
+        endpoint,
+        jobs,
+        worker,
+        tracker,
+        shutdown,
+        removed,
+        reconnects,
+        slots: Arc::new(Semaphore::new(concurrency)),
+        concurrency,
+        consumer: None,
+        failing: false,
+    };
     loop {
-        let pull = match consumer.clone() {
-            Some(pull) => pull,
-            None => {
-                let made = tokio::select! {
-                    _ = stopped(&mut shutdown, &mut removed) => return,
-                    made = jobs.consumer(&name) => made,
-                };
-                match made {
-                    Ok(pull) => {
-                        consumer = Some(pull.clone());
-                        pull
-                    }
-                    Err(e) => {
-                        if !failing {
-                            tracing::warn!(plugin = %name, error = %e, "jobs not consumed; retrying");
-                            failing = true;
-                        }
-                        tokio::select! {
-                            _ = stopped(&mut shutdown, &mut removed) => return,
-                            _ = tokio::time::sleep(RETRY_PAUSE) => continue,
-                        }
-                    }
-                }
-            }
+        match puller.round().await {
+            Ok(()) | Err(Flow::Again) => {}
+            Err(Flow::Stop) => return,
+        }
+    }
+}
+
+/// Why a pull round ended early.
+enum Flow {
+    /// The worker stops or the plugin is removed.
+    Stop,
+    /// Something failed (said once, see `Puller::failing`) and was waited out: start again.
+    Again,
+}
+
+/// One plugin's jobs task: its signals, its slots and the shared consumer.
+struct Puller {
+    name: String,
+    endpoint: Arc<Endpoint>,
+    jobs: Arc<Jobs>,
+    worker: Arc<str>,
+    tracker: TaskTracker,
+    shutdown: watch::Receiver<bool>,
+    removed: watch::Receiver<bool>,
+    reconnects: watch::Receiver<u64>,
+    /// `jobs.concurrency` permits: a job runs holding one.
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+    /// The consumer, once made; made again after a failed pull (it may have been deleted).
+    consumer: Option<PullConsumer>,
+    /// The last attempt failed: the failure was logged, and its end will be.
+    failing: bool,
+}
+
+impl Puller {
+    /// One round: the consumer, free slots, a pull for that many jobs, and each job started.
+    async fn round(&mut self) -> Result<(), Flow> {
+        let pull = self.consumer().await?;
+        let mut reserved = self.reserve().await?;
+        let mut batch = self.pull(&pull, reserved.num_permits()).await?;
+        if self.failing {
+            tracing::info!(plugin = %self.name, "pulling jobs again");
+            self.failing = false;
+        }
+        self.start_each(&mut batch, &mut reserved).await
+    }
+
+    /// The consumer, made (every worker shares it) if this task has none yet.
+    async fn consumer(&mut self) -> Result<PullConsumer, Flow> {
+        if let Some(pull) = &self.consumer {
+            return Ok(pull.clone());
+        }
+        let made = tokio::select! {
+            _ = stopped(&mut self.shutdown, &mut self.removed) => return Err(Flow::Stop),
+            made = self.jobs.consumer(&self.name) => made,
         };
-        // One free slot at least, then every other free one: a pull asks for exactly that many.
+        match made {
+            Ok(pull) => {
+                self.consumer = Some(pull.clone());
+                Ok(pull)
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(plugin = %self.name, error = %e, "jobs not consumed; retrying");
+                    self.failing = true;
+                }
+                Err(self.pause().await)
+            }
+        }
+    }
+
+    /// One free slot at least, then every other free one: a pull asks for exactly that many.
+    async fn reserve(&mut self) -> Result<OwnedSemaphorePermit, Flow> {
         let mut reserved = tokio::select! {
             biased;
-            _ = stopped(&mut shutdown, &mut removed) => return,
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
+            _ = stopped(&mut self.shutdown, &mut self.removed) => return Err(Flow::Stop),
+            slot = self.slots.clone().acquire_owned() => slot.map_err(|_| Flow::Stop)?,
         };
-        while reserved.num_permits() < concurrency {
-            match slots.clone().try_acquire_owned() {
+        while reserved.num_permits() < self.concurrency {
+            match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => reserved.merge(slot),
                 Err(_) => break,
             }
         }
+        Ok(reserved)
+    }
+
+    /// A pull for `wanted` jobs.
+    async fn pull(
+        &mut self,
+        pull: &PullConsumer,
+        wanted: usize,
+    ) -> Result<jetstream::consumer::pull::Batch, Flow> {
         let batch = tokio::select! {
-            _ = stopped(&mut shutdown, &mut removed) => return,
+            _ = stopped(&mut self.shutdown, &mut self.removed) => return Err(Flow::Stop),
             batch = pull
                 .batch()
-                .max_messages(reserved.num_permits())
+                .max_messages(wanted)
                 .expires(PULL_EXPIRES)
                 .messages() => batch,
         };
-        let mut batch = match batch {
-            Ok(batch) => batch,
+        match batch {
+            Ok(batch) => Ok(batch),
             Err(e) => {
-                if !failing {
-                    tracing::warn!(plugin = %name, error = %e, "cannot pull jobs; retrying");
-                    failing = true;
+                if !self.failing {
+                    tracing::warn!(plugin = %self.name, error = %e, "cannot pull jobs; retrying");
+                    self.failing = true;
                 }
                 // The consumer may be gone (deleted by hand): make it again.
-                consumer = None;
-                tokio::select! {
-                    _ = stopped(&mut shutdown, &mut removed) => return,
-                    _ = tokio::time::sleep(RETRY_PAUSE) => continue,
-                }
+                self.consumer = None;
+                Err(self.pause().await)
             }
-        };
-        if failing {
-            tracing::info!(plugin = %name, "pulling jobs again");
-            failing = false;
         }
-        let mut stopping = false;
+    }
+
+    /// Starts each job of `batch` on a slot of `reserved` until the pull ends. When the worker
+    /// stops, the jobs already on their way to it go back for another worker to take.
+    async fn start_each(
+        &mut self,
+        batch: &mut jetstream::consumer::pull::Batch,
+        reserved: &mut OwnedSemaphorePermit,
+    ) -> Result<(), Flow> {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = stopped(&mut shutdown, &mut removed) => {
-                    stopping = true;
-                    break;
+                _ = stopped(&mut self.shutdown, &mut self.removed) => {
+                    while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                        give_back(&message).await;
+                    }
+                    return Err(Flow::Stop);
                 }
                 // The server dropped this pull with the old connection: ask again.
-                Ok(()) = reconnects.changed() => break,
+                Ok(()) = self.reconnects.changed() => return Ok(()),
                 next = batch.next() => next,
             };
             match next {
                 Some(Ok(message)) => match reserved.split(1) {
                     Some(slot) => {
-                        tracker.spawn(run(
-                            endpoint.clone(),
-                            jobs.clone(),
-                            worker.clone(),
+                        self.tracker.spawn(run(
+                            self.endpoint.clone(),
+                            self.jobs.clone(),
+                            self.worker.clone(),
                             message,
                             slot,
                         ));
@@ -161,18 +227,19 @@ pub(crate) async fn consume(
                     None => give_back(&message).await,
                 },
                 Some(Err(e)) => {
-                    tracing::debug!(plugin = %name, error = %e, "pull ended");
-                    break;
+                    tracing::debug!(plugin = %self.name, error = %e, "pull ended");
+                    return Ok(());
                 }
-                None => break,
+                None => return Ok(()),
             }
         }
-        if stopping {
-            // Jobs already on their way to this worker go back for another worker to take.
-            while let Some(Some(Ok(message))) = batch.next().now_or_never() {
-                give_back(&message).await;
-            }
-            return;
+    }
+
+    /// Waits `RETRY_PAUSE` after a failure: `Again`, or `Stop` if the worker stops meanwhile.
+    async fn pause(&mut self) -> Flow {
+        tokio::select! {
+            _ = stopped(&mut self.shutdown, &mut self.removed) => Flow::Stop,
+            _ = tokio::time::sleep(RETRY_PAUSE) => Flow::Again,
         }
     }
 }

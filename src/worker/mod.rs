@@ -35,13 +35,10 @@ pub use service::{SERVICE_VERSION, TOOL_DESCRIPTION, TOOL_PARAMETERS};
 use crate::config::{ConfigError, WorkerConfig};
 use crate::distribution::Revision;
 use crate::kinds;
-use crate::plugin::{
-    AgentPlugin, Lifecycle, ManagedPlugin, PluginError, PluginManager, SandboxPool,
-};
-use crate::rhai::{ScriptEngine, StateMap};
+use crate::plugin::{AgentPlugin, Lifecycle, ManagedPlugin, PluginError, PluginManager};
+use crate::rhai::StateMap;
 use crate::subjects::QUEUE_GROUP;
 use crate::telemetry::{Instruments, PluginSnapshot, ReloadCounts};
-use crate::wasm::WasmRuntime;
 use endpoint::{Endpoint, Served};
 
 /// Messages one subscription may buffer before the client drops them (async-nats's default is
@@ -139,8 +136,8 @@ pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) config: WorkerConfig,
     pub(crate) manager: Arc<PluginManager>,
-    pub(crate) engine: Arc<ScriptEngine>,
-    pub(crate) wasm: Arc<WasmRuntime>,
+    /// The Rhai engine and the wasmtime runtime, on one sandbox pool.
+    pub(crate) engines: kinds::Engines,
     /// The durable jobs streams, when the server has JetStream and `jobs.enabled` is on.
     jobs: Option<Arc<crate::jobs::Jobs>>,
     /// Changes each time the connection is made again (a pending pull request is gone then).
@@ -198,7 +195,7 @@ impl Shared {
             self.client.clone(),
             &self.config,
             self.id.clone(),
-            self.engine.pool().clone(),
+            self.engines.engine.pool().clone(),
             self.instruments.clone(),
             self.reloads.clone(),
         ));
@@ -294,11 +291,7 @@ impl Shared {
 
     /// What building plugin `name` from code uses (see [`kinds::Runtimes`]).
     pub(crate) fn runtimes(&self, name: &str) -> kinds::Runtimes {
-        kinds::Runtimes {
-            engine: self.engine.clone(),
-            wasm: self.wasm.clone(),
-            state: self.state_for(name),
-        }
+        self.engines.runtimes(self.state_for(name))
     }
 
     /// The state map a new Rhai revision of `name` starts with: the current one when
@@ -342,6 +335,29 @@ impl Worker {
 
     /// Starts a worker serving `natives` (instead of the built-in ones) and the plugins
     /// directory. This is how an application embeds its own native plugins.
+    ///
+    /// The steps read as the worker's life: connect, build the engines, serve the local
+    /// plugins, follow the plugins bucket, answer the Services API, and say it is ready.
+    ///
+    /// ```no_run
+    /// # async fn embed() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::sync::Arc;
+    /// use mofa_bus::config::WorkerConfig;
+    /// use mofa_bus::worker::Worker;
+    ///
+    /// let config = WorkerConfig {
+    ///     nats_url: "nats://127.0.0.1:4222".into(),
+    ///     ..WorkerConfig::default()
+    /// };
+    /// // Your own native plugins (see `mofa_bus::plugin::AgentPlugin`), beside the plugins
+    /// // directory's scripts and modules and whatever is published to the bus.
+    /// let natives: Vec<Arc<dyn mofa_bus::plugin::AgentPlugin>> = Vec::new();
+    /// let worker = Worker::start_with(config, natives).await?;
+    /// tokio::signal::ctrl_c().await?;
+    /// worker.shutdown().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start_with(
         config: WorkerConfig,
         natives: Vec<Arc<dyn AgentPlugin>>,
@@ -356,185 +372,12 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| nuid::next().as_str().to_string())
             .into();
-        // Counts (re)connections, for the tasks whose server-side state a reconnection loses.
-        let (reconnects_tx, reconnects) = watch::channel(0u64);
-        let reconnects_tx = Arc::new(reconnects_tx);
-        let servers = crate::connection::servers(&config.nats_url)?;
-        let url: Arc<str> = crate::connection::shown(&config.nats_url).into();
-        let announced = url.clone();
-        let client = config
-            .nats
-            .options()
-            .await?
-            .name(format!("mofa-worker {id}"))
-            // Room for a burst between the socket and the admission loop (which moves requests
-            // on into the plugins' bounded queues at once); the channel grows only when used.
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .event_callback(move |event| {
-                let reconnects = reconnects_tx.clone();
-                let url = announced.clone();
-                async move {
-                    match event {
-                        // Messages dropped before admission: their callers will time out.
-                        async_nats::Event::SlowConsumer(sid) => tracing::error!(
-                            subscription = sid,
-                            "slow consumer: NATS messages were dropped before admission"
-                        ),
-                        async_nats::Event::Disconnected => {
-                            tracing::warn!("lost the connection to NATS at {url}; reconnecting")
-                        }
-                        async_nats::Event::Connected => {
-                            tracing::info!("connected to NATS at {url}");
-                            reconnects.send_modify(|n| *n += 1);
-                        }
-                        // Permission violations and the like: the server refused something.
-                        async_nats::Event::ServerError(e) => {
-                            tracing::error!(error = %e, "the NATS server reported an error")
-                        }
-                        other => tracing::debug!(event = %other, "NATS connection event"),
-                    }
-                }
-            })
-            .connect(servers.as_slice())
-            .await
-            .map_err(|e| WorkerError::Connect {
-                url: url.to_string(),
-                cause: crate::connection::cause(&e),
-            })?;
-
-        let manager = Arc::new(PluginManager::new());
-        let pool = SandboxPool::new(config.sandbox_threads);
-        let engine = Arc::new(ScriptEngine::with_pool(config.rhai.clone(), pool.clone()));
-        // A module's output can never be larger than the server can carry as a reply.
-        let mut wasm_config = config.wasm.clone();
-        let max_payload = client.server_info().max_payload as u64;
-        if max_payload > 0 && wasm_config.max_output_bytes > max_payload {
-            tracing::info!(
-                max_output_bytes = wasm_config.max_output_bytes,
-                max_payload,
-                "wasm.max_output_bytes capped at the server's max_payload"
-            );
-            wasm_config.max_output_bytes = max_payload;
-        }
-        let wasm = WasmRuntime::new(wasm_config, pool)?;
-        if config.wasm.disk_cache {
-            wasm.set_disk_cache(config.data_dir().join("wasm-cache"));
-        }
-        let calls = caller::new(
-            &manager,
-            client.clone(),
-            Duration::from_millis(config.wasm.timeout_ms),
-            config.reload.namespace(),
-        );
-        wasm.set_caller(calls.clone());
-        engine.set_caller(calls, tokio::runtime::Handle::current());
-        let jobs = if !config.jobs.enabled {
-            None
-        } else if config.reload.env != crate::config::PRODUCTION {
-            tracing::info!(env = %config.reload.env, "durable jobs (mofa.jobs.<plugin>) are served in the production environment only");
-            None
-        } else {
-            open_jobs(&client, &config.jobs).await
-        };
+        let (client, reconnects) = connect(&config, &id).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let drain_timeout = Duration::from_millis(config.drain_timeout_ms);
-        let shared = Arc::new(Shared {
-            id: id.clone(),
-            client: client.clone(),
-            config,
-            manager,
-            engine,
-            wasm,
-            jobs,
-            reconnects,
-            endpoints: Mutex::new(BTreeMap::new()),
-            states: Mutex::new(HashMap::new()),
-            reloads: Arc::default(),
-            instruments: Arc::new(Instruments::new()),
-            tracker: TaskTracker::new(),
-            shutdown: shutdown_rx.clone(),
-        });
-
-        let weak = Arc::downgrade(&shared);
-        let pool = shared.engine.pool().clone();
-        crate::telemetry::observe(
-            &id,
-            crate::telemetry::Sources {
-                plugins: Box::new(move || {
-                    weak.upgrade().map(|s| s.snapshots()).unwrap_or_default()
-                }),
-                sandbox_queue: Box::new(move || pool.queued() as u64),
-                reloads: shared.reloads.clone(),
-            },
-        );
-
-        let mut failures = Vec::new();
-        let files = plugin_files(&shared, &mut failures).await;
-        // Where each served name comes from, to name both sides when two claim one name.
-        let mut sources: HashMap<String, String> = HashMap::new();
-        let candidates = natives
-            .into_iter()
-            .map(|plugin| {
-                let source = format!("the native plugin {}", plugin.metadata().id);
-                (plugin, source, None)
-            })
-            .chain(
-                files
-                    .into_iter()
-                    .map(|(plugin, path)| (plugin, path.display().to_string(), Some(path))),
-            );
-        for (plugin, source, path) in candidates {
-            let id = plugin.metadata().id.clone();
-            let failure_path = || path.clone().unwrap_or_else(|| PathBuf::from(&id));
-            if let Some(first) = sources.get(&id) {
-                let error = format!(
-                    "plugin name {id:?} is taken by {first}, so {source} is not served (rename one of them)"
-                );
-                tracing::error!(plugin = %id, "{error}");
-                failures.push(LoadFailure {
-                    path: failure_path(),
-                    error,
-                });
-                continue;
-            }
-            let managed = match shared.manager.register(plugin) {
-                Ok(managed) => managed,
-                Err(e) => {
-                    failures.push(LoadFailure {
-                        path: failure_path(),
-                        error: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            sources.insert(id.clone(), source);
-            match managed.activate().await {
-                Ok(()) => shared.serve(Served::new(managed, None)).await?,
-                Err(e) => {
-                    tracing::error!(plugin = %id, error = %e, "plugin not served");
-                    failures.push(LoadFailure {
-                        path: failure_path(),
-                        error: e.to_string(),
-                    });
-                }
-            }
-        }
-
-        let info = Arc::new(service::ServiceInfo {
-            id: id.to_string(),
-            service: shared.config.reload.namespace().service_name().to_string(),
-            env: shared.config.reload.env.clone(),
-            endpoints: Box::new({
-                let shared = Arc::downgrade(&shared);
-                move || {
-                    shared
-                        .upgrade()
-                        .map(|s| s.endpoint_list())
-                        .unwrap_or_default()
-                }
-            }),
-            reloads: shared.reloads.clone(),
-        });
+        let shared = Shared::new(config, id, client, reconnects, shutdown_rx).await?;
+        observe(&shared);
+        let failures = serve_local(&shared, natives).await?;
         // The bucket's revisions first: a worker answers the Services API (and says it is
         // ready) only once it serves what the bucket says.
         let follower = if shared.config.reload.enabled {
@@ -542,16 +385,12 @@ impl Worker {
         } else {
             None
         };
-        let service = match service::subscribe(client.clone(), info, shutdown_rx.clone()).await {
-            Ok(answering) => tokio::spawn(answering),
-            Err(e) => {
-                tracing::error!(error = %e, "services API not available");
-                tokio::spawn(async {})
-            }
-        };
+        let service = answer_services_api(&shared).await;
         // Make sure every subscription is registered with the server before reporting ready.
-        round_trip(&client).await.map_err(WorkerError::Flush)?;
-        tracing::info!(worker = %id, url = %shared.config.nats_url, "worker ready");
+        round_trip(&shared.client)
+            .await
+            .map_err(WorkerError::Flush)?;
+        tracing::info!(worker = %shared.id, url = %shared.config.nats_url, "worker ready");
         Ok(Worker {
             shared,
             failures,
@@ -685,6 +524,225 @@ impl Worker {
     }
 }
 
+/// Connects as worker `id`, logging the connection's life (lost, back, refused) with the
+/// server's URL; the receiver counts (re)connections, for the tasks whose server-side state a
+/// reconnection loses.
+async fn connect(
+    config: &WorkerConfig,
+    id: &str,
+) -> Result<(Client, watch::Receiver<u64>), WorkerError> {
+    let (reconnects_tx, reconnects) = watch::channel(0u64);
+    let reconnects_tx = Arc::new(reconnects_tx);
+    let servers = crate::connection::servers(&config.nats_url)?;
+    let url: Arc<str> = crate::connection::shown(&config.nats_url).into();
+    let announced = url.clone();
+    let client = config
+        .nats
+        .options()
+        .await?
+        .name(format!("mofa-worker {id}"))
+        // Room for a burst between the socket and the admission loop (which moves requests
+        // on into the plugins' bounded queues at once); the channel grows only when used.
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .event_callback(move |event| {
+            let reconnects = reconnects_tx.clone();
+            let url = announced.clone();
+            async move {
+                match event {
+                    // Messages dropped before admission: their callers will time out.
+                    async_nats::Event::SlowConsumer(sid) => tracing::error!(
+                        subscription = sid,
+                        "slow consumer: NATS messages were dropped before admission"
+                    ),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("lost the connection to NATS at {url}; reconnecting")
+                    }
+                    async_nats::Event::Connected => {
+                        tracing::info!("connected to NATS at {url}");
+                        reconnects.send_modify(|n| *n += 1);
+                    }
+                    // Permission violations and the like: the server refused something.
+                    async_nats::Event::ServerError(e) => {
+                        tracing::error!(error = %e, "the NATS server reported an error")
+                    }
+                    other => tracing::debug!(event = %other, "NATS connection event"),
+                }
+            }
+        })
+        .connect(servers.as_slice())
+        .await
+        .map_err(|e| WorkerError::Connect {
+            url: url.to_string(),
+            cause: crate::connection::cause(&e),
+        })?;
+    Ok((client, reconnects))
+}
+
+impl Shared {
+    /// What the worker's tasks share: the engines (a module's output capped at what the
+    /// server can carry as a reply), `call_plugin` over this worker and the bus, and the
+    /// durable jobs streams.
+    async fn new(
+        config: WorkerConfig,
+        id: Arc<str>,
+        client: Client,
+        reconnects: watch::Receiver<u64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Shared>, WorkerError> {
+        let manager = Arc::new(PluginManager::new());
+        let mut wasm_config = config.wasm.clone();
+        let max_payload = client.server_info().max_payload as u64;
+        if max_payload > 0 && wasm_config.max_output_bytes > max_payload {
+            tracing::info!(
+                max_output_bytes = wasm_config.max_output_bytes,
+                max_payload,
+                "wasm.max_output_bytes capped at the server's max_payload"
+            );
+            wasm_config.max_output_bytes = max_payload;
+        }
+        let disk_cache = config
+            .wasm
+            .disk_cache
+            .then(|| config.data_dir().join("wasm-cache"));
+        let engines = kinds::Engines::new(
+            config.rhai.clone(),
+            wasm_config,
+            config.sandbox_threads,
+            disk_cache,
+        )?;
+        engines.set_caller(caller::new(
+            &manager,
+            client.clone(),
+            Duration::from_millis(config.wasm.timeout_ms),
+            config.reload.namespace(),
+        ));
+        let jobs = if !config.jobs.enabled {
+            None
+        } else if config.reload.env != crate::config::PRODUCTION {
+            tracing::info!(env = %config.reload.env, "durable jobs (mofa.jobs.<plugin>) are served in the production environment only");
+            None
+        } else {
+            open_jobs(&client, &config.jobs).await
+        };
+        Ok(Arc::new(Shared {
+            id,
+            client,
+            config,
+            manager,
+            engines,
+            jobs,
+            reconnects,
+            endpoints: Mutex::new(BTreeMap::new()),
+            states: Mutex::new(HashMap::new()),
+            reloads: Arc::default(),
+            instruments: Arc::new(Instruments::new()),
+            tracker: TaskTracker::new(),
+            shutdown,
+        }))
+    }
+}
+
+/// Hands the worker's counts to the metrics exporter (read when it exports).
+fn observe(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let pool = shared.engines.engine.pool().clone();
+    crate::telemetry::observe(
+        &shared.id,
+        crate::telemetry::Sources {
+            plugins: Box::new(move || weak.upgrade().map(|s| s.snapshots()).unwrap_or_default()),
+            sandbox_queue: Box::new(move || pool.queued() as u64),
+            reloads: shared.reloads.clone(),
+        },
+    );
+}
+
+/// Serves the native plugins and the plugins directory's files; what cannot be served (a file
+/// that does not build, a name two plugins claim) is reported in the failures returned.
+async fn serve_local(
+    shared: &Shared,
+    natives: Vec<Arc<dyn AgentPlugin>>,
+) -> Result<Vec<LoadFailure>, WorkerError> {
+    let mut failures = Vec::new();
+    let files = plugin_files(shared, &mut failures).await;
+    // Where each served name comes from, to name both sides when two claim one name.
+    let mut sources: HashMap<String, String> = HashMap::new();
+    let candidates = natives
+        .into_iter()
+        .map(|plugin| {
+            let source = format!("the native plugin {}", plugin.metadata().id);
+            (plugin, source, None)
+        })
+        .chain(
+            files
+                .into_iter()
+                .map(|(plugin, path)| (plugin, path.display().to_string(), Some(path))),
+        );
+    for (plugin, source, path) in candidates {
+        let id = plugin.metadata().id.clone();
+        let failure_path = || path.clone().unwrap_or_else(|| PathBuf::from(&id));
+        if let Some(first) = sources.get(&id) {
+            let error = format!(
+                "plugin name {id:?} is taken by {first}, so {source} is not served (rename one of them)"
+            );
+            tracing::error!(plugin = %id, "{error}");
+            failures.push(LoadFailure {
+                path: failure_path(),
+                error,
+            });
+            continue;
+        }
+        let managed = match shared.manager.register(plugin) {
+            Ok(managed) => managed,
+            Err(e) => {
+                failures.push(LoadFailure {
+                    path: failure_path(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        sources.insert(id.clone(), source);
+        match managed.activate().await {
+            Ok(()) => shared.serve(Served::new(managed, None)).await?,
+            Err(e) => {
+                tracing::error!(plugin = %id, error = %e, "plugin not served");
+                failures.push(LoadFailure {
+                    path: failure_path(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok(failures)
+}
+
+/// Answers the NATS Services API (`$SRV.PING/INFO/STATS`) until shutdown; without it the
+/// worker still serves (logged).
+async fn answer_services_api(shared: &Arc<Shared>) -> JoinHandle<()> {
+    let info = Arc::new(service::ServiceInfo {
+        id: shared.id.to_string(),
+        service: shared.config.reload.namespace().service_name().to_string(),
+        env: shared.config.reload.env.clone(),
+        endpoints: Box::new({
+            let shared = Arc::downgrade(shared);
+            move || {
+                shared
+                    .upgrade()
+                    .map(|s| s.endpoint_list())
+                    .unwrap_or_default()
+            }
+        }),
+        reloads: shared.reloads.clone(),
+    });
+    match service::subscribe(shared.client.clone(), info, shared.shutdown.clone()).await {
+        Ok(answering) => tokio::spawn(answering),
+        Err(e) => {
+            tracing::error!(error = %e, "services API not available");
+            tokio::spawn(async {})
+        }
+    }
+}
+
 /// Flushes `client` by `deadline`; past it, notes the stage in `late`.
 async fn flush(
     client: &Client,
@@ -744,9 +802,7 @@ async fn plugin_files(
         let plugin = match kinds::read(&path) {
             Ok((kind, code)) => {
                 let runtimes = shared.runtimes(&code.name);
-                tokio::task::spawn_blocking(move || (kind.build)(code, runtimes))
-                    .await
-                    .unwrap_or_else(|e| Err(PluginError::Load(format!("build task failed: {e}"))))
+                kinds::build(kind, code, runtimes).await
             }
             Err(e) => Err(e),
         };

@@ -146,6 +146,20 @@ pub struct PluginInfo {
 }
 
 /// Owns plugins by id and drives their lifecycle.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), mofa_bus::plugin::PluginError> {
+/// use std::sync::Arc;
+/// use mofa_bus::native::Echo;
+/// use mofa_bus::plugin::{PluginManager, Value};
+///
+/// let manager = PluginManager::new();
+/// manager.register(Arc::new(Echo::new()))?.activate().await?; // Loaded, then Running
+/// let reply = manager.execute("echo", Value::from("hi")).await?;
+/// assert_eq!(reply, Value::from("hi"));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Default)]
 pub struct PluginManager {
     plugins: RwLock<BTreeMap<String, Arc<ManagedPlugin>>>,

@@ -178,7 +178,35 @@ pub trait PluginCaller: Send + Sync + 'static {
 ///
 /// Lifecycle methods are called by the [`PluginManager`] in state-machine order and never
 /// concurrently with each other for one plugin; `execute` is called only while the plugin is
-/// `Running`, possibly many times at once.
+/// `Running`, possibly many times at once. A native plugin implements `metadata` and `execute`
+/// (the rest have defaults) and is served by handing it to
+/// [`Worker::start_with`](crate::worker::Worker::start_with); `examples/native_plugin.rs` runs
+/// one.
+///
+/// ```no_run
+/// use async_trait::async_trait;
+/// use mofa_bus::plugin::{AgentPlugin, PluginError, PluginKind, PluginMetadata, Value};
+///
+/// struct Double {
+///     meta: PluginMetadata,
+/// }
+///
+/// #[async_trait]
+/// impl AgentPlugin for Double {
+///     fn metadata(&self) -> &PluginMetadata {
+///         &self.meta
+///     }
+///
+///     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+///         match input.as_f64() {
+///             Some(x) => Ok(Value::from(x * 2.0)),
+///             None => Err(PluginError::BadInput("give a number".into())),
+///         }
+///     }
+/// }
+///
+/// let double = Double { meta: PluginMetadata::new("double", PluginKind::Native) };
+/// ```
 #[async_trait]
 pub trait AgentPlugin: Send + Sync + 'static {
     /// What the plugin is.

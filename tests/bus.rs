@@ -37,7 +37,9 @@ async fn native_and_rhai_round_trips() {
         ("a", Value::Array(vec![Value::from(1), Value::from("x")])),
     ]);
     assert_eq!(
-        call(&client, "echo", every_type.clone()).await.ok(),
+        call(&client, "echo", every_type.clone())
+            .await
+            .expect_value(),
         every_type
     );
 
@@ -51,7 +53,7 @@ async fn native_and_rhai_round_trips() {
     ] {
         let out = call(&client, plugin, discount_input(price, tier))
             .await
-            .ok();
+            .expect_value();
         assert_eq!(out, Value::F64(expected), "{plugin} {tier}");
     }
     worker.shutdown().await.expect("drains");
@@ -96,7 +98,7 @@ async fn order_pricing_prices_an_order() {
         ]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(out["order_id"], Value::from("A-1"));
     assert_eq!(out["subtotal"], Value::F64(120.0));
     assert_eq!(out["discount"], Value::F64(6.0));
@@ -114,7 +116,7 @@ async fn order_pricing_prices_an_order() {
         ]),
     )
     .await
-    .ok();
+    .expect_value();
     let total = small["total"].as_f64().expect("total is a float");
     assert!((total - 19.99).abs() < 1e-9, "{total}");
 
@@ -172,7 +174,7 @@ async fn concurrent_requests_to_one_plugin_run_at_once() {
         })
         .collect();
     for (i, c) in calls.into_iter().enumerate() {
-        assert_eq!(c.await.expect("joins").ok(), Value::from(i));
+        assert_eq!(c.await.expect("joins").expect_value(), Value::from(i));
     }
     assert!(
         plugin.peak.load(Ordering::SeqCst) >= 16,
@@ -202,7 +204,7 @@ async fn concurrent_rhai_requests_all_get_their_own_answer() {
         .collect();
     for (i, c) in calls.into_iter().enumerate() {
         assert_eq!(
-            c.await.expect("joins").ok(),
+            c.await.expect("joins").expect_value(),
             Value::F64(i as f64 * 10.0 * 0.8)
         );
     }
@@ -249,7 +251,9 @@ async fn with_no_queue_a_saturated_plugin_answers_503_at_once() {
     );
     // Once the burst is over the plugin serves again.
     assert_eq!(
-        call(&client, "overlap", Value::from(1)).await.ok(),
+        call(&client, "overlap", Value::from(1))
+            .await
+            .expect_value(),
         Value::from(1)
     );
     worker.shutdown().await.expect("drains");
@@ -273,7 +277,7 @@ async fn two_workers_in_one_queue_group_both_serve() {
 
     for i in 0..200 {
         assert_eq!(
-            call(&client, "echo", Value::from(i)).await.ok(),
+            call(&client, "echo", Value::from(i)).await.expect_value(),
             Value::from(i)
         );
     }
@@ -302,7 +306,7 @@ async fn two_workers_in_one_queue_group_both_serve() {
     wa.shutdown().await.expect("drains");
     // One worker gone: the other keeps serving.
     assert_eq!(
-        call(&client, "echo", Value::from("x")).await.ok(),
+        call(&client, "echo", Value::from("x")).await.expect_value(),
         Value::from("x")
     );
     wb.shutdown().await.expect("drains");
@@ -337,12 +341,14 @@ async fn bad_msgpack_gets_400_and_worker_survives() {
         }
     }
     assert_eq!(
-        call(&client, "echo", Value::from("alive")).await.ok(),
+        call(&client, "echo", Value::from("alive"))
+            .await
+            .expect_value(),
         Value::from("alive")
     );
     let out = call(&client, "discount", discount_input(Value::from(10), "gold"))
         .await
-        .ok();
+        .expect_value();
     assert_eq!(out, Value::F64(8.0));
     worker.shutdown().await.expect("drains");
 }
@@ -446,7 +452,9 @@ async fn result_events_can_leave_out_the_output() {
         .await
         .expect("subscribes");
     client.flush().await.expect("flush");
-    call(&client, "echo", Value::from("secret")).await.ok();
+    call(&client, "echo", Value::from("secret"))
+        .await
+        .expect_value();
     let m = tokio::time::timeout(Duration::from_secs(5), events.next())
         .await
         .expect("in time")
@@ -509,8 +517,8 @@ async fn services_api_ping_info_and_stats_answer() {
         assert_eq!(e.queue_group, "mofa");
     }
 
-    call(&client, "echo", Value::from(1)).await.ok();
-    call(&client, "echo", Value::from(2)).await.ok();
+    call(&client, "echo", Value::from(1)).await.expect_value();
+    call(&client, "echo", Value::from(2)).await.expect_value();
     assert_eq!(
         call(&client, "discount_native", Value::Nil).await.code(),
         Some(400)
@@ -568,7 +576,7 @@ async fn invalid_file_names_and_broken_scripts_are_reported_and_skipped() {
         .expect("reported");
     assert!(no_entry.error.contains("entry point"), "{}", no_entry.error);
     assert_eq!(
-        call(&client, "good", Value::from(21)).await.ok(),
+        call(&client, "good", Value::from(21)).await.expect_value(),
         Value::from(42)
     );
     let err = call_raw(&client, "broken", Bytes::new(), Duration::from_secs(2))
@@ -648,7 +656,7 @@ async fn result_events_can_be_turned_off() {
         .expect("subscribes");
     client.flush().await.expect("flush");
     for i in 0..5 {
-        call(&client, "echo", Value::from(i)).await.ok();
+        call(&client, "echo", Value::from(i)).await.expect_value();
     }
     assert!(
         tokio::time::timeout(Duration::from_millis(500), events.next())

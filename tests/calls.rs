@@ -92,11 +92,13 @@ async fn a_script_calls_local_plugins_and_catches_their_errors_with_codes() {
     .await;
     let client = server.client().await;
     assert_eq!(
-        call(&client, "caller", Value::from(100)).await.ok(),
+        call(&client, "caller", Value::from(100))
+            .await
+            .expect_value(),
         Value::from(81)
     );
     assert_eq!(
-        call(&client, "catcher", Value::Nil).await.ok(),
+        call(&client, "catcher", Value::Nil).await.expect_value(),
         map(&[
             ("code", Value::from(400)),
             ("message", Value::from("price must be a number")),
@@ -143,7 +145,9 @@ async fn a_script_calls_local_plugins_and_catches_their_errors_with_codes() {
     .await;
     // The caller's state map and deadline are its own again after a nested call.
     assert_eq!(
-        call(&client, "stateful", Value::from(7)).await.ok(),
+        call(&client, "stateful", Value::from(7))
+            .await
+            .expect_value(),
         map(&[("mine", Value::from(7)), ("other", Value::from(80))])
     );
     expect_error(
@@ -182,7 +186,7 @@ async fn calls_cross_workers_over_the_bus_and_the_depth_limit_stops_loops_betwee
     .await;
     let client = server.client().await;
     assert_eq!(
-        call(&client, "front", Value::from(20)).await.ok(),
+        call(&client, "front", Value::from(20)).await.expect_value(),
         Value::from(42)
     );
     // The remote callee's code survives the bus.
@@ -256,7 +260,7 @@ async fn a_burst_of_scripts_calling_each_other_across_workers_does_not_starve_th
             .await
             .expect("task")
             .expect("every request is answered");
-        assert_eq!(reply.ok(), Value::from(i as i64 + 1));
+        assert_eq!(reply.expect_value(), Value::from(i as i64 + 1));
     }
     first.shutdown().await.expect("drains");
     second.shutdown().await.expect("drains");

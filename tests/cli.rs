@@ -79,7 +79,7 @@ async fn events_prints_result_events_as_json_lines() {
     for i in 0..100 {
         call(&client, "echo", mofa_bus::wire::Value::from(i))
             .await
-            .ok();
+            .expect_value();
         if lines.is_finished() {
             break;
         }

@@ -176,7 +176,7 @@ async fn tls_with_a_client_certificate() {
         .await
         .expect("connects");
     assert_eq!(
-        call(&requests, "echo", Value::from(3)).await.ok(),
+        call(&requests, "echo", Value::from(3)).await.expect_value(),
         Value::from(3)
     );
     worker.shutdown().await.expect("clean stop");

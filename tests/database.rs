@@ -138,7 +138,9 @@ async fn start(
 
 /// Calls `data_analyzer` and checks its total against the sample's.
 async fn assert_total_sales(client: &async_nats::Client) {
-    let reply = call(client, "data_analyzer", Value::Nil).await.ok();
+    let reply = call(client, "data_analyzer", Value::Nil)
+        .await
+        .expect_value();
     let total = total_of(reply);
     assert!((total - TOTAL_SALES).abs() < 1e-6, "total {total}");
 }
@@ -149,12 +151,18 @@ async fn select(
     sql: &str,
     params: Vec<Value>,
 ) -> Vec<Vec<(Value, Value)>> {
-    rows(call(client, "database", query(sql, params)).await.ok())
+    rows(
+        call(client, "database", query(sql, params))
+            .await
+            .expect_value(),
+    )
 }
 
 /// The JSON text `database` returns for `sql` (the string form).
 async fn select_json(client: &async_nats::Client, sql: &str) -> String {
-    let reply = call(client, "database", Value::from(sql)).await.ok();
+    let reply = call(client, "database", Value::from(sql))
+        .await
+        .expect_value();
     reply.as_str().expect("JSON text").to_string()
 }
 
@@ -248,7 +256,7 @@ async fn hostile_strings_and_the_read_only_default(server: &NatsServer, url: &st
         ),
     )
     .await
-    .ok();
+    .expect_value();
     let inserted = select(
         &client,
         "INSERT INTO notes (id, body) VALUES ($1, $2) RETURNING id",
@@ -299,7 +307,7 @@ async fn hostile_strings_and_the_read_only_default(server: &NatsServer, url: &st
         )
         .await;
     }
-    let caught = call(&client, "writer", Value::Nil).await.ok();
+    let caught = call(&client, "writer", Value::Nil).await.expect_value();
     assert!(caught.to_string().contains("400"), "{caught}");
     assert!(caught.to_string().contains("allow_writes"), "{caught}");
     let count = select(&client, "SELECT count(*) AS n FROM sales", vec![]).await;
@@ -574,7 +582,7 @@ async fn a_database_that_is_down_is_a_503_and_the_worker_reconnects_by_itself() 
         "the password stays out of replies: {message}"
     );
     assert_eq!(
-        call(&client, "echo", Value::from(1)).await.ok(),
+        call(&client, "echo", Value::from(1)).await.expect_value(),
         Value::from(1)
     );
     worker.shutdown().await.expect("drained");
@@ -598,7 +606,7 @@ async fn a_database_that_is_down_is_a_503_and_the_worker_reconnects_by_itself() 
     let reply = call(&client, "data_analyzer", Value::Nil).await;
     assert_eq!(reply.code(), Some(503), "{reply:?}");
     assert_eq!(
-        call(&client, "echo", Value::from(2)).await.ok(),
+        call(&client, "echo", Value::from(2)).await.expect_value(),
         Value::from(2)
     );
     proxy.restart().await;

@@ -122,11 +122,13 @@ async fn each_role_can_do_its_job_and_nothing_it_must_not() {
     let (client, mut client_errors) = connect_as(&server, "client").await;
     wait_for_plugin(&client, "greet", Value::from("ada")).await;
     assert_eq!(
-        call(&client, "greet", Value::from("ada")).await.ok(),
+        call(&client, "greet", Value::from("ada"))
+            .await
+            .expect_value(),
         Value::from("hello, ada")
     );
     assert_eq!(
-        call(&client, "local", Value::from(7)).await.ok(),
+        call(&client, "local", Value::from(7)).await.expect_value(),
         Value::from(7)
     );
     let out = mofa_as(
@@ -168,7 +170,9 @@ async fn each_role_can_do_its_job_and_nothing_it_must_not() {
     );
     for _ in 0..5 {
         assert_eq!(
-            call(&client, "greet", Value::from("bo")).await.ok(),
+            call(&client, "greet", Value::from("bo"))
+                .await
+                .expect_value(),
             Value::from("hello, bo")
         );
     }
@@ -212,7 +216,9 @@ async fn each_role_can_do_its_job_and_nothing_it_must_not() {
         "a worker cannot write it"
     );
     assert_eq!(
-        call(&client, "greet", Value::from("cy")).await.ok(),
+        call(&client, "greet", Value::from("cy"))
+            .await
+            .expect_value(),
         Value::from("hello, cy"),
         "the published revision still serves"
     );
@@ -232,14 +238,18 @@ async fn each_role_can_do_its_job_and_nothing_it_must_not() {
     assert!(out.status.success(), "{out:?}");
     wait_for_reload(&mut reloads).await;
     assert_eq!(
-        call(&client, "greet", Value::from("di")).await.ok(),
+        call(&client, "greet", Value::from("di"))
+            .await
+            .expect_value(),
         Value::from("hi, di")
     );
     let out = mofa_as("publisher", &server, &["rollback", "greet"]);
     assert!(out.status.success(), "{out:?}");
     wait_for_reload(&mut reloads).await;
     assert_eq!(
-        call(&client, "greet", Value::from("ed")).await.ok(),
+        call(&client, "greet", Value::from("ed"))
+            .await
+            .expect_value(),
         Value::from("hello, ed")
     );
 
@@ -259,7 +269,9 @@ async fn each_role_can_do_its_job_and_nothing_it_must_not() {
     // `mofa events` subscribes before it prints anything: requests until one is seen.
     let mut seen = None;
     for _ in 0..50 {
-        call(&client, "greet", Value::from("fi")).await.ok();
+        call(&client, "greet", Value::from("fi"))
+            .await
+            .expect_value();
         if let Some(line) = lines.try_next_within(Duration::from_millis(100)) {
             seen = Some(line);
             break;
@@ -320,7 +332,7 @@ async fn a_worker_that_may_not_create_the_bucket_follows_it_once_a_publisher_has
     assert!(out.status.success(), "{out:?}");
     wait_for_plugin(&client, "late", Value::from(1)).await;
     assert_eq!(
-        call(&client, "late", Value::from(1)).await.ok(),
+        call(&client, "late", Value::from(1)).await.expect_value(),
         Value::from(2)
     );
 }

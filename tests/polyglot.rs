@@ -119,7 +119,7 @@ async fn rust_c_and_assemblyscript_guests_answer_alike() {
     assert_eq!(
         call(&client, "discount_c", input(Value::from(100), gold()))
             .await
-            .ok(),
+            .expect_value(),
         Value::F64(80.0)
     );
     worker.shutdown().await.expect("drains");
@@ -132,7 +132,7 @@ async fn a_wasip1_module_runs_with_the_wasi_grant_and_is_refused_without_it() {
     let client = server.client().await;
     let first = call(&client, "hello_wasi", map(&[("name", Value::from("ada"))]))
         .await
-        .ok();
+        .expect_value();
     assert_eq!(first["greeting"], Value::from("hello, ada"));
     let guest_ms = first["unix_ms"].as_i64().expect("unix_ms");
     let host_ms = mofa_bus::wire::unix_ms() as i64;
@@ -142,7 +142,7 @@ async fn a_wasip1_module_runs_with_the_wasi_grant_and_is_refused_without_it() {
     );
     let second = call(&client, "hello_wasi", map(&[("name", Value::from("ada"))]))
         .await
-        .ok();
+        .expect_value();
     assert_ne!(
         first["random"], second["random"],
         "each instance draws its own random seed"
@@ -286,15 +286,21 @@ async fn the_wasi_grant_has_no_files_or_sockets_and_exit_ends_the_request() {
     let client = server.client().await;
     const EBADF: i64 = 8;
     for plugin in ["opens_file", "sends", "writes_fd5"] {
-        let out = call(&client, plugin, Value::Nil).await.ok();
+        let out = call(&client, plugin, Value::Nil).await.expect_value();
         assert_eq!(out.as_i64(), Some(EBADF), "{plugin}");
     }
     assert_eq!(
-        call(&client, "prints", Value::Nil).await.ok().as_i64(),
+        call(&client, "prints", Value::Nil)
+            .await
+            .expect_value()
+            .as_i64(),
         Some(2)
     );
     assert_eq!(
-        call(&client, "reactor", Value::Nil).await.ok().as_i64(),
+        call(&client, "reactor", Value::Nil)
+            .await
+            .expect_value()
+            .as_i64(),
         Some(42)
     );
     expect_error(
@@ -308,7 +314,10 @@ async fn the_wasi_grant_has_no_files_or_sockets_and_exit_ends_the_request() {
     .await;
     // The worker keeps serving after the exit.
     assert_eq!(
-        call(&client, "reactor", Value::Nil).await.ok().as_i64(),
+        call(&client, "reactor", Value::Nil)
+            .await
+            .expect_value()
+            .as_i64(),
         Some(42)
     );
     worker.shutdown().await.expect("drains");

@@ -328,7 +328,7 @@ async fn wasm_modules_travel_inline_or_through_the_object_store() {
         ("customer_tier", Value::from("gold")),
     ]);
     assert_eq!(
-        call(&client, "discount_wasm", input).await.ok(),
+        call(&client, "discount_wasm", input).await.expect_value(),
         Value::F64(8.0)
     );
     for w in fleet {
@@ -355,17 +355,17 @@ async fn rhai_state_survives_a_reload_only_when_configured() {
         let r1 = publish_script(&dist, sources.path(), "count", &counter(1)).await;
         converge(std::slice::from_ref(&w), "count", r1).await;
         assert_eq!(
-            call(&client, "count", Value::Nil).await.ok(),
+            call(&client, "count", Value::Nil).await.expect_value(),
             Value::from(1)
         );
         assert_eq!(
-            call(&client, "count", Value::Nil).await.ok(),
+            call(&client, "count", Value::Nil).await.expect_value(),
             Value::from(2)
         );
         let r2 = publish_script(&dist, sources.path(), "count", &counter(10)).await;
         converge(std::slice::from_ref(&w), "count", r2).await;
         assert_eq!(
-            call(&client, "count", Value::Nil).await.ok(),
+            call(&client, "count", Value::Nil).await.expect_value(),
             Value::from(expected),
             "preserve_state = {preserve}"
         );

@@ -60,10 +60,10 @@ async fn a_panicking_plugin_answers_500_and_the_pool_keeps_its_threads() {
     // Both threads of the pool still run scripts, and the admission loops still admit.
     let doubled = join_all((0..8).map(|i| call(&client, "double", Value::from(i)))).await;
     for (i, reply) in doubled.into_iter().enumerate() {
-        assert_eq!(reply.ok(), Value::from(2 * i as i64));
+        assert_eq!(reply.expect_value(), Value::from(2 * i as i64));
     }
     assert_eq!(
-        call(&client, "echo", Value::from(1)).await.ok(),
+        call(&client, "echo", Value::from(1)).await.expect_value(),
         Value::from(1)
     );
     expect_error(
@@ -136,11 +136,11 @@ async fn replies_over_the_servers_max_payload_are_413s_not_silence() {
     assert!(reply.message().len() < 5000);
     // Replies that fit are untouched.
     assert_eq!(
-        call(&client, "short", Value::Nil).await.ok(),
+        call(&client, "short", Value::Nil).await.expect_value(),
         Value::from(60000)
     );
     assert_eq!(
-        call(&client, "fits", Value::Nil).await.ok(),
+        call(&client, "fits", Value::Nil).await.expect_value(),
         Value::Binary(vec![1; 60_000])
     );
 }

@@ -134,22 +134,30 @@ async fn default_limits_stop_hostile_scripts_and_the_worker_keeps_serving() {
         "ok",
     ] {
         assert_eq!(
-            call(&client, "ok", Value::from(plugin)).await.ok(),
+            call(&client, "ok", Value::from(plugin))
+                .await
+                .expect_value(),
             Value::from(plugin),
             "worker still serves after {plugin}"
         );
     }
     // Within the limits the same scripts work.
     assert_eq!(
-        call(&client, "big_map", Value::from(100)).await.ok(),
+        call(&client, "big_map", Value::from(100))
+            .await
+            .expect_value(),
         Value::from(100)
     );
     assert_eq!(
-        call(&client, "big_array", Value::from(100)).await.ok(),
+        call(&client, "big_array", Value::from(100))
+            .await
+            .expect_value(),
         Value::from(100)
     );
     assert_eq!(
-        call(&client, "nested", Value::from(20)).await.ok(),
+        call(&client, "nested", Value::from(20))
+            .await
+            .expect_value(),
         Value::from(20)
     );
     worker.shutdown().await.expect("drains");
@@ -191,7 +199,7 @@ async fn deadline_stops_an_infinite_loop_with_408() {
         assert_eq!(c.await.expect("joins"), Some(408));
     }
     assert_eq!(
-        call(&client, "ok", Value::from(1)).await.ok(),
+        call(&client, "ok", Value::from(1)).await.expect_value(),
         Value::from(1)
     );
     worker.shutdown().await.expect("drains");
@@ -239,7 +247,7 @@ async fn configured_limits_are_the_ones_enforced() {
     )
     .await;
     assert_eq!(
-        call(&client, "text", Value::from(100)).await.ok(),
+        call(&client, "text", Value::from(100)).await.expect_value(),
         Value::from("x".repeat(100))
     );
     expect_error(
@@ -252,7 +260,7 @@ async fn configured_limits_are_the_ones_enforced() {
     )
     .await;
     assert_eq!(
-        call(&client, "nested", Value::from(5)).await.ok(),
+        call(&client, "nested", Value::from(5)).await.expect_value(),
         Value::from(5)
     );
     expect_error(
@@ -265,7 +273,9 @@ async fn configured_limits_are_the_ones_enforced() {
     )
     .await;
     assert_eq!(
-        call(&client, "big_array", Value::from(10)).await.ok(),
+        call(&client, "big_array", Value::from(10))
+            .await
+            .expect_value(),
         Value::from(10)
     );
     expect_error(
@@ -278,7 +288,9 @@ async fn configured_limits_are_the_ones_enforced() {
     )
     .await;
     assert_eq!(
-        call(&client, "big_map", Value::from(10)).await.ok(),
+        call(&client, "big_map", Value::from(10))
+            .await
+            .expect_value(),
         Value::from(10)
     );
     expect_error(
@@ -315,7 +327,9 @@ async fn expression_depth_limit_refuses_to_load_deep_scripts() {
     );
     let client = server.client().await;
     assert_eq!(
-        call(&client, "shallow", Value::from(3)).await.ok(),
+        call(&client, "shallow", Value::from(3))
+            .await
+            .expect_value(),
         Value::from(3)
     );
     worker.shutdown().await.expect("drains");
@@ -362,7 +376,9 @@ async fn top_level_statements_run_once_at_load_not_per_call() {
     let client = server.client().await;
     for i in 0..5 {
         assert_eq!(
-            call(&client, "heavy_top", Value::from(i)).await.ok(),
+            call(&client, "heavy_top", Value::from(i))
+                .await
+                .expect_value(),
             Value::from(i + 1)
         );
     }

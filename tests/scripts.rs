@@ -120,7 +120,7 @@ async fn parameters_bind_by_count_and_name() {
         assert_eq!(
             call(&client, "calculate_discount", input(price, tier))
                 .await
-                .ok(),
+                .expect_value(),
             Value::F64(expected)
         );
     }
@@ -148,7 +148,7 @@ async fn parameters_bind_by_count_and_name() {
     // No parameters: whatever the input, nothing is bound.
     for input in [Value::Nil, Value::from(3), text("x")] {
         assert_eq!(
-            call(&client, "report", input).await.ok(),
+            call(&client, "report", input).await.expect_value(),
             map(&[("total_sales", Value::F64(15.0))])
         );
     }
@@ -168,7 +168,9 @@ async fn the_shipped_order_processor_approves_or_escalates() {
         ])
     };
     assert_eq!(
-        call(&client, "order_processor", order(12, 10.0)).await.ok(),
+        call(&client, "order_processor", order(12, 10.0))
+            .await
+            .expect_value(),
         // Rhai maps come back with their keys sorted.
         map(&[
             ("order_id", Value::from("A-1")),
@@ -177,7 +179,9 @@ async fn the_shipped_order_processor_approves_or_escalates() {
         ])
     );
     assert_eq!(
-        call(&client, "order_processor", order(3, 400.0)).await.ok(),
+        call(&client, "order_processor", order(3, 400.0))
+            .await
+            .expect_value(),
         map(&[
             ("next_agent", Value::from("manager")),
             ("status", Value::from("pending_approval")),
@@ -190,7 +194,7 @@ async fn the_shipped_order_processor_approves_or_escalates() {
         map(&[("text", Value::from("well damn"))]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(blocked["rule"], Value::from("block_profanity"));
     assert_eq!(blocked["action"], Value::from("block"));
     let fine = call(
@@ -199,7 +203,7 @@ async fn the_shipped_order_processor_approves_or_escalates() {
         map(&[("text", Value::from("see you at noon"))]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(fine["matched"], Value::Boolean(false));
     assert_eq!(
         call(
@@ -211,7 +215,7 @@ async fn the_shipped_order_processor_approves_or_escalates() {
             ])
         )
         .await
-        .ok(),
+        .expect_value(),
         Value::F64(80.0)
     );
     worker.shutdown().await.expect("drains");
@@ -232,22 +236,24 @@ async fn rules_run_by_priority_then_file_order_and_failures_name_the_rule() {
     // critical beats high, whatever the file order.
     let out = call(&client, "moderation", text("buy now, damn it"))
         .await
-        .ok();
+        .expect_value();
     assert_eq!(rule_of(&out), Value::from("profanity"));
     assert_eq!(out["action"], Value::from("flag"));
     assert_eq!(out["matched"], Value::Boolean(true));
     // Two high rules match: the first in the file wins.
     let out = call(&client, "moderation", text("buy now at http://x.test"))
         .await
-        .ok();
+        .expect_value();
     assert_eq!(rule_of(&out), Value::from("spam"));
     let out = call(&client, "moderation", text("see http://x.test"))
         .await
-        .ok();
+        .expect_value();
     assert_eq!(rule_of(&out), Value::from("links"));
     assert_eq!(out["reason"], Value::from("link"));
     // A result that is not a map comes back under `result`.
-    let out = call(&client, "moderation", text("HELLO THERE")).await.ok();
+    let out = call(&client, "moderation", text("HELLO THERE"))
+        .await
+        .expect_value();
     assert_eq!(rule_of(&out), Value::from("shouting"));
     assert_eq!(out["result"], Value::from("calm down"));
     // low
@@ -255,11 +261,13 @@ async fn rules_run_by_priority_then_file_order_and_failures_name_the_rule() {
         ("text", Value::from("hi")),
         ("user", map(&[("vip", Value::Boolean(true))])),
     ]);
-    let out = call(&client, "moderation", vip).await.ok();
+    let out = call(&client, "moderation", vip).await.expect_value();
     assert_eq!(rule_of(&out), Value::from("vip"));
     // No rule matches: a defined reply.
     assert_eq!(
-        call(&client, "moderation", text("hello")).await.ok(),
+        call(&client, "moderation", text("hello"))
+            .await
+            .expect_value(),
         map(&[("matched", Value::Boolean(false)), ("rule", Value::Nil)])
     );
     // A condition that fails names its rule: `user` is missing, so `message.user.vip` throws.
@@ -342,7 +350,7 @@ let rules = [
         map(&[("text", Value::from("abc")), ("pattern", Value::from("b+"))]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(ok, Value::Boolean(true));
     expect_error(
         &client,
@@ -393,7 +401,7 @@ fn execute(input) {
         ]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(out["profane"], Value::Boolean(true), "the configured list");
     assert_eq!(out["any"], Value::Boolean(true), "case-insensitive");
     assert_eq!(out["first"], Value::from(1));
@@ -445,7 +453,7 @@ async fn a_script_named_like_a_native_plugin_is_a_load_failure_not_a_fatal_error
     // The native echo still serves.
     let client = server.client().await;
     assert_eq!(
-        call(&client, "echo", Value::from(1)).await.ok(),
+        call(&client, "echo", Value::from(1)).await.expect_value(),
         Value::from(1)
     );
     worker.shutdown().await.expect("drains");
@@ -470,7 +478,7 @@ async fn a_rule_set_publishes_and_hot_reloads_from_its_subdirectory() {
     wait_for_plugin(&client, "moderation", text("x")).await;
     let out = call(&client, "moderation", text("free money, buy now"))
         .await
-        .ok();
+        .expect_value();
     assert_eq!(out["rule"], Value::from("spam"));
     worker.shutdown().await.expect("drains");
 }
@@ -503,7 +511,7 @@ async fn calls_that_start_inline_act_exactly_once_and_long_ones_still_end_at_the
         for expected in 0..150 {
             let reply = call(&client, plugin, Value::Nil).await;
             assert_eq!(
-                reply.ok(),
+                reply.expect_value(),
                 Value::from(expected),
                 "{plugin}: each call counts once"
             );
@@ -525,7 +533,7 @@ async fn calls_that_start_inline_act_exactly_once_and_long_ones_still_end_at_the
     let first = tokio::spawn(runaway(client.clone()));
     for i in 0..200i64 {
         assert_eq!(
-            call(&client, "double", Value::from(i)).await.ok(),
+            call(&client, "double", Value::from(i)).await.expect_value(),
             Value::from(i * 2)
         );
     }

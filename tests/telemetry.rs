@@ -367,7 +367,7 @@ async fn a_local_call_is_an_internal_child_span() {
     let client = server.client().await;
     wait_until_listed(&client, "outer").await;
     assert_eq!(
-        call(&client, "outer", Value::from(1)).await.ok(),
+        call(&client, "outer", Value::from(1)).await.expect_value(),
         Value::from(2)
     );
     let records = receiver.collect_until(Duration::from_secs(20), |seen| {
@@ -436,7 +436,7 @@ async fn the_sampler_decides_before_the_span_and_a_chain_keeps_the_callers_decis
     );
     assert_eq!(answer["reply"], 41, "{answer}");
     assert_eq!(
-        call(&client, "front", Value::from(5)).await.ok(),
+        call(&client, "front", Value::from(5)).await.expect_value(),
         Value::from(51)
     );
     let sampled = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -538,7 +538,9 @@ async fn metrics_arrive_with_the_counts_and_mofa_stats_shows_the_reload_success_
     wait_until_listed(&client, "metered").await;
     for i in 0..5 {
         assert_eq!(
-            call(&client, "metered", Value::from(i)).await.ok(),
+            call(&client, "metered", Value::from(i))
+                .await
+                .expect_value(),
             Value::from(i)
         );
     }
@@ -675,7 +677,7 @@ async fn without_an_endpoint_or_with_the_sdk_disabled_nothing_is_exported() {
     for plugin in ["quiet", "muted"] {
         for i in 0..3 {
             assert_eq!(
-                call(&client, plugin, Value::from(i)).await.ok(),
+                call(&client, plugin, Value::from(i)).await.expect_value(),
                 Value::from(i)
             );
         }
@@ -683,7 +685,7 @@ async fn without_an_endpoint_or_with_the_sdk_disabled_nothing_is_exported() {
     // The control worker's span and a metric export after it show the receiver works and
     // the others had their chance to export.
     assert_eq!(
-        call(&client, "loud", Value::from(1)).await.ok(),
+        call(&client, "loud", Value::from(1)).await.expect_value(),
         Value::from(1)
     );
     let records = receiver.collect_until(Duration::from_secs(20), |seen| {
@@ -723,7 +725,9 @@ async fn a_collector_that_is_down_costs_one_log_line_and_no_request() {
     for round in 0..5 {
         for i in 0..20 {
             assert_eq!(
-                call(&client, "unheard", Value::from(i)).await.ok(),
+                call(&client, "unheard", Value::from(i))
+                    .await
+                    .expect_value(),
                 Value::from(i),
                 "round {round}"
             );
@@ -764,7 +768,7 @@ async fn a_hung_collector_does_not_hold_up_a_stopping_worker() {
     wait_until_listed(&client, "stuck").await;
     for i in 0..20 {
         assert_eq!(
-            call(&client, "stuck", Value::from(i)).await.ok(),
+            call(&client, "stuck", Value::from(i)).await.expect_value(),
             Value::from(i)
         );
     }

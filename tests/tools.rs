@@ -39,7 +39,7 @@ async fn a_tool_serves_under_its_name_and_validates_arguments() {
         map(&[("city", Value::from("Oslo"))]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(ok["city"], Value::from("Oslo"));
     assert_eq!(ok["units"], Value::from("celsius"));
     let f = call(
@@ -51,7 +51,7 @@ async fn a_tool_serves_under_its_name_and_validates_arguments() {
         ]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(f["units"], Value::from("fahrenheit"));
     for (input, needle, rule) in [
         (map(&[]), "\"city\" is a required property", "required"),
@@ -113,7 +113,7 @@ fn execute(args) { args.word.to_upper() }
     assert_eq!(
         call(&client, "shout", map(&[("word", Value::from("hey"))]))
             .await
-            .ok(),
+            .expect_value(),
         Value::from("HEY")
     );
     assert_eq!(call(&client, "shout", map(&[])).await.code(), Some(400));
@@ -187,7 +187,7 @@ async fn mofa_tools_lists_a_tool_published_after_the_fleet_started() {
             map(&[("a", Value::from(1)), ("b", Value::from(2))])
         )
         .await
-        .ok(),
+        .expect_value(),
         Value::from(3)
     );
     let below = call(

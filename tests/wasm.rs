@@ -124,7 +124,7 @@ async fn example_modules_serve_over_the_bus() {
     ] {
         let input = map(&[("price", price), ("customer_tier", Value::from(tier))]);
         assert_eq!(
-            call(&client, "discount_wasm", input).await.ok(),
+            call(&client, "discount_wasm", input).await.expect_value(),
             Value::F64(expected)
         );
     }
@@ -144,7 +144,7 @@ async fn example_modules_serve_over_the_bus() {
         map(&[("text", Value::from("the cat and the hat\nand the bat"))]),
     )
     .await
-    .ok();
+    .expect_value();
     assert_eq!(out["words"], Value::from(8));
     assert_eq!(out["lines"], Value::from(2));
     // `top` comes from the manifest's [config] (3) through the get_config capability.
@@ -211,7 +211,7 @@ async fn hostile_modules_get_the_right_code_and_the_worker_keeps_serving() {
 
     for i in 0..3 {
         assert_eq!(
-            call(&client, "counter", Value::Nil).await.ok(),
+            call(&client, "counter", Value::Nil).await.expect_value(),
             Value::from(1),
             "call {i} saw another call's state"
         );
@@ -219,7 +219,7 @@ async fn hostile_modules_get_the_right_code_and_the_worker_keeps_serving() {
     assert_eq!(
         call(&client, "wat_echo", Value::from("still serving"))
             .await
-            .ok(),
+            .expect_value(),
         Value::from("still serving")
     );
     worker.shutdown().await.expect("drains");
@@ -259,7 +259,9 @@ async fn deadline_stops_a_spinning_module_with_408() {
         assert_eq!(c.await.expect("joins"), Some(408));
     }
     assert_eq!(
-        call(&client, "wat_echo", Value::from(1)).await.ok(),
+        call(&client, "wat_echo", Value::from(1))
+            .await
+            .expect_value(),
         Value::from(1)
     );
     worker.shutdown().await.expect("drains");
@@ -302,7 +304,9 @@ async fn worker_wide_limits_apply_without_a_manifest() {
     )
     .await;
     assert_eq!(
-        call(&client, "wat_echo", Value::from(5)).await.ok(),
+        call(&client, "wat_echo", Value::from(5))
+            .await
+            .expect_value(),
         Value::from(5)
     );
     worker.shutdown().await.expect("drains");
@@ -392,7 +396,7 @@ async fn unknown_or_ungranted_imports_and_missing_exports_fail_to_load_by_name()
 
     // With the grant the same module runs and sees the host clock.
     let client = server.client().await;
-    let now = call(&client, "clock", Value::Nil).await.ok();
+    let now = call(&client, "clock", Value::Nil).await.expect_value();
     let now = now.as_i64().expect("an integer");
     let host = mofa_bus::wire::unix_ms() as i64;
     assert!(
@@ -420,7 +424,7 @@ async fn concurrent_calls_to_one_module_each_get_their_own_answer() {
         })
         .collect();
     for (i, c) in calls.into_iter().enumerate() {
-        let out = c.await.expect("joins").ok();
+        let out = c.await.expect("joins").expect_value();
         let expected = i as f64 * 0.9;
         assert!(
             (out.as_f64().expect("float") - expected).abs() < 1e-9,
@@ -481,11 +485,15 @@ async fn call_plugin_reaches_local_and_remote_plugins_and_stops_loops() {
         ("customer_tier", Value::from("gold")),
     ]);
     assert_eq!(
-        call(&client, "to_native", input.clone()).await.ok(),
+        call(&client, "to_native", input.clone())
+            .await
+            .expect_value(),
         Value::F64(80.0)
     );
     assert_eq!(
-        call(&client, "to_remote", input.clone()).await.ok(),
+        call(&client, "to_remote", input.clone())
+            .await
+            .expect_value(),
         Value::from(200)
     );
     let bad = call(&client, "to_native", Value::from("nope")).await;
@@ -605,7 +613,9 @@ async fn a_full_instance_pool_answers_503() {
     let (worker, _dir) = start_with(&server, &files, wasm).await;
     let client = server.client().await;
     assert_eq!(
-        call(&client, "wat_echo", Value::from(1)).await.ok(),
+        call(&client, "wat_echo", Value::from(1))
+            .await
+            .expect_value(),
         Value::from(1)
     );
     let nested = call(&client, "to_echo", Value::from(1)).await;
@@ -724,11 +734,15 @@ async fn the_matches_capability_runs_patterns_in_the_host_within_max_regex_bytes
     for _ in 0..3 {
         // Every call is a fresh instance; the pattern stays compiled in the host.
         assert_eq!(
-            call(&client, "has_bs", Value::from("abbbc")).await.ok(),
+            call(&client, "has_bs", Value::from("abbbc"))
+                .await
+                .expect_value(),
             Value::from(true)
         );
         assert_eq!(
-            call(&client, "has_bs", Value::from("abd")).await.ok(),
+            call(&client, "has_bs", Value::from("abd"))
+                .await
+                .expect_value(),
             Value::from(false)
         );
     }
@@ -744,7 +758,9 @@ async fn the_matches_capability_runs_patterns_in_the_host_within_max_regex_bytes
     assert!(invalid.message().contains("invalid pattern"), "{invalid:?}");
     // The worker keeps serving.
     assert_eq!(
-        call(&client, "has_bs", Value::from("bc")).await.ok(),
+        call(&client, "has_bs", Value::from("bc"))
+            .await
+            .expect_value(),
         Value::from(true)
     );
     worker.shutdown().await.expect("drains");
@@ -792,7 +808,7 @@ async fn modules_that_start_inline_act_once_per_request() {
         for _ in 0..60 {
             let reply = call(&client, plugin, Value::Nil).await;
             assert_eq!(
-                reply.ok(),
+                reply.expect_value(),
                 Value::from(expected),
                 "{plugin}: one call per request"
             );

@@ -291,7 +291,8 @@ pub enum Reply {
 }
 
 impl Reply {
-    pub fn ok(self) -> Value {
+    /// The value of a successful reply; panics (naming the error) on an error reply.
+    pub fn expect_value(self) -> Value {
         match self {
             Reply::Ok(v) => v,
             other => panic!("expected a value, got {other:?}"),

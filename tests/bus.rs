@@ -590,6 +590,8 @@ async fn invalid_file_names_and_broken_scripts_are_reported_and_skipped() {
 struct Sleepy {
     meta: PluginMetadata,
     millis: u64,
+    /// Notified when a call starts sleeping.
+    started: Arc<tokio::sync::Notify>,
 }
 
 #[async_trait]
@@ -598,6 +600,7 @@ impl AgentPlugin for Sleepy {
         &self.meta
     }
     async fn execute(&self, input: Value) -> Result<Value, PluginError> {
+        self.started.notify_one();
         tokio::time::sleep(Duration::from_millis(self.millis)).await;
         Ok(input)
     }
@@ -609,9 +612,11 @@ async fn drain_gives_up_after_drain_timeout() {
     let dir = plugins_dir(&[]);
     let mut cfg = config(&server, dir.path());
     cfg.drain_timeout_ms = 300;
+    let started = Arc::new(tokio::sync::Notify::new());
     let sleepy = Arc::new(Sleepy {
         meta: PluginMetadata::new("sleepy", PluginKind::Native),
         millis: 10_000,
+        started: started.clone(),
     });
     let worker = worker_with(cfg, vec![sleepy]).await;
     let client = server.client().await;
@@ -619,7 +624,10 @@ async fn drain_gives_up_after_drain_timeout() {
         let client = client.clone();
         async move { call_raw(&client, "sleepy", Bytes::new(), Duration::from_secs(20)).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is running.
+    tokio::time::timeout(Duration::from_secs(20), started.notified())
+        .await
+        .expect("the sleepy request starts");
     let started = std::time::Instant::now();
     let stopped = worker.shutdown().await;
     let took = started.elapsed();

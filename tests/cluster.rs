@@ -213,7 +213,22 @@ async fn a_three_node_cluster_keeps_serving_when_a_node_dies() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let answered = |after: Instant| {
+        log.lock()
+            .expect("log")
+            .iter()
+            .filter(|(t, ok)| *ok && *t > after)
+            .count()
+    };
+    // The load runs steadily before the kill.
+    let warming = Instant::now();
+    while answered(warming) < 200 {
+        assert!(
+            warming.elapsed() < Duration::from_secs(30),
+            "the load never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Kill node A, the one worker-0 is connected to.
     let killed = Instant::now();
@@ -235,7 +250,15 @@ async fn a_three_node_cluster_keeps_serving_when_a_node_dies() {
             reconnected = Some(killed.elapsed());
         }
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The load runs on past the failure.
+    while answered(killed) < 500 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "requests after the kill: {} answered",
+            answered(killed)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A revision published after the failure reaches every live worker.
     let v2 = publish("fn execute(input) { `v2 ${input}` }".into()).await;

@@ -154,7 +154,6 @@ async fn sigterm_with_the_server_gone_exits_within_the_drain_timeout_and_says_wh
     wait_until_listed(&client, "slow").await;
     slow_requests_in_flight(&client).await;
     drop(server);
-    tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&worker, libc::SIGTERM);
     let (status, took) = exit_within(&mut worker, Duration::from_secs(10)).await;
     assert!(took < Duration::from_millis(3000), "exited after {took:?}");
@@ -179,7 +178,18 @@ async fn a_second_signal_exits_at_once() {
     wait_until_listed(&client, "slow").await;
     slow_requests_in_flight(&client).await;
     signal(&worker, libc::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Draining: the worker no longer answers the Services API.
+    let began = Instant::now();
+    while client
+        .request("$SRV.PING.mofa", bytes::Bytes::new())
+        .await
+        .is_ok()
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the worker still answers $SRV.PING 10 s after SIGTERM"
+        );
+    }
     assert!(
         worker.try_wait().expect("wait").is_none(),
         "the first signal drains: slow requests are still running"

@@ -772,8 +772,23 @@ async fn a_hung_collector_does_not_hold_up_a_stopping_worker() {
             Value::from(i)
         );
     }
-    // Exports are now waiting on the collector (HTTP timeout: 10 s).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An export is now waiting on the collector (HTTP timeout: 10 s): it has connected, and
+    // the connection is held open, unanswered.
+    hung.set_nonblocking(true).expect("non-blocking");
+    let waiting = Instant::now();
+    let _held = loop {
+        match hung.accept() {
+            Ok((connection, _)) => break connection,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    waiting.elapsed() < Duration::from_secs(20),
+                    "no export reached the collector"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
     let stopped = Instant::now();
     // SAFETY: kill(2) on the pid of a child this test owns.
     unsafe { libc::kill(worker.pid(), libc::SIGTERM) };

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::*;
-use mofa_bus::pyvenv::{cache_dir, cached, Venv, VenvError};
+use mofa_bus::pyvenv::{cache_dir, cached, VenvError};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -20,13 +20,11 @@ fn examples() -> PathBuf {
 
 /// The venv's python, with the client's pinned requirements installed.
 fn python() -> PathBuf {
-    let text = std::fs::read_to_string(examples().join("python/requirements.txt"))
-        .expect("requirements.txt");
-    let venv = Venv::for_requirements("py-client", &text);
-    if let Err(e) = venv.ensure() {
-        panic!("the Python client test needs its packages: {e}");
-    }
-    venv.bin("python")
+    python_venv(
+        "py-client",
+        &examples().join("python/requirements.txt"),
+        "the Python client tests",
+    )
 }
 
 /// A folder in the cache holding the JS client and its `npm ci`-installed packages.

@@ -37,12 +37,11 @@ fn drain_s() -> u64 {
 /// The venv's python with the deploy tests' pinned packages.
 fn python() -> PathBuf {
     let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/deploy");
-    let text = std::fs::read_to_string(support.join("requirements.txt")).expect("requirements");
-    let venv = mofa_bus::pyvenv::Venv::for_requirements("deploy-test", &text);
-    if let Err(e) = venv.ensure() {
-        panic!("the deploy tests need their Python packages: {e}");
-    }
-    venv.bin("python")
+    python_venv(
+        "deploy-test",
+        &support.join("requirements.txt"),
+        "the deploy tests",
+    )
 }
 
 /// The YAML documents of `deploy/<path>` as JSON.

@@ -172,20 +172,9 @@ async fn a_wasip1_module_runs_with_the_wasi_grant_and_is_refused_without_it() {
 /// A module with the ABI and a bump allocator; `handle` is the body of `mofa_handle`, `extra`
 /// more module fields. The output is one byte at offset 200 (a MessagePack fixint).
 fn module(handle: &str, extra: &str) -> String {
-    format!(
-        r#"(module
-  {extra}
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 1024))
-  (func $out (param i32) (i32.store8 (i32.const 200) (local.get 0)))
-  (func (export "mofa_alloc") (param $len i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $len)))
-    (local.get $p))
-  (func (export "mofa_handle") (param $ptr i32) (param $len i32) (result i64)
-    {handle}
-    (i64.const 0x000000C800000001)))"#
+    wat_module(
+        &format!("{handle}\n    (i64.const 0x000000C800000001)"),
+        &format!("{extra}\n  (func $out (param i32) (i32.store8 (i32.const 200) (local.get 0)))"),
     )
 }
 

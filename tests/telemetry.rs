@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::StreamExt;
-use mofa_bus::pyvenv::Venv;
 use mofa_bus::wire::{self, Value};
 
 fn support() -> PathBuf {
@@ -28,13 +27,11 @@ fn support() -> PathBuf {
 
 /// The venv's python with the receiver's and the client's pinned packages.
 fn python() -> PathBuf {
-    let text =
-        std::fs::read_to_string(support().join("requirements.txt")).expect("requirements.txt");
-    let venv = Venv::for_requirements("otel-test", &text);
-    if let Err(e) = venv.ensure() {
-        panic!("the telemetry tests need their Python packages: {e}");
-    }
-    venv.bin("python")
+    python_venv(
+        "otel-test",
+        &support().join("requirements.txt"),
+        "the telemetry tests",
+    )
 }
 
 /// The OTLP receiver: what it decoded, one JSON record a line.

@@ -13,23 +13,7 @@ use mofa_bus::plugin::{AgentPlugin, SandboxPool};
 use mofa_bus::wasm::{Manifest, WasmConfig, WasmPlugin, WasmRuntime};
 use mofa_bus::wire::Value;
 
-/// A module implementing the ABI with a bump allocator; `handle` is the body of
-/// `mofa_handle(ptr, len) -> i64`, `extra` more module fields.
-fn module(handle: &str, extra: &str) -> String {
-    format!(
-        r#"(module
-  {extra}
-  (memory (export "memory") 1)
-  (global $heap (mut i32) (i32.const 1024))
-  (func (export "mofa_alloc") (param $len i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $heap))
-    (global.set $heap (i32.add (global.get $heap) (local.get $len)))
-    (local.get $p))
-  (func (export "mofa_handle") (param $ptr i32) (param $len i32) (result i64)
-    {handle}))"#
-    )
-}
+use common::wat_module as module;
 
 /// `(ptr << 32) | len` of the input: return the input as the output.
 const ECHO: &str = "(i64.or (i64.shl (i64.extend_i32_u (local.get $ptr)) (i64.const 32)) (i64.extend_i32_u (local.get $len)))";

@@ -182,7 +182,6 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let data_dir = config.data_dir();
-    let url = mofa_bus::connection::shown(&config.nats_url);
     let worker = match Worker::start(config).await {
         Ok(worker) => worker,
         Err(WorkerError::Connect { url, cause }) => anyhow::bail!(
@@ -190,7 +189,6 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         ),
         Err(e) => return Err(e.into()),
     };
-    tracing::info!("worker {} serving on {url}", worker.id());
     // For `mofa ping --self` (container health checks and probes); removed on exit.
     let _id_file = WorkerIdFile::record(&data_dir, worker.id());
     for failure in worker.load_failures() {

@@ -1043,3 +1043,44 @@ fn a_worker_refuses_a_trusted_key_that_is_not_an_nkey_public_key() {
         "{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_builds_the_revision_before_copying_it_to_another_environment() {
+    let server = NatsServer::start();
+    let url = server.url();
+    let client = server.client().await;
+    let dir = plugins_dir(&[("levy.rhai", "fn execute(x) { x + }")]);
+    // A revision that does not build, put in staging's bucket directly (as a publisher that
+    // bypasses `mofa publish` could).
+    let staging = mofa_bus::distribution::Distribution::open(
+        client.clone(),
+        &mofa_bus::config::ReloadConfig::default()
+            .in_env("staging")
+            .expect("an environment"),
+    )
+    .await
+    .expect("staging's bucket");
+    let (name, record) = staging
+        .record_for_file(
+            &dir.path().join("levy.rhai"),
+            None,
+            mofa_bus::distribution::INLINE_LIMIT,
+        )
+        .await
+        .expect("a record");
+    staging.put(&name, &record).await.expect("put");
+    let out = mofa(
+        &["promote", "levy", "--from", "staging", "--to", "production"],
+        &url,
+    );
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("levy.rhai (revision 1):1:") && said.contains("nothing promoted"),
+        "{said}"
+    );
+    assert!(
+        revisions("levy", &url).is_empty(),
+        "production is unchanged"
+    );
+}

@@ -11,18 +11,25 @@ use mofa_bus::subjects;
 
 use super::connect::{Nats, NatsArgs};
 
-/// List the plugins every live worker serves, with kind and revision (Services API INFO).
+/// How a fleet view collects and prints the workers' answers.
 #[derive(clap::Args, Debug)]
-#[command(after_help = "Examples:\n  \
-    mofa plugins\n  \
-    mofa plugins --json --wait 2s")]
-pub(crate) struct PluginsArgs {
+pub(crate) struct Collect {
     /// How long to collect answers from workers.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub(crate) wait: Duration,
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// List the plugins every live worker serves, with kind and revision (Services API INFO).
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+    mofa plugins\n  \
+    mofa plugins --json --wait 2s")]
+pub(crate) struct PluginsArgs {
+    #[command(flatten)]
+    pub(crate) collect: Collect,
     #[command(flatten)]
     pub(crate) nats: NatsArgs,
 }
@@ -35,12 +42,8 @@ pub(crate) struct PluginsArgs {
     mofa stats\n  \
     mofa stats --json")]
 pub(crate) struct StatsArgs {
-    /// How long to collect answers from workers.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub(crate) wait: Duration,
-    /// Print JSON lines instead of a table.
-    #[arg(long)]
-    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) collect: Collect,
     #[command(flatten)]
     pub(crate) nats: NatsArgs,
 }
@@ -93,13 +96,13 @@ pub(crate) struct ToolsArgs {
 
 impl PluginsArgs {
     pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
-        plugins(&self.nats.resolve(), self.wait, self.json).await
+        plugins(&self.nats.resolve(), self.collect.wait, self.collect.json).await
     }
 }
 
 impl StatsArgs {
     pub(crate) async fn run(self) -> anyhow::Result<ExitCode> {
-        stats(&self.nats.resolve(), self.wait, self.json).await
+        stats(&self.nats.resolve(), self.collect.wait, self.collect.json).await
     }
 }
 

@@ -135,6 +135,12 @@ pub(crate) async fn check(
         );
         return Checked::Failed;
     }
+    run_cases(code, config, out).await
+}
+
+/// Runs the cases beside `code` (if any) under `config`, writing one line per case to `out`;
+/// for a plugin already built by [`LocalRunner::verify`].
+pub(crate) async fn run_cases(code: &Path, config: &WorkerConfig, out: &mut impl Write) -> Checked {
     let (case_path, outcomes) = match cases::run_beside(code, config).await {
         Ok(Some(ran)) => ran,
         Ok(None) => return Checked::NoCases,

@@ -225,6 +225,28 @@ fn in_process() {
         ..Default::default()
     });
 
+    // The MessagePack a WASM request pays beyond the module: the request decoded and encoded
+    // again for the guest, the guest's output decoded and encoded again for the reply. Beside
+    // it, what handing the guest the raw body would pay instead: a validating scan of the
+    // request and of the output (no value built).
+    let request = wire::encode(&input);
+    let reply = wire::encode(&mofa_bus::native::discount_apply(&input).expect("runs"));
+    let t = Instant::now();
+    for _ in 0..n {
+        let value = wire::decode(std::hint::black_box(&request)).expect("decodes");
+        let for_guest = wire::encode(&value);
+        let out = wire::decode(std::hint::black_box(&reply)).expect("decodes");
+        std::hint::black_box((for_guest, wire::encode(&out)));
+    }
+    let round_trips = t.elapsed() / n;
+    let t = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(
+            scan(std::hint::black_box(&request)) && scan(std::hint::black_box(&reply)),
+        );
+    }
+    let scans = t.elapsed() / n;
+
     println!();
     println!("in-process, per call (input clone {clone:?} included):");
     println!(
@@ -236,7 +258,16 @@ fn in_process() {
     println!("  discount_wasm (fresh instance + call, this thread)    {wasm_call:>10.2?}   target <= 6 µs");
     println!("  discount_wasm (AgentPlugin::execute)                  {wasm_plugin_call:>10.2?}   target <= 6 µs");
     println!("  discount_wasm (AgentPlugin::execute, inline = false)  {wasm_plugin_call_pooled:>10.2?}   (every call on the sandbox pool)");
+    println!("  discount_wasm MessagePack round trips (2 decodes, 2 encodes) {round_trips:>10.2?}   vs validating scans of the raw bodies {scans:.2?}");
     scripts_in_process(&engine, &input);
+}
+
+/// Whether `bytes` is exactly one well-formed MessagePack value, checked without building it.
+fn scan(bytes: &[u8]) -> bool {
+    use serde::Deserialize;
+    let mut deserializer = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));
+    serde::de::IgnoredAny::deserialize(&mut deserializer).is_ok()
+        && deserializer.position() == bytes.len() as u64
 }
 
 /// A plugin caller whose callee answers at once with its input: isolates `call_plugin`'s own

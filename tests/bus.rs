@@ -22,9 +22,8 @@ fn discount_input(price: Value, tier: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn native_and_rhai_round_trips() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
 
     let every_type = map(&[
         ("s", Value::from("text")),
@@ -56,14 +55,13 @@ async fn native_and_rhai_round_trips() {
             .expect_value();
         assert_eq!(out, Value::F64(expected), "{plugin} {tier}");
     }
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_or_mistyped_discount_fields_are_400_for_both_kinds() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     for plugin in ["discount_native", "discount"] {
         for input in [
             map(&[("price", Value::from(10))]),
@@ -79,14 +77,13 @@ async fn missing_or_mistyped_discount_fields_are_400_for_both_kinds() {
             assert_eq!(reply.code(), Some(400), "{plugin} {input}: {reply:?}");
         }
     }
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn order_pricing_prices_an_order() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
 
     let out = call(
         &client,
@@ -132,7 +129,7 @@ async fn order_pricing_prices_an_order() {
     .await;
     assert_eq!(bad.code(), Some(400));
     assert!(bad.message().contains("quantity"), "{bad:?}");
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 /// A native plugin that records how many calls overlap.
@@ -186,9 +183,8 @@ async fn concurrent_requests_to_one_plugin_run_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_rhai_requests_all_get_their_own_answer() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     let calls: Vec<_> = (0..64)
         .map(|i| {
             let client = client.clone();
@@ -208,7 +204,7 @@ async fn concurrent_rhai_requests_all_get_their_own_answer() {
             Value::F64(i as f64 * 10.0 * 0.8)
         );
     }
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -314,9 +310,8 @@ async fn two_workers_in_one_queue_group_both_serve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_msgpack_gets_400_and_worker_survives() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     for (body, what) in [
         (vec![0xc1u8], "reserved byte"),
         (vec![0x92, 0x01], "truncated array"),
@@ -350,26 +345,24 @@ async fn bad_msgpack_gets_400_and_worker_survives() {
         .await
         .expect_value();
     assert_eq!(out, Value::F64(8.0));
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn empty_body_is_nil() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     let reply = call_raw(&client, "echo", Bytes::new(), Duration::from_secs(5))
         .await
         .expect("a reply");
     assert_eq!(reply, Reply::Ok(Value::Nil));
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unknown_plugin_gets_no_responders() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     let err = call_raw(
         &client,
         "no_such_plugin",
@@ -379,16 +372,17 @@ async fn unknown_plugin_gets_no_responders() {
     .await
     .expect_err("nobody serves it");
     assert_eq!(err.kind(), async_nats::RequestErrorKind::NoResponders);
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn result_events_reach_a_subscriber() {
-    let server = NatsServer::start();
-    let mut cfg = config(&server, &repo_plugins());
-    cfg.worker_id = Some("events-worker".into());
-    let worker = worker(cfg).await;
-    let client = server.client().await;
+    let bus = TestBus::builder()
+        .repo_plugins()
+        .config(|c| c.worker_id = Some("events-worker".into()))
+        .start()
+        .await;
+    let client = bus.client.clone();
     let mut events = client
         .subscribe("mofa.events.result.*")
         .await
@@ -437,16 +431,17 @@ async fn result_events_reach_a_subscriber() {
     assert_eq!(failed.code, Some(400));
     assert!(failed.message.as_deref().is_some_and(|m| !m.is_empty()));
     assert!(!failed.request_id.is_empty());
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn result_events_can_leave_out_the_output() {
-    let server = NatsServer::start();
-    let mut cfg = config(&server, &repo_plugins());
-    cfg.events.include_output = false;
-    let worker = worker(cfg).await;
-    let client = server.client().await;
+    let bus = TestBus::builder()
+        .repo_plugins()
+        .config(|c| c.events.include_output = false)
+        .start()
+        .await;
+    let client = bus.client.clone();
     let mut events = client
         .subscribe("mofa.events.result.echo")
         .await
@@ -462,17 +457,18 @@ async fn result_events_can_leave_out_the_output() {
     let event: ResultEvent = rmp_serde::from_slice(&m.payload).expect("decodes");
     assert!(event.ok);
     assert_eq!(event.output, None);
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn services_api_ping_info_and_stats_answer() {
     use async_nats::service::{Info, PingResponse, Stats};
-    let server = NatsServer::start();
-    let mut cfg = config(&server, &repo_plugins());
-    cfg.worker_id = Some("svc-worker".into());
-    let worker = worker(cfg).await;
-    let client = server.client().await;
+    let bus = TestBus::builder()
+        .repo_plugins()
+        .config(|c| c.worker_id = Some("svc-worker".into()))
+        .start()
+        .await;
+    let client = bus.client.clone();
 
     for subject in ["$SRV.PING", "$SRV.PING.mofa", "$SRV.PING.mofa.svc-worker"] {
         let reply = client
@@ -542,7 +538,7 @@ async fn services_api_ping_info_and_stats_answer() {
         .expect("native stats");
     assert_eq!((native.requests, native.errors), (1, 1));
     assert_eq!(native.last_error.as_ref().map(|e| e.code), Some(400));
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -653,11 +649,12 @@ async fn drain_gives_up_after_drain_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn result_events_can_be_turned_off() {
-    let server = NatsServer::start();
-    let mut cfg = config(&server, &repo_plugins());
-    cfg.events.results = false;
-    let worker = worker(cfg).await;
-    let client = server.client().await;
+    let bus = TestBus::builder()
+        .repo_plugins()
+        .config(|c| c.events.results = false)
+        .start()
+        .await;
+    let client = bus.client.clone();
     let mut events = client
         .subscribe("mofa.events.result.>")
         .await
@@ -672,5 +669,5 @@ async fn result_events_can_be_turned_off() {
             .is_err(),
         "a result event was published"
     );
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }

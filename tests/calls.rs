@@ -16,34 +16,10 @@ fn execute(input) {
     input.price * 8 / 10
 }"#;
 
-async fn start(
-    server: &NatsServer,
-    files: &[(&str, &str)],
-) -> (mofa_bus::worker::Worker, tempfile::TempDir) {
-    start_with(server, files, |_| {}).await
-}
-
-async fn start_with(
-    server: &NatsServer,
-    files: &[(&str, &str)],
-    tune: impl FnOnce(&mut WorkerConfig),
-) -> (mofa_bus::worker::Worker, tempfile::TempDir) {
-    let dir = plugins_dir(files);
-    let mut cfg = config(server, dir.path());
-    tune(&mut cfg);
-    let worker = worker(cfg).await;
-    assert!(
-        worker.load_failures().is_empty(),
-        "{:?}",
-        worker.load_failures()
-    );
-    (worker, dir)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_script_calls_local_plugins_and_catches_their_errors_with_codes() {
     let server = NatsServer::start();
-    let (worker, _dir) = start_with(
+    let (worker, _dir) = serve_loaded(
         &server,
         &[
             ("disc.rhai", DISCOUNT),
@@ -165,7 +141,7 @@ async fn a_script_calls_local_plugins_and_catches_their_errors_with_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn calls_cross_workers_over_the_bus_and_the_depth_limit_stops_loops_between_them() {
     let server = NatsServer::start();
-    let (front, _a) = start(
+    let (front, _a) = serve_loaded(
         &server,
         &[
             (
@@ -174,14 +150,16 @@ async fn calls_cross_workers_over_the_bus_and_the_depth_limit_stops_loops_betwee
             ),
             ("ping.rhai", r#"fn execute(x) { call_plugin("pong", x) }"#),
         ],
+        |_| {},
     )
     .await;
-    let (back, _b) = start(
+    let (back, _b) = serve_loaded(
         &server,
         &[
             ("back.rhai", r#"fn execute(x) { if x < 0 { throw #{ code: 413, message: "too small" } } x + 1 }"#),
             ("pong.rhai", r#"fn execute(x) { call_plugin("ping", x) }"#),
         ],
+        |_| {},
     )
     .await;
     let client = server.client().await;
@@ -224,7 +202,7 @@ async fn a_burst_of_scripts_calling_each_other_across_workers_does_not_starve_th
         c.max_concurrency = 1000;
         c.rhai.timeout_ms = 10_000;
     };
-    let (first, _a) = start_with(
+    let (first, _a) = serve_loaded(
         &server,
         &[
             ("a.rhai", r#"fn execute(x) { call_plugin("b", x) }"#),
@@ -233,7 +211,7 @@ async fn a_burst_of_scripts_calling_each_other_across_workers_does_not_starve_th
         tune,
     )
     .await;
-    let (second, _b) = start_with(
+    let (second, _b) = serve_loaded(
         &server,
         &[("b.rhai", r#"fn execute(x) { call_plugin("c", x) }"#)],
         tune,

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mofa_bus::config::WorkerConfig;
 use mofa_bus::native::DatabaseConfig;
 use mofa_bus::wire::Value;
 use sqlx::Connection;
@@ -121,19 +120,11 @@ async fn start(
         .expect("data_analyzer.rhai");
     let mut files = vec![("data_analyzer.rhai", analyzer.as_str())];
     files.extend_from_slice(extra);
-    let dir = plugins_dir(&files);
-    let cfg = WorkerConfig {
-        data_dir: data.to_path_buf(),
-        database,
-        ..config(server, dir.path())
-    };
-    let worker = worker(cfg).await;
-    assert!(
-        worker.load_failures().is_empty(),
-        "{:?}",
-        worker.load_failures()
-    );
-    (worker, dir)
+    serve_loaded(server, &files, |c| {
+        c.data_dir = data.to_path_buf();
+        c.database = database;
+    })
+    .await
 }
 
 /// Calls `data_analyzer` and checks its total against the sample's.

@@ -75,16 +75,10 @@ async fn sigterm_during_a_burst_of_slow_requests_answers_every_request() {
 fn spawn_worker(server: &NatsServer, dir: &std::path::Path, config: &str) -> std::process::Child {
     let file = dir.join("worker.toml");
     std::fs::write(&file, config).expect("config");
-    std::process::Command::new(env!("CARGO_BIN_EXE_mofa"))
-        .args(["worker", "--nats", &server.url(), "--plugins"])
-        .arg(dir)
-        .arg("--config")
-        .arg(&file)
+    WorkerCommand::new(&server.url(), dir)
+        .config(&file)
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("worker starts")
+        .spawn_piped()
 }
 
 fn signal(child: &std::process::Child, signal: i32) {

@@ -124,7 +124,7 @@ async fn collect_final(
 /// configuration changed by `tweak`, a client, and the jobs handle with the worker's settings.
 struct Setup {
     server: NatsServer,
-    _dir: tempfile::TempDir,
+    _plugins: Plugins,
     worker: mofa_bus::worker::Worker,
     client: async_nats::Client,
     jobs: Jobs,
@@ -134,20 +134,19 @@ async fn setup(
     scripts: &[(&str, &str)],
     tweak: impl FnOnce(&mut mofa_bus::config::WorkerConfig),
 ) -> Setup {
-    let server = NatsServer::start();
-    let dir = plugins_dir(scripts);
-    let mut config = config(&server, dir.path());
-    tweak(&mut config);
-    let worker = worker(config.clone()).await;
-    let client = server.client().await;
-    let jobs = Jobs::open(client.clone(), &config.jobs)
+    let bus = TestBus::builder()
+        .scripts(scripts)
+        .config(tweak)
+        .start()
+        .await;
+    let jobs = Jobs::open(bus.client.clone(), &bus.config.jobs)
         .await
         .expect("jobs streams");
     Setup {
-        server,
-        _dir: dir,
-        worker,
-        client,
+        server: bus.server,
+        _plugins: bus.plugins,
+        worker: bus.worker,
+        client: bus.client,
         jobs,
     }
 }
@@ -272,7 +271,7 @@ async fn a_job_that_keeps_failing_is_dead_lettered_after_max_deliver_and_can_be_
         worker,
         client,
         jobs,
-        _dir,
+        _plugins,
     } = setup(
         &[(
             "flaky.rhai",
@@ -370,7 +369,7 @@ async fn bad_input_is_dead_lettered_at_once_and_a_plain_client_job_is_known_by_i
         worker,
         client,
         jobs,
-        _dir,
+        _plugins,
     } = setup(&[], |_| {}).await;
     let mut done = results(&client).await;
     // A plain JetStream client: no job id header, and a body that is not MessagePack.
@@ -411,7 +410,7 @@ async fn a_resubmitted_job_id_runs_once_within_the_dedup_window_and_again_after_
         worker,
         client,
         jobs,
-        _dir,
+        _plugins,
     } = setup(&[], |config| config.jobs.dedup_window_ms = 3_000).await;
     let executions = Executions::of(&client, "echo").await;
 
@@ -481,7 +480,7 @@ async fn jobs_concurrency_bounds_jobs_in_flight_and_a_long_job_outlives_ack_wait
         worker,
         client,
         jobs,
-        _dir,
+        _plugins,
     } = setup(
         &[(
             "slow.rhai",
@@ -565,7 +564,7 @@ async fn jobs_survive_a_nats_server_restart() {
         worker,
         client,
         jobs,
-        _dir,
+        _plugins,
     } = setup(
         &[(
             "work.rhai",
@@ -621,7 +620,7 @@ async fn results_expire_after_result_ttl_and_submit_wait_prints_the_result() {
         worker,
         client: _,
         jobs,
-        _dir,
+        _plugins,
     } = setup(&[], |config| config.jobs.result_ttl_s = 1).await;
     let url = server.url();
     let out = tokio::task::spawn_blocking({

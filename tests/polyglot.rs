@@ -127,9 +127,8 @@ async fn rust_c_and_assemblyscript_guests_answer_alike() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wasip1_module_runs_with_the_wasi_grant_and_is_refused_without_it() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     let first = call(&client, "hello_wasi", map(&[("name", Value::from("ada"))]))
         .await
         .expect_value();
@@ -149,13 +148,13 @@ async fn a_wasip1_module_runs_with_the_wasi_grant_and_is_refused_without_it() {
     );
     let bad = call(&client, "hello_wasi", map(&[("name", Value::from(1))])).await;
     assert_eq!(bad.code(), Some(400));
-    worker.shutdown().await.expect("drains");
+    bus.worker.shutdown().await.expect("drains");
 
     // The same module without its manifest: refused at load, naming the import and the fix.
     let bytes = std::fs::read(repo_plugins().join("hello_wasi.wasm")).expect("module");
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("hello_wasi.wasm"), bytes).expect("copied");
-    let worker = common::worker(config(&server, dir.path())).await;
+    let worker = common::worker(config(&bus.server, dir.path())).await;
     let failure = worker
         .load_failures()
         .iter()

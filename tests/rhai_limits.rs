@@ -6,7 +6,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mofa_bus::config::WorkerConfig;
 use mofa_bus::rhai::RhaiConfig;
 use mofa_bus::wire::Value;
 
@@ -45,11 +44,9 @@ async fn start(
     dir: &std::path::Path,
     rhai: RhaiConfig,
 ) -> mofa_bus::worker::Worker {
-    worker(WorkerConfig {
-        rhai,
-        ..config(server, dir)
-    })
-    .await
+    let mut cfg = config(server, dir);
+    cfg.rhai = rhai;
+    worker(cfg).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mofa_bus::config::WorkerConfig;
 use mofa_bus::wire::Value;
 
 /// The docs' discount function, unchanged: two parameters, no entry line.
@@ -64,22 +63,6 @@ fn evaluate(message) {
 evaluate
 "#;
 
-async fn start(
-    server: &NatsServer,
-    files: &[(&str, &str)],
-    tune: impl FnOnce(&mut WorkerConfig),
-) -> (mofa_bus::worker::Worker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    for (name, source) in files {
-        let path = dir.path().join(name);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("dir");
-        std::fs::write(path, source).expect("written");
-    }
-    let mut cfg = config(server, dir.path());
-    tune(&mut cfg);
-    (worker(cfg).await, dir)
-}
-
 fn text(text: &str) -> Value {
     map(&[
         ("text", Value::from(text)),
@@ -90,7 +73,7 @@ fn text(text: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parameters_bind_by_count_and_name() {
     let server = NatsServer::start();
-    let (worker, _dir) = start(
+    let (worker, _dir) = serve(
         &server,
         &[
             ("calculate_discount.rhai", CALCULATE_DISCOUNT),
@@ -157,9 +140,8 @@ async fn parameters_bind_by_count_and_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shipped_order_processor_approves_or_escalates() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     let order = |quantity: i64, price: f64| {
         map(&[
             ("id", Value::from("A-1")),
@@ -218,13 +200,13 @@ async fn the_shipped_order_processor_approves_or_escalates() {
         .expect_value(),
         Value::F64(80.0)
     );
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rules_run_by_priority_then_file_order_and_failures_name_the_rule() {
     let server = NatsServer::start();
-    let (worker, _dir) = start(&server, &[("rules/moderation.rhai", MODERATION)], |_| {}).await;
+    let (worker, _dir) = serve(&server, &[("rules/moderation.rhai", MODERATION)], |_| {}).await;
     assert!(
         worker.load_failures().is_empty(),
         "{:?}",
@@ -304,7 +286,7 @@ let rules = [
     let bad_priority = r#"let rules = [ #{ name: "x", priority: "urgent", condition: |m| true, action: |m| 1 } ];"#;
     let no_action = r#"let rules = [ #{ name: "y", priority: "low", condition: |m| true } ];"#;
     let regex = r#"fn execute(input) { matches(input.text, input.pattern) }"#;
-    let (worker, _dir) = start(
+    let (worker, _dir) = serve(
         &server,
         &[
             ("rules/slow.rhai", spin),
@@ -387,7 +369,7 @@ fn execute(input) {
         first: parsed.items[0],
     }
 }"#;
-    let (worker, _dir) = start(&server, &[("lib.rhai", script)], |c| {
+    let (worker, _dir) = serve(&server, &[("lib.rhai", script)], |c| {
         c.rhai.profanity = vec!["heck".into()];
     })
     .await;
@@ -422,7 +404,7 @@ fn execute(input) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_script_named_like_a_native_plugin_is_a_load_failure_not_a_fatal_error() {
     let server = NatsServer::start();
-    let (worker, _dir) = start(
+    let (worker, _dir) = serve(
         &server,
         &[
             ("echo.rhai", "fn execute(x) { \"script\" }"),
@@ -462,7 +444,7 @@ async fn a_script_named_like_a_native_plugin_is_a_load_failure_not_a_fatal_error
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rule_set_publishes_and_hot_reloads_from_its_subdirectory() {
     let server = NatsServer::start();
-    let (worker, _dir) = start(&server, &[], |_| {}).await;
+    let (worker, _dir) = serve(&server, &[], |_| {}).await;
     let sources = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir_all(sources.path().join("rules")).expect("dir");
     let file = sources.path().join("rules/moderation.rhai");

@@ -111,32 +111,19 @@ fn worker_process(
     env: &[(&str, String)],
     args: &[&str],
 ) -> (WorkerProcess, Lines) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mofa"));
-    command
-        .args([
-            "worker",
-            "--nats",
-            &server.url(),
-            "--name",
-            name,
-            "--plugins",
-        ])
-        .arg(plugins)
+    let mut command = WorkerCommand::new(&server.url(), plugins)
+        .name(name)
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_SDK_DISABLED")
         // Export within a fraction of a second instead of the SDK's default 5 s / 60 s.
         .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300");
     for (key, value) in env {
-        command.env(key, value);
+        command = command.env(key, value);
     }
-    let mut child = command.spawn().expect("worker process starts");
-    let lines = Lines::of(child.stderr.take().expect("stderr"), name);
-    (WorkerProcess { child }, lines)
+    command.spawn_logged(name)
 }
 
 fn traced_request(

@@ -30,9 +30,8 @@ fn execute(args) { args.a + args.b }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tool_serves_under_its_name_and_validates_arguments() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     let ok = call(
         &client,
         "get_weather",
@@ -91,25 +90,22 @@ async fn a_tool_serves_under_its_name_and_validates_arguments() {
         by_file.is_err(),
         "weather.rhai is served as get_weather only"
     );
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_script_returning_its_tool_map_is_a_tool_too() {
-    let server = NatsServer::start();
     let returned = r#"
 fn execute(args) { args.word.to_upper() }
 #{ name: "shout", description: "Upper-cases a word",
    parameters: #{ type: "object", properties: #{ word: #{ type: "string" } }, required: ["word"] } }
 "#;
-    let dir = plugins_dir(&[("tools_shout.rhai", returned)]);
-    let worker = worker(config(&server, dir.path())).await;
-    assert!(
-        worker.load_failures().is_empty(),
-        "{:?}",
-        worker.load_failures()
-    );
-    let client = server.client().await;
+    let bus = TestBus::builder()
+        .scripts(&[("tools_shout.rhai", returned)])
+        .start()
+        .await;
+    assert_loaded(&bus.worker);
+    let client = bus.client.clone();
     assert_eq!(
         call(&client, "shout", map(&[("word", Value::from("hey"))]))
             .await
@@ -117,7 +113,7 @@ fn execute(args) { args.word.to_upper() }
         Value::from("HEY")
     );
     assert_eq!(call(&client, "shout", map(&[])).await.code(), Some(400));
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use mofa_bus::config::WorkerConfig;
 use mofa_bus::plugin::{AgentPlugin, SandboxPool};
 use mofa_bus::wasm::{Manifest, WasmConfig, WasmPlugin, WasmRuntime};
 use mofa_bus::wire::Value;
@@ -72,13 +71,7 @@ async fn start_with(
         .iter()
         .map(|(n, s)| (n.as_str(), s.as_str()))
         .collect();
-    let dir = plugins_dir(&refs);
-    let w = worker(WorkerConfig {
-        wasm,
-        ..config(server, dir.path())
-    })
-    .await;
-    (w, dir)
+    serve(server, &refs, |c| c.wasm = wasm).await
 }
 
 async fn expect(
@@ -392,9 +385,8 @@ async fn unknown_or_ungranted_imports_and_missing_exports_fail_to_load_by_name()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_calls_to_one_module_each_get_their_own_answer() {
-    let server = NatsServer::start();
-    let worker = worker(config(&server, &repo_plugins())).await;
-    let client = server.client().await;
+    let bus = TestBus::repo().await;
+    let client = bus.client.clone();
     let calls: Vec<_> = (0..128)
         .map(|i| {
             let client = client.clone();
@@ -415,7 +407,7 @@ async fn concurrent_calls_to_one_module_each_get_their_own_answer() {
             "{i}: {out}"
         );
     }
-    worker.shutdown().await.expect("drains");
+    bus.shutdown().await;
 }
 
 /// Calls the plugin named in its input's first 64 bytes? No: a fixed name, forwarding its input.

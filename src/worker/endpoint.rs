@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use super::canary::CanaryRoute;
 use super::events::HEADROOM;
+use super::request::RequestMeta;
 use crate::distribution::Revision;
 use crate::events::{ReloadEvent, ReloadStatus, ResultEvent};
 use crate::plugin::{
@@ -153,6 +154,17 @@ impl Served {
             _ => (self, None),
         }
     }
+}
+
+/// How a request ended.
+enum Outcome {
+    /// It ran: its output and the output's encoding, or its error, after `elapsed`.
+    Ran {
+        result: Result<(Value, bytes::Bytes), PluginError>,
+        elapsed: Duration,
+    },
+    /// It never ran (503: the queue was full or its wait ran out).
+    Refused(PluginError),
 }
 
 /// Everything a request of one plugin needs, shared by its tasks.
@@ -319,20 +331,20 @@ impl Endpoint {
 
     /// Starts `message`, queues it, or (queue full) refuses it here: a refusal costs one
     /// publish and no task, so a flood of them takes no memory beyond the message itself.
-    async fn admit(self: &Arc<Self>, message: Message, tracker: &TaskTracker) {
+    async fn admit(self: &Arc<Self>, mut message: Message, tracker: &TaskTracker) {
         // The deadline counts from here: time spent queued for a slot or a sandbox thread is
         // part of it.
-        let context = call_context(&message, Instant::now());
+        let meta = RequestMeta::read(message.headers.take(), Instant::now());
         let span = telemetry::request_span(
             &self.span_name,
             &self.subject,
             &self.name,
             &self.worker_id,
-            message.headers.as_ref(),
+            meta.headers(),
             message.payload.len(),
         );
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
-            self.start(message, permit, context, span, tracker);
+            self.start(message, permit, meta, span, tracker);
             return;
         }
         if self.stats.queued.fetch_add(1, Ordering::Relaxed) >= self.max_queue {
@@ -341,22 +353,22 @@ impl Endpoint {
                 "plugin {} is saturated: {} requests in flight and {} waiting on this worker (max_concurrency, max_queue); retry, or add workers",
                 self.name, self.limit, self.max_queue
             ));
-            self.refuse(&message, error, &span).await;
+            self.refuse(&message, &meta, error, &span).await;
             return;
         }
         let endpoint = self.clone();
         let waiting = tracker.clone();
         tracker.spawn(async move {
-            let start_by = endpoint.start_by(&endpoint.served(), &context);
+            let start_by = endpoint.start_by(&endpoint.served(), &meta.context);
             let permit =
                 tokio::time::timeout_at(start_by.into(), endpoint.permits.clone().acquire_owned())
                     .await;
             endpoint.stats.queued.fetch_sub(1, Ordering::Relaxed);
             match permit {
-                Ok(Ok(permit)) => endpoint.start(message, permit, context, span, &waiting),
+                Ok(Ok(permit)) => endpoint.start(message, permit, meta, span, &waiting),
                 _ => {
                     let error = endpoint.not_started();
-                    endpoint.refuse(&message, error, &span).await;
+                    endpoint.refuse(&message, &meta, error, &span).await;
                 }
             }
         });
@@ -367,19 +379,20 @@ impl Endpoint {
         self: &Arc<Self>,
         message: Message,
         permit: OwnedSemaphorePermit,
-        context: CallContext,
+        meta: RequestMeta,
         span: RequestSpan,
         tracker: &TaskTracker,
     ) {
+        let depth = meta.context.depth;
         let endpoint = self.clone();
         // A sampled request runs inside its span; an untraced one without any wrapper (no
         // enter and exit on every poll).
         let mut request = span
             .scope()
-            .boxed(endpoint.clone().handle(message, permit, context, span));
+            .boxed(endpoint.clone().handle(message, permit, meta, span));
         let served = self.served();
         let handed_off = crate::kinds::is_sandboxed(served.plugin.kind())
-            && (context.depth > 0 || served.canary.is_some() || !served.plugin.starts_inline());
+            && (depth > 0 || served.canary.is_some() || !served.plugin.starts_inline());
         if handed_off {
             // Sandboxed plugins run on a sandbox thread anyway: handle the whole request
             // there (execute, reply, event) instead of hopping back to an async thread.
@@ -391,7 +404,7 @@ impl Endpoint {
             };
             // A request from another plugin goes first: that plugin holds a thread while it
             // waits (see `SandboxPool::wait_for_call`).
-            let queued = if context.depth > 0 {
+            let queued = if depth > 0 {
                 self.pool.spawn_nested(job)
             } else {
                 self.pool.spawn(job)
@@ -433,28 +446,33 @@ impl Endpoint {
     }
 
     /// Answers a request that never ran with 503 `error`.
-    async fn refuse(&self, message: &Message, error: PluginError, span: &RequestSpan) {
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+    async fn refuse(
+        &self,
+        message: &Message,
+        meta: &RequestMeta,
+        error: PluginError,
+        span: &RequestSpan,
+    ) {
         let served = self.served();
         span.served(
             served.plugin.kind().as_str(),
             served.revision.as_ref().map(|r| r.number),
         );
-        span.failed(error.code().as_u16(), &error);
-        self.reply_error(message, &error, &served).await;
-        self.record(Duration::ZERO, Some(&error));
+        let outcome = Outcome::Refused(error);
+        self.respond(message.reply.as_ref(), &served, meta, span, outcome)
+            .await;
     }
 
     async fn handle(
         self: Arc<Self>,
         message: Message,
         permit: OwnedSemaphorePermit,
-        context: CallContext,
+        meta: RequestMeta,
         span: RequestSpan,
     ) {
         let started = Instant::now();
         let served = self.served();
-        if let Some(admitted) = context.admitted {
+        if let Some(admitted) = meta.context.admitted {
             span.phase(
                 "mofa.queue_wait_us",
                 started.saturating_duration_since(admitted),
@@ -462,24 +480,19 @@ impl Endpoint {
         }
         // A request that waited for a sandbox thread until its deadline is refused like one
         // that waited for a slot, rather than started with no time left.
-        if context.admitted.is_some() && started >= self.start_by(&served, &context) {
+        if started >= self.start_by(&served, &meta.context) {
             drop(permit);
             let error = self.not_started();
-            self.refuse(&message, error, &span).await;
+            self.refuse(&message, &meta, error, &span).await;
             return;
         }
-        let route_key = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(wire::HEADER_ROUTE_KEY))
-            .map(|v| v.as_str());
-        let (variant, canary) = served.pick(&self.name, route_key);
+        let (variant, canary) = served.pick(&self.name, meta.route_key());
         span.served(
             variant.plugin.kind().as_str(),
             variant.revision.as_ref().map(|r| r.number),
         );
         let result = self
-            .execute(variant, &message.payload, context, &span)
+            .execute(variant, &message.payload, meta.context, &span)
             .await;
         drop(permit);
         let elapsed = started.elapsed();
@@ -488,49 +501,89 @@ impl Endpoint {
         let dropped = canary
             .and_then(|route| route.tally(result.is_err()))
             .filter(|_| self.stop_canary(&served));
-        match &result {
-            Ok((_, body)) => {
-                if let Some(reply) = &message.reply {
-                    let sent = match &variant.revision_header {
-                        None => self.client.publish(reply.clone(), body.clone()).await,
-                        Some(revision) => {
-                            let mut headers = HeaderMap::new();
-                            headers.insert(wire::HEADER_REVISION, revision.as_str());
-                            if variant.is_canary {
-                                headers.insert(wire::HEADER_CANARY, "true");
-                            }
-                            self.client
-                                .publish_with_headers(reply.clone(), headers, body.clone())
-                                .await
-                        }
-                    };
-                    if let Err(e) = sent {
-                        tracing::warn!(plugin = %self.name, error = %e, "reply not sent");
-                    }
-                }
-                self.record(elapsed, None);
-            }
-            Err(error) => {
-                span.failed(error.code().as_u16(), error);
-                self.reply_error(&message, error, variant).await;
-                self.record(elapsed, Some(error));
-            }
-        }
-        if span.is_recording() {
-            span.phase("mofa.reply_us", started.elapsed().saturating_sub(elapsed));
-        }
-        if self.events {
-            let headers = message.headers.as_ref();
-            let request_id = headers
-                .and_then(|h| h.get(wire::HEADER_REQUEST_ID))
-                .map(|v| v.as_str());
-            let trace_id = span.trace_id(headers);
-            let output = result.map(|(output, _)| output);
-            self.publish_event(request_id, trace_id, variant, output, elapsed)
-                .await;
-        }
+        let outcome = Outcome::Ran { result, elapsed };
+        self.respond(message.reply.as_ref(), variant, &meta, &span, outcome)
+            .await;
         if let Some(reason) = dropped {
             self.announce_dropped(&served, reason).await;
+        }
+    }
+
+    /// The one place a request's outcome leaves the worker: the reply to `reply` (the revision
+    /// that answered in `Mofa-Revision`, a canary's in `Mofa-Canary`, an error's code and text
+    /// in the Services API error headers), the stats and duration metric, and, for a request
+    /// that ran, its result event.
+    async fn respond(
+        &self,
+        reply: Option<&Subject>,
+        served: &Served,
+        meta: &RequestMeta,
+        span: &RequestSpan,
+        outcome: Outcome,
+    ) {
+        let (result, elapsed, ran) = match outcome {
+            Outcome::Ran { result, elapsed } => (result, elapsed, true),
+            Outcome::Refused(error) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                (Err(error), Duration::ZERO, false)
+            }
+        };
+        if let Err(error) = &result {
+            span.failed(error.code().as_u16(), error);
+        }
+        if let Some(reply) = reply {
+            let replying = span.is_recording().then(Instant::now);
+            self.send_reply(reply, served, &result).await;
+            if let Some(replying) = replying {
+                span.phase("mofa.reply_us", replying.elapsed());
+            }
+        }
+        self.record(elapsed, result.as_ref().err());
+        if ran && self.events {
+            let trace_id = span.trace_id(meta.headers());
+            let output = result.map(|(output, _)| output);
+            self.publish_event(meta.request_id(), trace_id, served, output, elapsed)
+                .await;
+        }
+    }
+
+    /// Publishes the reply to one request: the output's encoding, or the error as
+    /// `{code, message}` with the error headers.
+    async fn send_reply(
+        &self,
+        reply: &Subject,
+        served: &Served,
+        result: &Result<(Value, bytes::Bytes), PluginError>,
+    ) {
+        let mut headers = served.revision_header.as_ref().map(|revision| {
+            let mut headers = HeaderMap::new();
+            headers.insert(wire::HEADER_REVISION, revision.as_str());
+            if served.is_canary {
+                headers.insert(wire::HEADER_CANARY, "true");
+            }
+            headers
+        });
+        let body = match result {
+            Ok((_, body)) => body.clone(),
+            Err(error) => {
+                let code = error.code();
+                let text = wire::bounded_message(error.to_string());
+                let headers = headers.get_or_insert_with(HeaderMap::new);
+                headers.insert(wire::HEADER_ERROR, wire::header_safe(&text).as_str());
+                headers.insert(wire::HEADER_ERROR_CODE, code.as_u16().to_string().as_str());
+                wire::encode_error(code, &text)
+            }
+        };
+        let sent = match headers {
+            None => self.client.publish(reply.clone(), body).await,
+            Some(headers) => {
+                self.client
+                    .publish_with_headers(reply.clone(), headers, body)
+                    .await
+            }
+        };
+        if let Err(e) = sent {
+            tracing::warn!(plugin = %self.name, error = %e, "reply not sent");
         }
     }
 
@@ -629,48 +682,17 @@ impl Endpoint {
     ) -> (Result<Value, PluginError>, Option<u64>) {
         let served = self.served();
         let started = Instant::now();
-        let context = CallContext {
-            depth: 0,
-            deadline: None,
-            admitted: Some(started),
-        };
+        let meta = RequestMeta::job(job, started);
         let span = RequestSpan::none();
-        let result = self
-            .execute(&served, payload, context, &span)
-            .await
-            .map(|(output, _)| output);
+        let result = self.execute(&served, payload, meta.context, &span).await;
         let elapsed = started.elapsed();
-        self.record(elapsed, result.as_ref().err());
-        if self.events {
-            self.publish_event(Some(job), None, &served, result.clone(), elapsed)
-                .await;
-        }
-        (result, served.revision.as_ref().map(|r| r.number))
-    }
-
-    async fn reply_error(&self, message: &Message, error: &PluginError, served: &Served) {
-        let Some(reply) = &message.reply else {
-            return;
+        let output = match &result {
+            Ok((output, _)) => Ok(output.clone()),
+            Err(error) => Err(error.clone()),
         };
-        let code = error.code();
-        let text = wire::bounded_message(error.to_string());
-        let mut headers = HeaderMap::new();
-        if let Some(revision) = &served.revision_header {
-            headers.insert(wire::HEADER_REVISION, revision.as_str());
-        }
-        if served.is_canary {
-            headers.insert(wire::HEADER_CANARY, "true");
-        }
-        headers.insert(wire::HEADER_ERROR, wire::header_safe(&text).as_str());
-        headers.insert(wire::HEADER_ERROR_CODE, code.as_u16().to_string().as_str());
-        let body = wire::encode_error(code, &text);
-        if let Err(e) = self
-            .client
-            .publish_with_headers(reply.clone(), headers, body)
-            .await
-        {
-            tracing::warn!(plugin = %self.name, error = %e, "error reply not sent");
-        }
+        let outcome = Outcome::Ran { result, elapsed };
+        self.respond(None, &served, &meta, &span, outcome).await;
+        (output, served.revision.as_ref().map(|r| r.number))
     }
 
     /// Publishes the result event of one execution; `request_id` is the caller's (or a job's)
@@ -713,20 +735,5 @@ impl Endpoint {
         };
         super::events::publish_result(&self.client, &self.event_subject, event, self.max_payload)
             .await;
-    }
-}
-
-/// The call context a request carries: its depth when another plugin made it.
-fn call_context(message: &Message, admitted: Instant) -> CallContext {
-    let depth = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(wire::HEADER_CALL_DEPTH))
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(0);
-    CallContext {
-        depth,
-        deadline: None,
-        admitted: Some(admitted),
     }
 }

@@ -14,6 +14,7 @@ mod endpoint;
 mod events;
 mod follower;
 mod jobs;
+mod request;
 pub mod runtime;
 mod service;
 pub mod shutdown;

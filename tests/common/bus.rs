@@ -1,0 +1,242 @@
+//! The fixture most tests start from: a [`TestBus`] is a real nats-server, an in-process
+//! worker serving a plugins directory, and a client, built in one line and torn down on drop.
+//!
+//! ```ignore
+//! let bus = TestBus::repo().await;
+//! let client = bus.client.clone();
+//! let bus = TestBus::builder()
+//!     .scripts(&[("greet.rhai", "fn execute(input) { `hi ${input}` }")])
+//!     .config(|c| c.max_concurrency = 2)
+//!     .start()
+//!     .await;
+//! ```
+//! A test that needs a second worker on the same server, or a server it set up itself, uses
+//! [`serve`] (or [`TestBusBuilder::on`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_nats::Client;
+use mofa_bus::config::WorkerConfig;
+use mofa_bus::plugin::AgentPlugin;
+use mofa_bus::worker::Worker;
+
+use super::NatsServer;
+
+/// A plugins directory holding the given scripts.
+pub fn plugins_dir(scripts: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, source) in scripts {
+        std::fs::write(dir.path().join(name), source).expect("script written");
+    }
+    dir
+}
+
+/// The repository's own `plugins/` directory.
+pub fn repo_plugins() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins")
+}
+
+/// A config pointing at `server` and `dir`.
+pub fn config(server: &NatsServer, dir: &Path) -> WorkerConfig {
+    WorkerConfig {
+        nats_url: server.url(),
+        plugins_dir: dir.to_path_buf(),
+        ..WorkerConfig::default()
+    }
+}
+
+/// An in-process worker on `server` serving a temporary directory that holds `files` (name or
+/// relative path, source), with `tune` applied to its config; the directory lives as long as
+/// the returned handle.
+pub async fn serve(
+    server: &NatsServer,
+    files: &[(&str, &str)],
+    tune: impl FnOnce(&mut WorkerConfig),
+) -> (Worker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_files(dir.path(), files);
+    let mut cfg = config(server, dir.path());
+    tune(&mut cfg);
+    (worker(cfg).await, dir)
+}
+
+/// [`serve`], checking that every plugin loaded.
+pub async fn serve_loaded(
+    server: &NatsServer,
+    files: &[(&str, &str)],
+    tune: impl FnOnce(&mut WorkerConfig),
+) -> (Worker, tempfile::TempDir) {
+    let (worker, dir) = serve(server, files, tune).await;
+    assert_loaded(&worker);
+    (worker, dir)
+}
+
+/// Panics, naming them, if any of the worker's plugins failed to load.
+pub fn assert_loaded(worker: &Worker) {
+    assert!(
+        worker.load_failures().is_empty(),
+        "plugins that failed to load: {:?}",
+        worker.load_failures()
+    );
+}
+
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (name, source) in files {
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("directory");
+        std::fs::write(path, source).expect("file written");
+    }
+}
+
+/// Starts an in-process worker.
+pub async fn worker(config: WorkerConfig) -> Worker {
+    Worker::start(config).await.expect("worker starts")
+}
+
+/// Starts an in-process worker with the given native plugins.
+pub async fn worker_with(config: WorkerConfig, natives: Vec<Arc<dyn AgentPlugin>>) -> Worker {
+    Worker::start_with(config, natives)
+        .await
+        .expect("worker starts")
+}
+
+/// Where a bus's worker finds its plugins.
+pub enum Plugins {
+    /// The repository's `plugins/`.
+    Repo,
+    /// A temporary directory, removed when the bus is dropped.
+    Temp(tempfile::TempDir),
+    /// A directory the test owns.
+    Dir(PathBuf),
+}
+
+impl Plugins {
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Plugins::Repo => repo_plugins(),
+            Plugins::Temp(dir) => dir.path().to_path_buf(),
+            Plugins::Dir(dir) => dir.clone(),
+        }
+    }
+}
+
+/// A server, a worker on it and a client of it.
+pub struct TestBus {
+    pub server: NatsServer,
+    pub worker: Worker,
+    pub client: Client,
+    pub plugins: Plugins,
+    /// The config the worker started with (a second worker on the bus can start with it).
+    pub config: WorkerConfig,
+}
+
+impl TestBus {
+    /// A worker serving the repository's `plugins/` with the default config.
+    pub async fn repo() -> TestBus {
+        TestBus::builder().repo_plugins().start().await
+    }
+
+    /// A bus to set up: an empty temporary plugins directory and the default config unless
+    /// told otherwise.
+    pub fn builder<'a>() -> TestBusBuilder<'a> {
+        TestBusBuilder {
+            server: None,
+            plugins: None,
+            scripts: Vec::new(),
+            natives: None,
+            tweaks: Vec::new(),
+        }
+    }
+
+    /// Drains the worker; panics if the drain fails.
+    pub async fn shutdown(self) {
+        self.worker.shutdown().await.expect("drains");
+    }
+}
+
+type Tweak<'a> = Box<dyn FnOnce(&mut WorkerConfig) + 'a>;
+
+/// What a [`TestBus`] starts with.
+pub struct TestBusBuilder<'a> {
+    server: Option<NatsServer>,
+    plugins: Option<Plugins>,
+    scripts: Vec<(String, String)>,
+    /// The native plugins, when not the built-in ones.
+    natives: Option<Vec<Arc<dyn AgentPlugin>>>,
+    tweaks: Vec<Tweak<'a>>,
+}
+
+impl<'a> TestBusBuilder<'a> {
+    /// Serve the repository's `plugins/`.
+    pub fn repo_plugins(mut self) -> Self {
+        self.plugins = Some(Plugins::Repo);
+        self
+    }
+
+    /// Serve `dir`, which the test owns.
+    pub fn plugins_dir(mut self, dir: &Path) -> Self {
+        self.plugins = Some(Plugins::Dir(dir.to_path_buf()));
+        self
+    }
+
+    /// Serve a temporary directory holding these files (name, source).
+    pub fn scripts(mut self, scripts: &[(&str, &str)]) -> Self {
+        self.scripts.extend(
+            scripts
+                .iter()
+                .map(|(name, source)| (name.to_string(), source.to_string())),
+        );
+        self
+    }
+
+    /// Serve this native plugin, and only the natives given this way instead of the built-in
+    /// ones (`echo`, `discount_native`, `database`, …).
+    pub fn native(mut self, plugin: Arc<dyn AgentPlugin>) -> Self {
+        self.natives.get_or_insert_with(Vec::new).push(plugin);
+        self
+    }
+
+    /// Change the worker's config before it starts.
+    pub fn config(mut self, tweak: impl FnOnce(&mut WorkerConfig) + 'a) -> Self {
+        self.tweaks.push(Box::new(tweak));
+        self
+    }
+
+    /// Run on this server instead of a fresh default one.
+    pub fn on(mut self, server: NatsServer) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    /// Starts the server (unless given), the worker and the client.
+    pub async fn start(self) -> TestBus {
+        let server = self.server.unwrap_or_else(NatsServer::start);
+        let plugins = match self.plugins {
+            Some(plugins) => plugins,
+            None => Plugins::Temp(tempfile::tempdir().expect("temp dir")),
+        };
+        let files: Vec<(&str, &str)> = self
+            .scripts
+            .iter()
+            .map(|(name, source)| (name.as_str(), source.as_str()))
+            .collect();
+        write_files(&plugins.path(), &files);
+        let mut cfg = config(&server, &plugins.path());
+        for tweak in self.tweaks {
+            tweak(&mut cfg);
+        }
+        let worker = match self.natives {
+            Some(natives) => worker_with(cfg.clone(), natives).await,
+            None => worker(cfg.clone()).await,
+        };
+        let client = server.client().await;
+        TestBus {
+            server,
+            worker,
+            client,
+            plugins,
+            config: cfg,
+        }
+    }
+}

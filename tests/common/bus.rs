@@ -11,7 +11,7 @@
 //!     .await;
 //! ```
 //! A test that needs a second worker on the same server, or a server it set up itself, uses
-//! [`serve`] (or [`TestBusBuilder::on`]).
+//! [`serve`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,9 +26,7 @@ use super::NatsServer;
 /// A plugins directory holding the given scripts.
 pub fn plugins_dir(scripts: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    for (name, source) in scripts {
-        std::fs::write(dir.path().join(name), source).expect("script written");
-    }
+    write_files(dir.path(), scripts);
     dir
 }
 
@@ -54,8 +52,7 @@ pub async fn serve(
     files: &[(&str, &str)],
     tune: impl FnOnce(&mut WorkerConfig),
 ) -> (Worker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_files(dir.path(), files);
+    let dir = plugins_dir(files);
     let mut cfg = config(server, dir.path());
     tune(&mut cfg);
     (worker(cfg).await, dir)
@@ -107,8 +104,6 @@ pub enum Plugins {
     Repo,
     /// A temporary directory, removed when the bus is dropped.
     Temp(tempfile::TempDir),
-    /// A directory the test owns.
-    Dir(PathBuf),
 }
 
 impl Plugins {
@@ -116,7 +111,6 @@ impl Plugins {
         match self {
             Plugins::Repo => repo_plugins(),
             Plugins::Temp(dir) => dir.path().to_path_buf(),
-            Plugins::Dir(dir) => dir.clone(),
         }
     }
 }
@@ -141,10 +135,8 @@ impl TestBus {
     /// told otherwise.
     pub fn builder<'a>() -> TestBusBuilder<'a> {
         TestBusBuilder {
-            server: None,
-            plugins: None,
+            repo_plugins: false,
             scripts: Vec::new(),
-            natives: None,
             tweaks: Vec::new(),
         }
     }
@@ -159,24 +151,15 @@ type Tweak<'a> = Box<dyn FnOnce(&mut WorkerConfig) + 'a>;
 
 /// What a [`TestBus`] starts with.
 pub struct TestBusBuilder<'a> {
-    server: Option<NatsServer>,
-    plugins: Option<Plugins>,
+    repo_plugins: bool,
     scripts: Vec<(String, String)>,
-    /// The native plugins, when not the built-in ones.
-    natives: Option<Vec<Arc<dyn AgentPlugin>>>,
     tweaks: Vec<Tweak<'a>>,
 }
 
 impl<'a> TestBusBuilder<'a> {
     /// Serve the repository's `plugins/`.
     pub fn repo_plugins(mut self) -> Self {
-        self.plugins = Some(Plugins::Repo);
-        self
-    }
-
-    /// Serve `dir`, which the test owns.
-    pub fn plugins_dir(mut self, dir: &Path) -> Self {
-        self.plugins = Some(Plugins::Dir(dir.to_path_buf()));
+        self.repo_plugins = true;
         self
     }
 
@@ -190,46 +173,34 @@ impl<'a> TestBusBuilder<'a> {
         self
     }
 
-    /// Serve this native plugin, and only the natives given this way instead of the built-in
-    /// ones (`echo`, `discount_native`, `database`, …).
-    pub fn native(mut self, plugin: Arc<dyn AgentPlugin>) -> Self {
-        self.natives.get_or_insert_with(Vec::new).push(plugin);
-        self
-    }
-
     /// Change the worker's config before it starts.
     pub fn config(mut self, tweak: impl FnOnce(&mut WorkerConfig) + 'a) -> Self {
         self.tweaks.push(Box::new(tweak));
         self
     }
 
-    /// Run on this server instead of a fresh default one.
-    pub fn on(mut self, server: NatsServer) -> Self {
-        self.server = Some(server);
-        self
-    }
-
-    /// Starts the server (unless given), the worker and the client.
+    /// Starts the server, the worker (with the built-in natives) and the client.
     pub async fn start(self) -> TestBus {
-        let server = self.server.unwrap_or_else(NatsServer::start);
-        let plugins = match self.plugins {
-            Some(plugins) => plugins,
-            None => Plugins::Temp(tempfile::tempdir().expect("temp dir")),
-        };
+        let server = NatsServer::start();
         let files: Vec<(&str, &str)> = self
             .scripts
             .iter()
             .map(|(name, source)| (name.as_str(), source.as_str()))
             .collect();
-        write_files(&plugins.path(), &files);
+        assert!(
+            !self.repo_plugins || self.scripts.is_empty(),
+            "scripts go in a temporary directory, not the repository's plugins/"
+        );
+        let plugins = if self.repo_plugins {
+            Plugins::Repo
+        } else {
+            Plugins::Temp(plugins_dir(&files))
+        };
         let mut cfg = config(&server, &plugins.path());
         for tweak in self.tweaks {
             tweak(&mut cfg);
         }
-        let worker = match self.natives {
-            Some(natives) => worker_with(cfg.clone(), natives).await,
-            None => worker(cfg.clone()).await,
-        };
+        let worker = worker(cfg.clone()).await;
         let client = server.client().await;
         TestBus {
             server,

@@ -12,8 +12,9 @@ use async_nats::{ConnectOptions, ServerAddr};
 use serde::{Deserialize, Serialize};
 
 /// Credentials and TLS for the NATS connection. Every field is optional; at most one way to
-/// authenticate (creds file, nkey seed, user and password, token) may be set.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// authenticate (creds file, nkey seed, user and password, token) may be set. Its `Debug`
+/// shows which secrets are set, never their values.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsAuth {
     /// A `.creds` file (a user JWT and its nkey seed, as `nsc` writes them).
@@ -36,6 +37,31 @@ pub struct NatsAuth {
     pub tls_required: bool,
     /// Start TLS before the server's INFO (servers with `handshake_first`).
     pub tls_first: bool,
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |secret: &Option<String>| secret.as_ref().map(|_| "<hidden>");
+        let nkey = self.nkey.as_ref().map(|nkey| {
+            if nkey.starts_with("SU") {
+                "<hidden seed>".to_string()
+            } else {
+                nkey.clone()
+            }
+        });
+        f.debug_struct("NatsAuth")
+            .field("creds", &self.creds)
+            .field("nkey", &nkey)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("token", &hidden(&self.token))
+            .field("tls_ca", &self.tls_ca)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("tls_required", &self.tls_required)
+            .field("tls_first", &self.tls_first)
+            .finish()
+    }
 }
 
 /// A connection setting that cannot work.
@@ -85,6 +111,29 @@ pub fn servers(urls: &str) -> Result<Vec<ServerAddr>, ConnectionError> {
 }
 
 impl NatsAuth {
+    /// These settings, with the `user:password@` of a server URL in `urls` as the user and
+    /// password when no other credential is set. (The NATS client does not read credentials
+    /// from a URL; a URL that carries them would otherwise connect anonymously.)
+    pub fn with_url_credentials(mut self, urls: &str) -> NatsAuth {
+        let unset = self.creds.is_none()
+            && self.nkey.is_none()
+            && self.user.is_none()
+            && self.password.is_none()
+            && self.token.is_none();
+        if !unset {
+            return self;
+        }
+        let credentials = urls.split(',').find_map(|url| {
+            let addr = url.trim().parse::<ServerAddr>().ok()?;
+            Some((addr.username()?.to_string(), addr.password()?.to_string()))
+        });
+        if let Some((user, password)) = credentials {
+            self.user = Some(user);
+            self.password = Some(password);
+        }
+        self
+    }
+
     /// Whether anything is set (a plain anonymous connection otherwise).
     pub fn is_empty(&self) -> bool {
         self == &NatsAuth::default()

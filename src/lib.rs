@@ -18,7 +18,8 @@
 //! - [`jobs`] and [`distribution`]: the two JetStream sides: durable jobs (`mofa.jobs.<plugin>`:
 //!   the streams, the results bucket, submitting, waiting and dead letters) and the publishing
 //!   side of hot reload (plugin records, the buckets, publish, rollback, signatures, the
-//!   `[reload]` settings).
+//!   `[reload]` settings). Both make their streams through [`provision`], which creates what
+//!   is missing where the credential may and otherwise says to run `mofa setup`.
 //! - [`kinds`]: the table of plugin kinds that arrive as code (Rhai, WASM): files, records,
 //!   how each is built and where it runs.
 //! - [`native`], [`rhai`] and [`wasm`]: the plugin kinds: Rust compiled in (among them
@@ -52,6 +53,7 @@ pub mod local;
 pub mod native;
 pub mod nats_server;
 pub mod plugin;
+pub mod provision;
 pub mod pyvenv;
 pub mod rhai;
 pub mod subjects;
@@ -70,6 +72,7 @@ mod layers {
         ("config", 80),
         ("jobs", 70),
         ("distribution", 70),
+        ("provision", 65),
         ("kinds", 60),
         ("native", 50),
         ("rhai", 50),

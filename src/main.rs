@@ -40,6 +40,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Worker(cmd::worker::WorkerArgs),
+    Setup(cmd::setup::SetupArgs),
     Sql(cmd::worker::SqlArgs),
     Exec(cmd::exec::ExecArgs),
     Submit(cmd::jobs::SubmitArgs),
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Worker(args) => args.run().await,
+        Command::Setup(args) => args.run().await,
         Command::Sql(args) => args.run().await,
         Command::Exec(args) => args.run().await,
         Command::Submit(args) => args.run().await,

@@ -33,6 +33,10 @@ pub const HEADER_ROUTE_KEY: &str = "Mofa-Route-Key";
 pub const HEADER_CANARY: &str = "Mofa-Canary";
 /// Request header set on plugin-to-plugin calls over the bus: the depth of the call.
 pub const HEADER_CALL_DEPTH: &str = "Mofa-Call-Depth";
+/// Optional request header: when the caller stops waiting, in Unix milliseconds. A request
+/// waits for a slot until then (at most `queue_wait_ms`), runs under the earlier of it and
+/// the plugin's own timeout, and is not run at all once it has passed (408).
+pub const HEADER_DEADLINE: &str = "Mofa-Deadline";
 
 /// Deepest nesting accepted in a request body; deeper bodies are rejected with 400 rather than
 /// risking the decoder's stack.

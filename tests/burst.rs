@@ -1,6 +1,8 @@
 //! Bursts on a real nats-server: requests beyond `max_concurrency` wait in the plugin's bounded
 //! queue instead of being refused; what cannot start in time, or finds the queue full, gets a
-//! 503; every request gets a reply; memory stays bounded.
+//! 503; a caller that states its deadline (`Mofa-Deadline`) is waited for until then, and one
+//! whose deadline has passed is not run (408); every request gets a reply; memory stays
+//! bounded.
 
 mod common;
 
@@ -31,8 +33,32 @@ async fn burst(
     n: usize,
     timeout: Duration,
 ) -> Tally {
+    burst_with(client, plugin, body, n, timeout, false).await
+}
+
+/// [`burst`], each request saying (`Mofa-Deadline`) that its caller waits `timeout` when
+/// `deadline` is set.
+async fn burst_with(
+    client: &async_nats::Client,
+    plugin: &str,
+    body: Value,
+    n: usize,
+    timeout: Duration,
+    deadline: bool,
+) -> Tally {
     let body = wire::encode(&body);
-    let replies = join_all((0..n).map(|_| call_raw(client, plugin, body.clone(), timeout))).await;
+    let headers = || {
+        let mut headers = async_nats::HeaderMap::new();
+        if deadline {
+            let at = wire::unix_ms() + timeout.as_millis() as u64;
+            headers.insert(wire::HEADER_DEADLINE, at.to_string().as_str());
+        }
+        headers
+    };
+    let replies = join_all(
+        (0..n).map(|_| call_with_headers(client, plugin, body.clone(), timeout, headers())),
+    )
+    .await;
     let mut tally = Tally::default();
     for reply in replies {
         match reply {
@@ -214,4 +240,124 @@ async fn memory_stays_bounded_under_a_burst_of_100000() {
         "the queue filled: {tally:?}"
     );
     assert!(peak < before + 250, "RSS grew from {before} to {peak} MiB");
+}
+
+/// Two processes spinning, one per core of this machine, until dropped.
+struct BusyCores(Vec<std::process::Child>);
+
+impl BusyCores {
+    fn start() -> BusyCores {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        BusyCores(
+            (0..cores)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("a busy loop starts")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for BusyCores {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_that_waits_20_s_gets_every_answer_of_a_burst_on_busy_cores() {
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[(
+        "work.rhai",
+        "fn execute(x) { let t = timestamp(); while t.elapsed < 0.04 { } x }",
+    )]);
+    let mut cfg = config(&server, dir.path());
+    cfg.rhai.max_operations = 0;
+    let worker = worker(cfg).await;
+    let client = server.client().await;
+    wait_for_plugin(&client, "work", Value::Nil).await;
+    let _busy = BusyCores::start();
+    // Without a deadline a request waits at most half the script's 1 s timeout.
+    let plain = burst(&client, "work", Value::Nil, 40, Duration::from_secs(20)).await;
+    eprintln!("no deadline: {plain:?}");
+    assert_eq!(plain.no_reply, 0, "{plain:?}");
+    let waited = burst_with(
+        &client,
+        "work",
+        Value::Nil,
+        40,
+        Duration::from_secs(20),
+        true,
+    )
+    .await;
+    eprintln!("20 s deadline: {waited:?}");
+    assert_eq!(waited.ok, 40, "every request answered in time: {waited:?}");
+    drop(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_past_its_callers_deadline_is_not_run_and_counted() {
+    let server = NatsServer::start();
+    let dir = plugins_dir(&[(
+        "slow.rhai",
+        r#"fn execute(x) {
+            let n = state_get("runs");
+            if n == () { n = 0; }
+            state_set("runs", n + 1);
+            let t = timestamp();
+            while t.elapsed < 0.3 { }
+            n + 1
+        }"#,
+    )]);
+    let mut cfg = config(&server, dir.path());
+    cfg.max_concurrency = 1;
+    cfg.rhai.max_operations = 0;
+    cfg.rhai.timeout_ms = 5_000;
+    let worker = worker(cfg).await;
+    let client = server.client().await;
+    wait_for_plugin(&client, "slow", Value::Nil).await;
+    let with_deadline = |in_ms: i64| {
+        let mut headers = async_nats::HeaderMap::new();
+        let at = wire::unix_ms() as i64 + in_ms;
+        headers.insert(wire::HEADER_DEADLINE, at.to_string().as_str());
+        headers
+    };
+    let body = wire::encode(&Value::Nil);
+    let wait = Duration::from_secs(10);
+    // Past on arrival: answered 408 at once, never run.
+    let late = call_with_headers(&client, "slow", body.clone(), wait, with_deadline(-1_000))
+        .await
+        .expect("answered");
+    assert_eq!(late.code(), Some(408), "{late:?}");
+    assert!(late.message().contains("not run"), "{}", late.message());
+    // One runs for 300 ms; the next, whose caller waits 100 ms, expires in the queue.
+    let (first, second) = tokio::join!(
+        call_with_headers(&client, "slow", body.clone(), wait, with_deadline(5_000)),
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            call_with_headers(&client, "slow", body.clone(), wait, with_deadline(100)).await
+        }
+    );
+    let first = first.expect("answered").expect_value();
+    let second = second.expect("answered");
+    assert_eq!(second.code(), Some(408), "{second:?}");
+    let stats = endpoint_data(&client, "slow")
+        .await
+        .expect("the worker answers $SRV.STATS");
+    assert_eq!(stats["expired"], serde_json::json!(2), "{stats}");
+    // Only the first ran: the next run counts one more.
+    let next = call(&client, "slow", Value::Nil).await.expect_value();
+    let count = |v: &Value| v.as_i64().expect("a count");
+    assert_eq!(
+        count(&next),
+        count(&first) + 1,
+        "expired requests never ran"
+    );
+    drop(worker);
 }

@@ -25,6 +25,7 @@ use mofa_bus::distribution::{Distribution, INLINE_LIMIT};
 use mofa_bus::wire::{self, Value};
 
 const ENV: &[(&str, &str)] = &[
+    ("MOFA_ADMIN_PASSWORD", "admin-secret"),
     ("MOFA_WORKER_PASSWORD", "worker-secret"),
     ("MOFA_CLIENT_PASSWORD", "client-secret"),
     ("MOFA_PUBLISHER_PASSWORD", "publisher-secret"),
@@ -100,13 +101,38 @@ async fn a_three_node_cluster_keeps_serving_when_a_node_dies() {
     let mut nodes: Vec<NatsServer> = (0..3).map(|i| node(i, &routes)).collect();
     let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
 
-    // The publisher creates the bucket with three replicas once the cluster has a leader.
-    let publisher = connect_as(&urls[1], "publisher").await;
+    // The admin makes the buckets and the jobs streams with three replicas (what `mofa
+    // setup --replicas 3` does) once the cluster has a leader; the publisher uses them.
+    let admin = connect_as(&urls[1], "admin").await;
     let config = ReloadConfig {
         replicas: 3,
         ..ReloadConfig::default()
     };
     let started = Instant::now();
+    loop {
+        let jobs = mofa_bus::jobs::JobsConfig {
+            replicas: 3,
+            ..Default::default()
+        };
+        let made = match Distribution::provision(admin.clone(), &config).await {
+            Ok(_) => mofa_bus::jobs::Jobs::provision(admin.clone(), &jobs)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match made {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "the cluster's JetStream did not come up: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let publisher = connect_as(&urls[1], "publisher").await;
     let distribution = loop {
         match Distribution::open(publisher.clone(), &config).await {
             Ok(d) => break d,

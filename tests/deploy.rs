@@ -265,7 +265,21 @@ fn compose_runs_three_nats_nodes_and_three_workers_with_health_checks() {
         );
         assert_eq!(worker["environment"]["MOFA_NATS_USER"], "worker");
         assert_eq!(worker["build"]["dockerfile"], "deploy/docker/Dockerfile");
+        // Workers start once `mofa setup` has made the streams.
+        assert_eq!(
+            worker["depends_on"]["setup"]["condition"],
+            "service_completed_successfully"
+        );
     }
+    let setup = &services["setup"];
+    assert_eq!(setup["command"][0], "setup", "{setup}");
+    assert_eq!(setup["environment"]["MOFA_NATS_USER"], "admin");
+    assert!(
+        setup["command"]
+            .to_string()
+            .contains("\"--replicas\",\"3\""),
+        "{setup}"
+    );
     assert_eq!(config.reload.replicas, 3);
 }
 

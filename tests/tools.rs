@@ -5,15 +5,11 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use mofa_bus::pyvenv::Venv;
 use mofa_bus::wire::Value;
-
-/// The pinned Python MCP SDK, installed once into the cache.
-const MCP_SDK: &str = "mcp==2.3.0";
 
 const ADDER: &str = r#"
 let tool = #{
@@ -221,23 +217,6 @@ async fn mofa_tools_lists_a_tool_published_after_the_fleet_started() {
         );
     }
     worker.shutdown().await.expect("drains");
-}
-
-/// The MCP client script, run by the venv's Python with the pinned SDK.
-async fn mcp_client() -> Command {
-    let python = tokio::task::spawn_blocking(|| {
-        let venv = Venv::new(&format!("py-{}", MCP_SDK.replace("==", "")), &[MCP_SDK]);
-        match venv.ensure() {
-            Ok(_) => venv.bin("python"),
-            Err(e) => panic!("the MCP test needs the Python MCP SDK: {e}"),
-        }
-    })
-    .await
-    .expect("venv");
-    let mut command = Command::new(python);
-    command
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mcp_client.py"));
-    command
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -8,7 +8,7 @@
 //     node client.mjs [--nats nats://127.0.0.1:4222] [--follow N]
 
 import { parseArgs } from "node:util";
-import { connect, ErrorCode } from "nats";
+import { connect, ErrorCode, headers } from "nats";
 import { decode, encode } from "@msgpack/msgpack";
 
 const { values: args } = parseArgs({
@@ -21,8 +21,12 @@ const { values: args } = parseArgs({
 const emit = (fields) => console.log(JSON.stringify(fields));
 
 // One request to mofa.exec.<plugin>: {output} or {error: {code, message, body, revision}}.
+// Mofa-Deadline (Unix ms) tells the worker how long this caller waits: a request queues no
+// longer than that, and is not run once the caller has given up.
 async function call(nc, plugin, value, timeout = 5000) {
-  const reply = await nc.request(`mofa.exec.${plugin}`, encode(value), { timeout });
+  const h = headers();
+  h.set("Mofa-Deadline", String(Date.now() + timeout));
+  const reply = await nc.request(`mofa.exec.${plugin}`, encode(value), { timeout, headers: h });
   const code = reply.headers?.get("Nats-Service-Error-Code");
   if (!code) return { output: decode(reply.data) };
   return {

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 import msgpack
 import nats
@@ -24,8 +25,17 @@ def emit(**fields):
 
 
 async def call(nc, plugin, value, timeout=5.0):
-    """One request to mofa.exec.<plugin>: (output, None) or (None, {code, message})."""
-    reply = await nc.request(f"mofa.exec.{plugin}", msgpack.packb(value), timeout=timeout)
+    """One request to mofa.exec.<plugin>: (output, None) or (None, {code, message}).
+
+    Mofa-Deadline (Unix ms) tells the worker how long this caller waits: a request queues no
+    longer than that, and is not run once the caller has given up."""
+    deadline = str(int((time.time() + timeout) * 1000))
+    reply = await nc.request(
+        f"mofa.exec.{plugin}",
+        msgpack.packb(value),
+        timeout=timeout,
+        headers={"Mofa-Deadline": deadline},
+    )
     headers = reply.headers or {}
     code = headers.get("Nats-Service-Error-Code")
     if code is None:

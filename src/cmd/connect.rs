@@ -2,7 +2,7 @@
 //! the server URL and where it came from, and connecting with errors that say which server
 //! was asked and what to do.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::dev::{self, UrlOrigin};
 use mofa_bus::config::{ReloadConfig, PRODUCTION};
@@ -59,6 +59,7 @@ pub(crate) struct NatsArgs {
 
 impl NatsArgs {
     pub(crate) fn auth(&self) -> mofa_bus::connection::NatsAuth {
+        warn_about_secrets_in_arguments();
         mofa_bus::connection::NatsAuth {
             creds: self.creds.clone(),
             nkey: self.nkey.clone(),
@@ -83,6 +84,58 @@ impl NatsArgs {
             env: self.env.clone().unwrap_or_else(|| PRODUCTION.to_string()),
         }
     }
+}
+
+/// Warns, once, about a secret given as a command-line argument: every user of the machine
+/// can read a process's arguments (`ps`, `/proc/<pid>/cmdline`), unlike its environment.
+fn warn_about_secrets_in_arguments() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let args: Vec<String> = std::env::args().collect();
+        let value_of = |flag: &str| {
+            args.iter().enumerate().find_map(|(at, arg)| {
+                if arg == flag {
+                    args.get(at + 1).cloned()
+                } else {
+                    arg.strip_prefix(&format!("{flag}=")).map(str::to_string)
+                }
+            })
+        };
+        let mut exposed = Vec::new();
+        for (flag, env) in [
+            ("--password", "MOFA_NATS_PASSWORD"),
+            ("--token", "MOFA_NATS_TOKEN"),
+        ] {
+            if value_of(flag).is_some() {
+                exposed.push(format!("{flag} (set ${env} instead)"));
+            }
+        }
+        if value_of("--nkey").is_some_and(|v| v.starts_with("SU") && !Path::new(&v).exists()) {
+            exposed.push("the --nkey seed (give the file holding it)".to_string());
+        }
+        if value_of("--sign").is_some_and(|v| v.starts_with("SU") && !Path::new(&v).exists()) {
+            exposed.push("the --sign seed (give the file holding it)".to_string());
+        }
+        if value_of("--nats").is_some_and(|url| url_has_password(&url)) {
+            exposed.push("the password in the --nats URL (set $MOFA_NATS_PASSWORD instead)".to_string());
+        }
+        if !exposed.is_empty() {
+            eprintln!(
+                "warning: secrets on the command line are visible to every user of this machine (ps): {}; or use --creds FILE",
+                exposed.join(", ")
+            );
+        }
+    });
+}
+
+/// Whether any of the comma-separated URLs carries `user:password@`.
+fn url_has_password(urls: &str) -> bool {
+    urls.split(',').any(|url| {
+        url.split_once("://")
+            .map_or(url, |(_, rest)| rest)
+            .split_once('@')
+            .is_some_and(|(credentials, _)| credentials.contains(':'))
+    })
 }
 
 /// Where `url` came from, said for an error about its server.
@@ -141,6 +194,8 @@ impl Nats {
         let servers = mofa_bus::connection::servers(&self.url)?;
         let connected = self
             .auth
+            .clone()
+            .with_url_credentials(&self.url)
             .options()
             .await?
             .name(name)

@@ -76,6 +76,10 @@ async fn exec(
     if let Some(key) = &options.route_key {
         headers.insert(wire::HEADER_ROUTE_KEY, key.as_str());
     }
+    // The worker queues the request no longer than this command waits, and does not run it
+    // once this command has given up.
+    let deadline = wire::unix_ms().saturating_add(options.timeout.as_millis() as u64);
+    headers.insert(wire::HEADER_DEADLINE, deadline.to_string().as_str());
     let request = async_nats::Request::new()
         .headers(headers)
         .payload(wire::encode(&value))

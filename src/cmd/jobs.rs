@@ -188,7 +188,7 @@ async fn job(nats: &Nats, id: &str, wait: Option<Duration>) -> anyhow::Result<Ex
         }
         None => {
             eprintln!(
-                "error: no state stored for job {id:?} (an unknown id, a job a plain client published and no worker has finished, or a result older than jobs.result_ttl_s)"
+                "error: no state stored for job {id:?}: still queued (a job has none until a worker finishes its first attempt), an unknown id, or a result older than jobs.result_ttl_s"
             );
             Ok(ExitCode::from(1))
         }

@@ -3,6 +3,7 @@
 //!
 //! - `worker`: `mofa worker` (and `--dev`, whose server is `dev`), `mofa sql`;
 //! - `connect`: the connection flags every verb shares, and connecting;
+//! - `setup`: `mofa setup`, the admin step that makes the streams and buckets;
 //! - `exec`: `mofa exec`;
 //! - `jobs`: `submit`, `job`, `dlq`;
 //! - `local`: plugin files run locally (`run`, `test`) and the build check before a publish;
@@ -23,5 +24,6 @@ pub(crate) mod local;
 pub(crate) mod mcp;
 pub(crate) mod revisions;
 pub(crate) mod rollout;
+pub(crate) mod setup;
 pub(crate) mod watch;
 pub(crate) mod worker;

@@ -9,6 +9,7 @@ use tokio::io::AsyncReadExt;
 use super::config::ReloadConfig;
 use super::record::{sha256_hex, Canary, PluginRecord};
 use crate::kinds;
+use crate::provision::{self, ProvisionError, Provisioned};
 use crate::subjects;
 use crate::wire;
 
@@ -48,6 +49,9 @@ pub enum DistributionError {
     /// The server cannot hold buckets (too old, or JetStream off): which, and the fix.
     #[error("{0}")]
     Server(String),
+    /// A bucket is missing and this credential may not create it.
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
 }
 
 fn op(context: &str) -> impl Fn(String) -> DistributionError + '_ {
@@ -96,11 +100,21 @@ impl std::fmt::Debug for Distribution {
 }
 
 impl Distribution {
-    /// Opens both buckets, creating them if they do not exist yet.
+    /// Opens both buckets, creating what does not exist yet where this connection may (see
+    /// [`crate::provision`]).
     pub async fn open(
         client: async_nats::Client,
         config: &ReloadConfig,
     ) -> Result<Distribution, DistributionError> {
+        Ok(Self::provision(client, config).await?.0)
+    }
+
+    /// [`Distribution::open`], saying for each bucket whether it was created or found (`mofa
+    /// setup`).
+    pub async fn provision(
+        client: async_nats::Client,
+        config: &ReloadConfig,
+    ) -> Result<(Distribution, Vec<Provisioned>), DistributionError> {
         crate::connection::require_jetstream(&client, "hot reload")
             .map_err(DistributionError::Server)?;
         let js = jetstream::new(client);
@@ -109,58 +123,54 @@ impl Distribution {
             message: e,
         };
         let bucket = config.kv_bucket();
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => match js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: format!(
-                        "mofa-bus plugins of the {} environment: one key per plugin, history for rollback",
-                        config.env
-                    ),
-                    history: config.history,
-                    num_replicas: config.replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(kv) => kv,
-                // Another worker may have created it meanwhile.
-                Err(create) => js
-                    .get_key_value(&bucket)
-                    .await
-                    .map_err(|_| bucket_error(&bucket, create.to_string()))?,
-            },
+        let plugins = kv::Config {
+            bucket: bucket.clone(),
+            description: format!(
+                "mofa-bus plugins of the {} environment: one key per plugin, history for rollback",
+                config.env
+            ),
+            history: config.history,
+            num_replicas: config.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
         };
-        let objects = match js.get_object_store(&config.object_bucket).await {
-            Ok(os) => os,
-            Err(_) => match js
-                .create_object_store(object_store::Config {
-                    bucket: config.object_bucket.clone(),
-                    description: Some(
-                        "mofa-bus modules too large for a KV value, by SHA-256".into(),
-                    ),
-                    num_replicas: config.replicas,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(os) => os,
-                Err(create) => js
-                    .get_object_store(&config.object_bucket)
-                    .await
-                    .map_err(|_| bucket_error(&config.object_bucket, create.to_string()))?,
-            },
+        let modules = object_store::Config {
+            bucket: config.object_bucket.clone(),
+            description: Some("mofa-bus modules too large for a KV value, by SHA-256".into()),
+            num_replicas: config.replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
         };
-        Ok(Distribution {
+        let made = vec![
+            provision::ensure(&js, "bucket", &bucket, &format!("KV_{bucket}"), || async {
+                js.create_key_value(plugins).await.map(|_| ())
+            })
+            .await?,
+            provision::ensure(
+                &js,
+                "object store",
+                &config.object_bucket,
+                &format!("OBJ_{}", config.object_bucket),
+                || async { js.create_object_store(modules).await.map(|_| ()) },
+            )
+            .await?,
+        ];
+        let kv = js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| bucket_error(&bucket, e.to_string()))?;
+        let objects = js
+            .get_object_store(&config.object_bucket)
+            .await
+            .map_err(|e| bucket_error(&config.object_bucket, e.to_string()))?;
+        let distribution = Distribution {
             kv,
             objects,
             object_bucket: config.object_bucket.clone(),
             env: config.env.clone(),
             signer: None,
-        })
+        };
+        Ok((distribution, made))
     }
 
     /// Signs every record put from now on with `key`.
@@ -224,10 +234,15 @@ impl Distribution {
                 String::from_utf8(code.body).map_err(|_| file_error("not UTF-8 text".into()))?,
             );
         } else if code.body.len() > inline_limit {
-            self.objects
-                .put(record.sha256.as_str(), &mut code.body.as_slice())
-                .await
-                .map_err(|e| file_error(format!("object store: {e}")))?;
+            // Objects are named by their content: one already stored is this module. Putting
+            // it again would purge the old chunks, which a publisher's credential may not.
+            let stored = self.objects.info(record.sha256.as_str()).await;
+            if !stored.is_ok_and(|info| !info.deleted) {
+                self.objects
+                    .put(record.sha256.as_str(), &mut code.body.as_slice())
+                    .await
+                    .map_err(|e| file_error(format!("object store: {e}")))?;
+            }
             record.object = Some(record.sha256.clone());
         } else {
             record.module = Some(code.body);

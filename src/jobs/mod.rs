@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 pub use record::{retryable, DeadLetter, JobResult, JobState};
 
+use crate::provision::{self, ProvisionError, Provisioned};
 use crate::subjects;
 use crate::wire::{self, Value};
 
@@ -173,6 +174,9 @@ pub enum JobsError {
     /// The server cannot hold the streams (too old, or JetStream off): which, and the fix.
     #[error("{0}")]
     Server(String),
+    /// A stream or the results bucket is missing and this credential may not create it.
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
 }
 
 fn op(context: &'static str) -> impl Fn(String) -> JobsError {
@@ -212,15 +216,20 @@ impl std::fmt::Debug for Jobs {
 
 impl Jobs {
     /// Opens both streams and the results bucket, creating what does not exist yet with
-    /// `config`'s settings.
+    /// `config`'s settings where this connection may (see [`crate::provision`]).
     pub async fn open(client: async_nats::Client, config: &JobsConfig) -> Result<Jobs, JobsError> {
-        let unavailable = |what: &str, e: String| JobsError::Unavailable {
-            what: what.to_string(),
-            message: e,
-        };
+        Ok(Self::provision(client, config).await?.0)
+    }
+
+    /// [`Jobs::open`], saying for each stream and bucket whether it was created or found
+    /// (`mofa setup`).
+    pub async fn provision(
+        client: async_nats::Client,
+        config: &JobsConfig,
+    ) -> Result<(Jobs, Vec<Provisioned>), JobsError> {
         crate::connection::require_jetstream(&client, "durable jobs").map_err(JobsError::Server)?;
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(stream::Config {
+        let jobs = stream::Config {
             name: JOBS_STREAM.into(),
             description: Some("mofa-bus durable jobs: one subject per plugin, mofa.jobs.<plugin>; removed once run".into()),
             subjects: vec![format!("{}.>", subjects::JOBS_PREFIX)],
@@ -229,10 +238,8 @@ impl Jobs {
             duplicate_window: Duration::from_millis(config.dedup_window_ms),
             num_replicas: config.replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(&format!("stream {JOBS_STREAM}"), e.to_string()))?;
-        js.get_or_create_stream(stream::Config {
+        };
+        let dlq = stream::Config {
             name: DLQ_STREAM.into(),
             description: Some(
                 "mofa-bus dead-lettered jobs, mofa.dlq.<plugin>, with their last error".into(),
@@ -242,36 +249,47 @@ impl Jobs {
             max_age: Duration::from_secs(config.dlq_max_age_s),
             num_replicas: config.replicas,
             ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable(&format!("stream {DLQ_STREAM}"), e.to_string()))?;
-        let results = match js.get_key_value(RESULTS_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => match js
-                .create_key_value(kv::Config {
-                    bucket: RESULTS_BUCKET.into(),
-                    description: "mofa-bus job results and states, by job id".into(),
-                    history: 1,
-                    max_age: Duration::from_secs(config.result_ttl_s),
-                    num_replicas: config.replicas,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-            {
-                Ok(kv) => kv,
-                // Another worker may have created it meanwhile.
-                Err(create) => js.get_key_value(RESULTS_BUCKET).await.map_err(|_| {
-                    unavailable(&format!("bucket {RESULTS_BUCKET}"), create.to_string())
-                })?,
-            },
         };
-        Ok(Jobs {
+        let results = kv::Config {
+            bucket: RESULTS_BUCKET.into(),
+            description: "mofa-bus job results and states, by job id".into(),
+            history: 1,
+            max_age: Duration::from_secs(config.result_ttl_s),
+            num_replicas: config.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let mut done = Vec::new();
+        for config in [jobs, dlq] {
+            let name = config.name.clone();
+            done.push(
+                provision::ensure(&js, "stream", &name, &name, || async {
+                    js.create_stream(config).await.map(|_| ())
+                })
+                .await?,
+            );
+        }
+        let stream = format!("KV_{RESULTS_BUCKET}");
+        done.push(
+            provision::ensure(&js, "bucket", RESULTS_BUCKET, &stream, || async {
+                js.create_key_value(results).await.map(|_| ())
+            })
+            .await?,
+        );
+        let results =
+            js.get_key_value(RESULTS_BUCKET)
+                .await
+                .map_err(|e| JobsError::Unavailable {
+                    what: format!("bucket {RESULTS_BUCKET}"),
+                    message: e.to_string(),
+                })?;
+        let jobs = Jobs {
             js,
             client,
             results,
             config: config.clone(),
-        })
+        };
+        Ok((jobs, done))
     }
 
     /// The configuration this handle was opened with.
@@ -297,47 +315,8 @@ impl Jobs {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER_JOB_ID, job.as_str());
         headers.insert(HEADER_MSG_ID, job.as_str());
-        let stored = self.stored_revision(&job).await;
-        let submitted = self
-            .enqueue(plugin, &job, headers, wire::encode(input))
-            .await?;
-        if !submitted.duplicate {
-            self.mark_queued(&job, plugin, stored).await;
-        }
-        Ok(submitted)
-    }
-
-    /// The revision of the state stored for `job` (0: none).
-    async fn stored_revision(&self, job: &str) -> u64 {
-        match self.results.entry(job).await {
-            Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry.revision,
-            _ => 0,
-        }
-    }
-
-    /// Stores `queued` for a job just (re)submitted, unless a worker stored a newer state
-    /// since `stored` was read: a fast worker's result is never overwritten. (A state left from
-    /// an earlier submission of the same id is replaced.)
-    async fn mark_queued(&self, job: &str, plugin: &str, stored: u64) {
-        let Ok(queued) = JobResult::queued(job, plugin).encode() else {
-            return;
-        };
-        let marked = if stored == 0 {
-            self.results
-                .create(job, queued)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        } else {
-            self.results
-                .update(job, queued, stored)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        };
-        if let Err(e) = marked {
-            tracing::debug!(job, error = %e, "queued state not stored (a newer one is)");
-        }
+        self.enqueue(plugin, &job, headers, wire::encode(input))
+            .await
     }
 
     async fn enqueue(
@@ -490,6 +469,19 @@ impl Jobs {
             .map_err(|e| op("creating the jobs consumer")(e.to_string()))
     }
 
+    /// Makes (or brings to this configuration) the durable consumer of `plugin`'s jobs, saying
+    /// whether it existed (`mofa setup`, for the plugins already published).
+    pub async fn provision_consumer(&self, plugin: &str) -> Result<Provisioned, JobsError> {
+        subjects::validate_name(plugin).map_err(|e| JobsError::Operation(e.to_string()))?;
+        let existed = self.consumed(plugin).await?;
+        self.consumer(plugin).await?;
+        Ok(Provisioned {
+            kind: "consumer",
+            name: format!("{JOBS_STREAM}/{}", consumer_name(plugin)),
+            created: !existed,
+        })
+    }
+
     /// Moves a job to the dead-letter stream with its last error; returns its sequence there.
     /// `jobs_sequence` (its sequence in the jobs stream) makes a repeated move a duplicate.
     pub(crate) async fn dead_letter(
@@ -593,11 +585,9 @@ impl Jobs {
             HEADER_MSG_ID,
             format!("{}-replay-{sequence}", letter.job).as_str(),
         );
-        let stored = self.stored_revision(&letter.job).await;
         let submitted = self
             .enqueue(&letter.plugin, &letter.job, headers, message.payload)
             .await?;
-        self.mark_queued(&letter.job, &letter.plugin, stored).await;
         stream
             .delete_message(sequence)
             .await

@@ -9,7 +9,9 @@ use crate::wire::{ErrorCode, Value};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
-    /// Submitted (by `mofa submit` or [`super::Jobs::submit`]); no attempt has finished yet.
+    /// No attempt has finished yet. Not stored: only workers write the results bucket, and a
+    /// job has no record there until its first attempt ends (records of earlier releases may
+    /// say it).
     Queued,
     /// An attempt failed with a transient error; the job runs again after its backoff.
     Retrying,

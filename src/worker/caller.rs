@@ -69,6 +69,9 @@ async fn remote(
     subjects::validate_name(plugin).map_err(|e| PluginError::BadInput(e.to_string()))?;
     let mut headers = HeaderMap::new();
     headers.insert(wire::HEADER_CALL_DEPTH, depth.to_string().as_str());
+    // The callee stops where this call stops waiting.
+    let deadline = wire::unix_ms().saturating_add(timeout.as_millis() as u64);
+    headers.insert(wire::HEADER_DEADLINE, deadline.to_string().as_str());
     telemetry::inject(&mut headers);
     let request = async_nats::Request::new()
         .headers(headers)

@@ -48,6 +48,8 @@ pub struct EndpointStats {
     queued: AtomicUsize,
     /// Requests answered 503 because the queue was full or their wait ran out.
     refused: AtomicU64,
+    /// Requests not run because their caller's deadline (`Mofa-Deadline`) had passed.
+    expired: AtomicU64,
 }
 
 impl EndpointStats {
@@ -92,6 +94,12 @@ impl EndpointStats {
     /// Requests refused (503) because the queue was full or they could not start in time.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Requests not run (408) because their caller's deadline had passed, on arrival or while
+    /// they waited.
+    pub fn expired(&self) -> u64 {
+        self.expired.load(Ordering::Relaxed)
     }
 
     /// Error replies per code.
@@ -165,6 +173,8 @@ enum Outcome {
     },
     /// It never ran (503: the queue was full or its wait ran out).
     Refused(PluginError),
+    /// It never ran: its caller's deadline passed before it could start (408).
+    Expired(PluginError),
 }
 
 /// Everything a request of one plugin needs, shared by its tasks.
@@ -343,6 +353,10 @@ impl Endpoint {
             meta.headers(),
             message.payload.len(),
         );
+        if meta.expired(Instant::now()) {
+            self.refuse(&message, &meta, &span, None).await;
+            return;
+        }
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             self.start(message, permit, meta, span, tracker);
             return;
@@ -353,7 +367,7 @@ impl Endpoint {
                 "plugin {} is saturated: {} requests in flight and {} waiting on this worker (max_concurrency, max_queue); retry, or add workers",
                 self.name, self.limit, self.max_queue
             ));
-            self.refuse(&message, &meta, error, &span).await;
+            self.refuse(&message, &meta, &span, Some(error)).await;
             return;
         }
         let endpoint = self.clone();
@@ -368,7 +382,7 @@ impl Endpoint {
                 Ok(Ok(permit)) => endpoint.start(message, permit, meta, span, &waiting),
                 _ => {
                     let error = endpoint.not_started();
-                    endpoint.refuse(&message, &meta, error, &span).await;
+                    endpoint.refuse(&message, &meta, &span, Some(error)).await;
                 }
             }
         });
@@ -423,11 +437,17 @@ impl Endpoint {
         }
     }
 
-    /// When a request must have started: `queue_wait_ms` after admission, or, for a plugin with
-    /// its own deadline, halfway to it if that comes first, so a request that starts has at
-    /// least half its time to run (instead of starting only to time out).
+    /// When a request must have started: with a caller's deadline (`Mofa-Deadline`), by that
+    /// deadline, at most `queue_wait_ms` after admission (the caller says how long it waits;
+    /// once started the plugin has its whole timeout, within the deadline). Without one,
+    /// `queue_wait_ms` after admission, or, for a plugin with its own deadline, halfway to it
+    /// if that comes first, so a request that starts has at least half its time to run
+    /// (instead of starting only to time out).
     fn start_by(&self, served: &Served, context: &CallContext) -> Instant {
         let admitted = context.admitted.unwrap_or_else(Instant::now);
+        if let Some(deadline) = context.deadline {
+            return deadline.min(admitted + self.queue_wait);
+        }
         let wait = served.plugin.timeout().map_or(self.queue_wait, |timeout| {
             (timeout / 2).min(self.queue_wait)
         });
@@ -445,20 +465,28 @@ impl Endpoint {
         ))
     }
 
-    /// Answers a request that never ran with 503 `error`.
+    /// Answers a request that never ran: with 408 when its caller's deadline has passed (the
+    /// caller most likely stopped waiting; counted as `expired`), else with 503 `error`.
     async fn refuse(
         &self,
         message: &Message,
         meta: &RequestMeta,
-        error: PluginError,
         span: &RequestSpan,
+        error: Option<PluginError>,
     ) {
         let served = self.served();
         span.served(
             served.plugin.kind().as_str(),
             served.revision.as_ref().map(|r| r.number),
         );
-        let outcome = Outcome::Refused(error);
+        let outcome = match error {
+            Some(error) if !meta.expired(Instant::now()) => Outcome::Refused(error),
+            _ => Outcome::Expired(PluginError::Timeout(format!(
+                "not run: the caller's deadline ({}) passed before plugin {} could start; give it more time, or add workers",
+                wire::HEADER_DEADLINE,
+                self.name
+            ))),
+        };
         self.respond(message.reply.as_ref(), &served, meta, span, outcome)
             .await;
     }
@@ -467,7 +495,7 @@ impl Endpoint {
         self: Arc<Self>,
         message: Message,
         permit: OwnedSemaphorePermit,
-        meta: RequestMeta,
+        mut meta: RequestMeta,
         span: RequestSpan,
     ) {
         let started = Instant::now();
@@ -483,8 +511,13 @@ impl Endpoint {
         if started >= self.start_by(&served, &meta.context) {
             drop(permit);
             let error = self.not_started();
-            self.refuse(&message, &meta, error, &span).await;
+            self.refuse(&message, &meta, &span, Some(error)).await;
             return;
+        }
+        // A caller that states its deadline gets the plugin's whole timeout from here, within
+        // that deadline; otherwise the timeout counts from admission.
+        if meta.caller_deadline().is_some() {
+            meta.context.admitted = Some(started);
         }
         let (variant, canary) = served.pick(&self.name, meta.route_key());
         span.served(
@@ -525,6 +558,10 @@ impl Endpoint {
             Outcome::Ran { result, elapsed } => (result, elapsed, true),
             Outcome::Refused(error) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                (Err(error), Duration::ZERO, false)
+            }
+            Outcome::Expired(error) => {
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
                 (Err(error), Duration::ZERO, false)
             }
         };

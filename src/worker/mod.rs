@@ -539,6 +539,8 @@ async fn connect(
     let announced = url.clone();
     let client = config
         .nats
+        .clone()
+        .with_url_credentials(&config.nats_url)
         .options()
         .await?
         .name(format!("mofa-worker {id}"))
@@ -760,7 +762,8 @@ async fn flush(
 }
 
 /// The durable jobs streams. With JetStream on, an attempt that fails (workers of a fresh
-/// cluster all creating the streams at once can time one out) is tried twice more.
+/// cluster all creating the streams at once can time one out) is tried twice more; streams
+/// this credential may not create (`mofa setup` has not run) are not waited for.
 async fn open_jobs(
     client: &Client,
     config: &crate::jobs::JobsConfig,
@@ -771,6 +774,10 @@ async fn open_jobs(
             Ok(jobs) => return Some(Arc::new(jobs)),
             Err(crate::jobs::JobsError::Server(why)) => {
                 tracing::warn!("{why}; durable jobs (mofa.jobs.<plugin>) are not served");
+                return None;
+            }
+            Err(crate::jobs::JobsError::Provision(why)) => {
+                tracing::warn!("{why}; until then durable jobs (mofa.jobs.<plugin>) are not served by this worker (restart it after `mofa setup`), request/reply is");
                 return None;
             }
             Err(e) if attempt == attempts => {

@@ -1,12 +1,12 @@
 //! What a request says about itself in its headers, read in one place at admission.
 //!
 //! A request's headers carry its call depth (`Mofa-Call-Depth`, set by `call_plugin`), its
-//! canary route key (`Mofa-Route-Key`), its id (`Mofa-Request-Id`, echoed in its result event)
-//! and its trace context (`traceparent`). The endpoint reads them through [`RequestMeta`] and
+//! canary route key (`Mofa-Route-Key`), its id (`Mofa-Request-Id`, echoed in its result event),
+//! its caller's deadline (`Mofa-Deadline`) and its trace context (`traceparent`). The endpoint reads them through [`RequestMeta`] and
 //! nowhere else. The header map is moved out of the message, not copied: a request without
 //! headers costs nothing here, and one with headers no allocation.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 
@@ -20,6 +20,14 @@ pub(crate) struct RequestMeta {
     headers: Option<HeaderMap>,
 }
 
+/// The instant of a `Mofa-Deadline` header (Unix milliseconds), by this process's clock; a
+/// value that does not parse is ignored. One already past maps to `now`.
+fn deadline(value: &str, now: Instant) -> Option<Instant> {
+    let at_ms: u64 = value.trim().parse().ok()?;
+    let left = at_ms.saturating_sub(wire::unix_ms());
+    now.checked_add(Duration::from_millis(left))
+}
+
 impl RequestMeta {
     /// Reads `headers` of a request admitted at `admitted`.
     pub(crate) fn read(headers: Option<HeaderMap>, admitted: Instant) -> Self {
@@ -28,14 +36,30 @@ impl RequestMeta {
             .and_then(|h| h.get(wire::HEADER_CALL_DEPTH))
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or(0);
+        let deadline = headers
+            .as_ref()
+            .and_then(|h| h.get(wire::HEADER_DEADLINE))
+            .and_then(|v| deadline(v.as_str(), admitted));
         Self {
             context: CallContext {
                 depth,
-                deadline: None,
+                deadline,
                 admitted: Some(admitted),
             },
             headers,
         }
+    }
+
+    /// The caller's deadline (`Mofa-Deadline`), if it gave one.
+    pub(crate) fn caller_deadline(&self) -> Option<Instant> {
+        self.context.deadline
+    }
+
+    /// Whether the caller's deadline has passed at `now`: it no longer waits for an answer.
+    pub(crate) fn expired(&self, now: Instant) -> bool {
+        self.context
+            .deadline
+            .is_some_and(|deadline| now >= deadline)
     }
 
     /// A durable job, started at `started`: a request whose id is the job's id.
@@ -98,6 +122,32 @@ mod tests {
                 .context
                 .depth,
             0
+        );
+    }
+
+    #[test]
+    fn a_deadline_header_bounds_the_request_and_one_past_has_expired() {
+        let now = Instant::now();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            wire::HEADER_DEADLINE,
+            (wire::unix_ms() + 20_000).to_string().as_str(),
+        );
+        let meta = RequestMeta::read(Some(headers), now);
+        let left = meta.caller_deadline().expect("a deadline") - now;
+        assert!(
+            left > Duration::from_secs(19) && left <= Duration::from_secs(20),
+            "{left:?}"
+        );
+        assert!(!meta.expired(now));
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::HEADER_DEADLINE, "1000");
+        assert!(RequestMeta::read(Some(headers), now).expired(now));
+        let mut headers = HeaderMap::new();
+        headers.insert(wire::HEADER_DEADLINE, "soon");
+        assert_eq!(
+            RequestMeta::read(Some(headers), now).caller_deadline(),
+            None
         );
     }
 

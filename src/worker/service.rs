@@ -140,6 +140,7 @@ impl ServiceInfo {
                             serde_json::json!({
                                 "queued": e.stats.queued(),
                                 "refused": e.stats.refused(),
+                                "expired": e.stats.expired(),
                                 "errors_by_code": e.stats.errors_by_code().into_iter()
                                     .map(|(code, n)| (code.to_string(), n.into()))
                                     .collect::<serde_json::Map<String, serde_json::Value>>(),

@@ -49,7 +49,19 @@ pub async fn call_raw(
     body: Bytes,
     timeout: Duration,
 ) -> Result<Reply, async_nats::RequestError> {
+    call_with_headers(client, plugin, body, timeout, async_nats::HeaderMap::new()).await
+}
+
+/// [`call_raw`] with request headers.
+pub async fn call_with_headers(
+    client: &Client,
+    plugin: &str,
+    body: Bytes,
+    timeout: Duration,
+    headers: async_nats::HeaderMap,
+) -> Result<Reply, async_nats::RequestError> {
     let request = async_nats::Request::new()
+        .headers(headers)
         .payload(body)
         .timeout(Some(timeout));
     let message = client

@@ -1,4 +1,5 @@
-//! Things several test files build: a cached Python venv and a WAT module for the ABI.
+//! Things several test files build: a cached Python venv, the MCP client of the official
+//! Python SDK, and a WAT module for the ABI.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,27 @@ pub fn python_venv(name: &str, requirements: &Path, what: &str) -> PathBuf {
         panic!("{what} need their Python packages: {e}");
     }
     venv.bin("python")
+}
+
+/// The pinned Python MCP SDK, installed once into the cache.
+const MCP_SDK: &str = "mcp==2.3.0";
+
+/// `tests/support/mcp_client.py` (an MCP client written with the official SDK), run by the
+/// venv's Python; add `MOFA_BINARY NATS_URL [slow]`.
+pub async fn mcp_client() -> std::process::Command {
+    let python = tokio::task::spawn_blocking(|| {
+        let venv =
+            mofa_bus::pyvenv::Venv::new(&format!("py-{}", MCP_SDK.replace("==", "")), &[MCP_SDK]);
+        match venv.ensure() {
+            Ok(_) => venv.bin("python"),
+            Err(e) => panic!("the MCP tests need the Python MCP SDK: {e}"),
+        }
+    })
+    .await
+    .expect("venv");
+    let mut command = std::process::Command::new(python);
+    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/mcp_client.py"));
+    command
 }
 
 /// A WAT module implementing the ABI with a bump allocator; `handle` is the body of

@@ -279,14 +279,18 @@ async fn a_caller_that_waits_20_s_gets_every_answer_of_a_burst_on_busy_cores() {
     )]);
     let mut cfg = config(&server, dir.path());
     cfg.rhai.max_operations = 0;
+    // A short timeout makes the rule without a deadline bite: a request must start within
+    // 100 ms, and 40 x 40 ms take longer than that on any number of threads here.
+    cfg.rhai.timeout_ms = 200;
     let worker = worker(cfg).await;
     let client = server.client().await;
     wait_for_plugin(&client, "work", Value::Nil).await;
     let _busy = BusyCores::start();
-    // Without a deadline a request waits at most half the script's 1 s timeout.
+    // Without a deadline a request waits at most half the script's timeout: some get 503.
     let plain = burst(&client, "work", Value::Nil, 40, Duration::from_secs(20)).await;
     eprintln!("no deadline: {plain:?}");
     assert_eq!(plain.no_reply, 0, "{plain:?}");
+    assert!(plain.codes.get(&503).is_some_and(|n| *n > 0), "{plain:?}");
     let waited = burst_with(
         &client,
         "work",

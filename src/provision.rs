@@ -48,7 +48,7 @@ pub enum ProvisionError {
 }
 
 /// Whether stream `stream` exists.
-async fn exists(js: &jetstream::Context, stream: &str) -> Result<bool, String> {
+pub(crate) async fn exists(js: &jetstream::Context, stream: &str) -> Result<bool, String> {
     match js.get_stream(stream).await {
         Ok(_) => Ok(true),
         Err(e) => match e.kind() {

@@ -54,8 +54,15 @@ pub(crate) async fn start(shared: Arc<Shared>) -> Option<JoinHandle<()>> {
                 OPEN_RETRY.as_secs()
             );
             return Some(tokio::spawn(async move {
+                let js = async_nats::jetstream::new(shared.client.clone());
+                let stream = format!("KV_{}", shared.config.reload.kv_bucket());
                 loop {
                     tokio::time::sleep(OPEN_RETRY).await;
+                    // Looked up first: trying to create it again (which this credential may
+                    // not) would wait out a timeout and log a refusal every time.
+                    if !matches!(crate::provision::exists(&js, &stream).await, Ok(true)) {
+                        continue;
+                    }
                     if let Ok((distribution, mut watch)) = open(&shared).await {
                         tracing::info!("plugins bucket opened; hot reload is on");
                         let follower = Follower {

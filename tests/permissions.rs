@@ -318,6 +318,31 @@ async fn each_role_can_do_its_job_and_nothing_it_must_not() {
     let _ = mcp.kill();
     let _ = mcp.wait();
 
+    // A module through the object store: the publisher stores it (twice: the second finds
+    // it stored), the worker fetches it.
+    let (publisher, _) = connect_as(&server, "publisher").await;
+    let modules = mofa_bus::distribution::Distribution::open(
+        publisher,
+        &mofa_bus::config::ReloadConfig::default(),
+    )
+    .await
+    .expect("the publisher opens the buckets");
+    for _ in 0..2 {
+        modules
+            .publish_file(&repo_plugins().join("discount_wasm.wasm"), None, 0)
+            .await
+            .expect("published through the object store");
+    }
+    let order = map(&[
+        ("price", Value::from(100)),
+        ("customer_tier", Value::from("gold")),
+    ]);
+    wait_for_plugin(&client, "discount_wasm", order.clone()).await;
+    assert_eq!(
+        call(&client, "discount_wasm", order).await.expect_value(),
+        Value::from(80.0)
+    );
+
     // The publisher: a canary, promoted; a new revision through staging; a rollback.
     let mut reloads = client
         .subscribe("mofa.events.reload.greet")

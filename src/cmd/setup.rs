@@ -64,9 +64,13 @@ impl SetupArgs {
             validate_env(env)?;
         }
         let client = nats.connect("mofa setup").await?;
+        let mut production = None;
         for (at, env) in environments.iter().enumerate() {
             let reload = config.reload.in_env(env)?;
-            let (_, made) = Distribution::provision(client.clone(), &reload).await?;
+            let (distribution, made) = Distribution::provision(client.clone(), &reload).await?;
+            if env == PRODUCTION {
+                production = Some(distribution);
+            }
             // Environments share the module store: said once.
             let made: Vec<_> = made
                 .into_iter()
@@ -76,8 +80,11 @@ impl SetupArgs {
         }
         let (jobs, made) = Jobs::provision(client.clone(), &config.jobs).await?;
         self.print(&made)?;
-        let production = config.reload.in_env(PRODUCTION)?;
-        let distribution = Distribution::open(client.clone(), &production).await?;
+        // The jobs consumers are production's: its bucket says which plugins there are.
+        let distribution = match production {
+            Some(distribution) => distribution,
+            None => Distribution::open(client.clone(), &config.reload.in_env(PRODUCTION)?).await?,
+        };
         let plugins: Vec<String> = match distribution.kv().keys().await {
             Ok(keys) => keys.try_collect().await?,
             Err(e) => anyhow::bail!("listing the production plugins: {e}"),
